@@ -1,0 +1,7 @@
+//! Small shared building blocks used by every Strata component: log sequence
+//! numbers ([`lsn::Lsn`]), tenant/timeline identifiers ([`id`]) and
+//! [`seqwait::SeqWait`], the primitive that lets a reader await an LSN.
+pub mod id;
+pub mod lsn;
+pub mod pg_user;
+pub mod seqwait;

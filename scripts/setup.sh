@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what Strata needs on Debian 12, idempotently: PostgreSQL 15 (server,
+# client, server headers for the redo extension), build tools, and an
+# unprivileged user to run Postgres processes as (Postgres refuses root).
+# Safe to run again: it only installs what is missing and prints what it did.
+set -euo pipefail
+
+PG_USER="${STRATA_PG_USER:-postgres}"
+PACKAGES=(
+    postgresql-15 postgresql-client-15 postgresql-contrib postgresql-server-dev-15
+    build-essential pkg-config ca-certificates
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo -n "$@"
+    else log "need root (or sudo) to run: $*"; exit 1
+    fi
+}
+
+missing_packages() {
+    local p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
+    done
+}
+
+install_packages() {
+    local missing
+    missing=$(missing_packages)
+    if [ -z "$missing" ]; then log "Debian packages: all present"; return; fi
+    log "installing: $(echo $missing)"
+    # Do not let the package create and start a 'main' cluster: Strata runs
+    # its own Postgres processes.
+    as_root mkdir -p /etc/postgresql-common
+    if [ ! -f /etc/postgresql-common/createcluster.conf ]; then
+        echo 'create_main_cluster = false' | as_root tee /etc/postgresql-common/createcluster.conf >/dev/null
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+    # shellcheck disable=SC2086
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing </dev/null
+}
+
+ensure_pg_user() {
+    if id "$PG_USER" >/dev/null 2>&1; then log "unprivileged user: $PG_USER"; return; fi
+    log "creating unprivileged user $PG_USER"
+    as_root useradd --system --create-home --shell /usr/sbin/nologin "$PG_USER"
+}
+
+check_rust() {
+    if ! command -v cargo >/dev/null; then
+        log "cargo not found: install a Rust toolchain (https://rustup.rs), then run this again"
+        exit 1
+    fi
+    log "rust: $(cargo --version)"
+}
+
+install_packages
+ensure_pg_user
+check_rust
+log "postgres: $(/usr/lib/postgresql/15/bin/postgres --version)"
