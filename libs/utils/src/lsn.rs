@@ -55,7 +55,7 @@ impl Lsn {
     }
 
     pub fn is_aligned(self) -> bool {
-        self.0 % 8 == 0
+        self.0.is_multiple_of(8)
     }
 
     /// Number of the WAL segment that holds this LSN.
