@@ -198,12 +198,8 @@ impl Reader<'_> {
     }
 }
 
-/// Lengths of one block's payloads, before they are sliced out.
-struct PendingBlock {
-    block: BlockRef,
-    image_len: usize,
-    data_len: usize,
-}
+/// Most block references one record can carry (block ids 0..=32).
+const MAX_BLOCKS_PER_RECORD: usize = XLR_MAX_BLOCK_ID as usize + 1;
 
 impl DecodedRecord {
     /// Decode `raw`, the record that starts at `lsn` (as yielded by the
@@ -251,13 +247,28 @@ impl DecodedRecord {
 }
 
 /// State of the header-area walk in `DecodedRecord::decode`.
-#[derive(Default)]
 struct HeaderParse {
-    blocks: Vec<PendingBlock>,
+    blocks: Vec<BlockRef>,
+    /// (image length, data length) of `blocks[i]`, sliced out once the
+    /// header area ends.
+    payload_lens: [(u16, u16); MAX_BLOCKS_PER_RECORD],
     main_data_len: usize,
     origin: Option<u16>,
     toplevel_xid: Option<u32>,
     payload_total: usize,
+}
+
+impl Default for HeaderParse {
+    fn default() -> Self {
+        HeaderParse {
+            blocks: Vec::new(),
+            payload_lens: [(0, 0); MAX_BLOCKS_PER_RECORD],
+            main_data_len: 0,
+            origin: None,
+            toplevel_xid: None,
+            payload_total: 0,
+        }
+    }
 }
 
 impl HeaderParse {
@@ -280,7 +291,7 @@ impl HeaderParse {
 
     fn read_block(&mut self, rd: &mut Reader, id: u8) -> Result<(), RecordDecodeError> {
         if let Some(last) = self.blocks.last() {
-            if id <= last.block.id {
+            if id <= last.id {
                 return Err(rd.fail(format!("out-of-order block_id {id}")));
             }
         }
@@ -298,7 +309,7 @@ impl HeaderParse {
             (None, 0)
         };
         let rel = if flags & BKPBLOCK_SAME_REL != 0 {
-            let prev = self.blocks.last().map(|b| b.block.rel);
+            let prev = self.blocks.last().map(|b| b.rel);
             prev.ok_or_else(|| rd.fail(format!("BKPBLOCK_SAME_REL set but no previous rel (block {id})")))?
         } else {
             let spc_node = rd.u32("relation")?;
@@ -309,8 +320,10 @@ impl HeaderParse {
         let blkno = rd.u32("block number")?;
         self.payload_total += image_len + data_len;
         let forknum = flags & BKPBLOCK_FORK_MASK;
-        let block = BlockRef { id, rel, forknum, blkno, flags, image, data: Bytes::new() };
-        self.blocks.push(PendingBlock { block, image_len, data_len });
+        // Block ids are strictly increasing and at most XLR_MAX_BLOCK_ID,
+        // so there are never more than MAX_BLOCKS_PER_RECORD of them.
+        self.payload_lens[self.blocks.len()] = (image_len as u16, data_len as u16);
+        self.blocks.push(BlockRef { id, rel, forknum, blkno, flags, image, data: Bytes::new() });
         Ok(())
     }
 
@@ -321,15 +334,15 @@ impl HeaderParse {
         raw: Bytes,
         mut pos: usize,
     ) -> Result<DecodedRecord, RecordDecodeError> {
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        for mut pending in self.blocks {
-            if let Some(image) = pending.block.image.as_mut() {
-                image.data = raw.slice(pos..pos + pending.image_len);
-                pos += pending.image_len;
+        let mut blocks = self.blocks;
+        for (block, &(image_len, data_len)) in blocks.iter_mut().zip(&self.payload_lens) {
+            let (image_len, data_len) = (image_len as usize, data_len as usize);
+            if let Some(image) = block.image.as_mut() {
+                image.data = raw.slice(pos..pos + image_len);
+                pos += image_len;
             }
-            pending.block.data = raw.slice(pos..pos + pending.data_len);
-            pos += pending.data_len;
-            blocks.push(pending.block);
+            block.data = raw.slice(pos..pos + data_len);
+            pos += data_len;
         }
         let main_data = raw.slice(pos..pos + self.main_data_len);
         Ok(DecodedRecord {
