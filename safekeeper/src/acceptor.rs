@@ -1,0 +1,168 @@
+//! WAL acquisition: following the timeline's compute as a synchronous
+//! physical standby.
+//!
+//! Per timeline, one task connects to the compute named by the control plane
+//! (`application_name` = `sk_<id>`, physical slot `sk_<id>` created if
+//! missing so the compute keeps WAL while this safekeeper is away), starts
+//! replication at the end of the last complete record it holds, writes and
+//! fsyncs what arrives, and only then reports it written/flushed/applied.
+//! A stream decoder runs over the received WAL: it rejects damaged WAL and
+//! tells where records end, which is where a later connection resumes.
+//!
+//! Reconnects with exponential backoff when the compute goes away. A new
+//! compute (higher term) cancels the current connection at once; the term
+//! is re-checked under the storage lock on every write, so a cancelled
+//! connection can never append after the new term's cut.
+//!
+//! Cancellation: the connection future may be dropped at any await (compute
+//! change, timeline delete). Its only side effects are in
+//! `Timeline::append_and_flush`, which completes on the blocking pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::BytesMut;
+use futures::FutureExt;
+use postgres_ffi::WalStreamDecoder;
+use pq_proto::client::{ReplicationClient, ReplicationStream};
+use pq_proto::replication::{pg_now_us, ReplicationMessage, StandbyStatusUpdate};
+use utils::lsn::Lsn;
+
+use crate::control_file::ComputeSpec;
+use crate::metrics::METRICS;
+use crate::timeline::Timeline;
+use crate::SafekeeperConf;
+
+/// Write and fsync at most this much WAL per batch.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Follow the timeline's compute until the timeline is cancelled.
+pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
+    let mut compute_rx = tl.subscribe_compute();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let spec = compute_rx.borrow_and_update().clone();
+        let result = match spec {
+            None => Ok(()),
+            Some(spec) => tokio::select! {
+                r = follow(&tl, &conf, &spec) => r,
+                _ = compute_rx.changed() => continue,
+                _ = tl.cancel.cancelled() => return,
+            },
+        };
+        let connected = tl.acceptor_status().connected;
+        tl.set_acceptor_status(|s| s.connected = false);
+        match result {
+            Ok(()) => backoff = MIN_BACKOFF,
+            Err(e) => {
+                METRICS.compute_connection_errors.inc();
+                tracing::warn!("compute connection: {e:#}");
+                tl.set_acceptor_status(|s| s.last_error = Some(format!("{e:#}")));
+                backoff = if connected { MIN_BACKOFF } else { (backoff * 2).min(MAX_BACKOFF) };
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = compute_rx.changed() => {}
+            _ = tl.cancel.cancelled() => return,
+        }
+        if compute_rx.borrow().is_none() {
+            // Nothing to follow yet: wait for the control plane.
+            tokio::select! {
+                _ = compute_rx.changed() => {}
+                _ = tl.cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// One connection to the compute, streaming until it ends or fails.
+async fn follow(tl: &Timeline, conf: &SafekeeperConf, spec: &ComputeSpec) -> anyhow::Result<()> {
+    let name = conf.standby_name();
+    let mut client = ReplicationClient::connect(&spec.conninfo, &name)
+        .await
+        .with_context(|| format!("connect to compute {}", spec.conninfo))?;
+    METRICS.compute_connections.inc();
+    let system = client.identify_system().await?;
+    tl.check_system_id(system.system_id).await?;
+    client.create_physical_slot_if_missing(&name).await?;
+    let start = tl.resume_position(spec.term).await?;
+    let stream = client.start_replication(Some(&name), start, 1).await?;
+    tl.set_acceptor_status(|s| {
+        s.connected = true;
+        s.conninfo = Some(spec.conninfo.clone());
+        s.last_error = None;
+    });
+    tracing::info!(%start, term = spec.term, "streaming from compute");
+    Receiver { tl, term: spec.term, stream, decoder: WalStreamDecoder::new(start, tl.seg_size_bytes()), pos: start, record_end: start }
+        .run()
+        .await
+}
+
+struct Receiver<'a> {
+    tl: &'a Timeline,
+    term: u64,
+    stream: ReplicationStream,
+    decoder: WalStreamDecoder,
+    /// End of WAL received so far.
+    pos: Lsn,
+    /// End of the last complete record received.
+    record_end: Lsn,
+}
+
+impl Receiver<'_> {
+    async fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            let Some(first) = self.stream.next().await? else { return Ok(()) };
+            let mut batch = BytesMut::new();
+            let batch_start = self.pos;
+            let mut reply = self.take(first, &mut batch)?;
+            while batch.len() < MAX_BATCH_BYTES {
+                match self.stream.next().now_or_never() {
+                    Some(Ok(Some(msg))) => reply |= self.take(msg, &mut batch)?,
+                    Some(Ok(None)) | None => break,
+                    Some(Err(e)) => return Err(e.into()),
+                }
+            }
+            if !batch.is_empty() {
+                let flush = self.tl.append_and_flush(self.term, batch_start, batch.freeze(), self.record_end).await?;
+                self.report(flush).await?;
+            } else if reply {
+                self.report(self.tl.flush_lsn()).await?;
+            }
+        }
+    }
+
+    /// Add a message to the batch; returns whether a reply was requested.
+    fn take(&mut self, msg: ReplicationMessage, batch: &mut BytesMut) -> anyhow::Result<bool> {
+        match msg {
+            ReplicationMessage::XLogData(x) => {
+                if x.wal_start != self.pos {
+                    bail!("compute sent WAL at {}, expected {}", x.wal_start, self.pos);
+                }
+                self.decoder.feed_bytes(&x.data);
+                while let Some(record) = self.decoder.poll_decode().context("WAL from compute")? {
+                    self.record_end = record.end_lsn;
+                }
+                self.pos = x.end_lsn();
+                batch.extend_from_slice(&x.data);
+                Ok(false)
+            }
+            ReplicationMessage::PrimaryKeepalive(k) => Ok(k.reply_requested),
+        }
+    }
+
+    async fn report(&mut self, flush: Lsn) -> anyhow::Result<()> {
+        let update = StandbyStatusUpdate {
+            write_lsn: flush,
+            flush_lsn: flush,
+            apply_lsn: flush,
+            send_time_us: pg_now_us(),
+            reply_requested: false,
+        };
+        Ok(self.stream.send(update).await?)
+    }
+}

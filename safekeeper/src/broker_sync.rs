@@ -1,0 +1,152 @@
+//! Learning `commit_lsn` from the timeline's peers through the broker, and
+//! publishing this safekeeper's own status there.
+//!
+//! commit_lsn is the `quorum`-th highest flush LSN among the timeline's peers
+//! that are on the current term (this safekeeper's own flush LSN included,
+//! read locally, never from the broker). With a single peer it is simply the
+//! local flush LSN and no broker is needed.
+//!
+//! Cancellation: the task ends when the timeline's cancellation token fires;
+//! every await in it is a broker request or a timer, safe to drop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::client::BrokerClient;
+use broker::{SafekeeperTimelineInfo, TimelineView};
+use utils::lsn::Lsn;
+
+use crate::metrics::METRICS;
+use crate::timeline::Timeline;
+use crate::SafekeeperConf;
+
+/// Publish at least this often even when nothing changes (liveness).
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(1000);
+/// And at most this often under load.
+const MIN_PUBLISH_GAP: Duration = Duration::from_millis(5);
+/// Long-poll timeout of a subscription request.
+const POLL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Ignore peers that have not published for this long.
+const PEER_STALE_MS: u64 = 10_000;
+
+/// The `quorum`-th highest of `flushes` (None when fewer are known).
+pub fn quorum_lsn(mut flushes: Vec<Lsn>, quorum: usize) -> Option<Lsn> {
+    if quorum == 0 || flushes.len() < quorum {
+        return None;
+    }
+    flushes.sort_unstable_by(|a, b| b.cmp(a));
+    Some(flushes[quorum - 1])
+}
+
+/// commit_lsn candidate from a broker view plus our own flush position.
+fn commit_from_view(tl: &Timeline, view: &TimelineView) -> Option<Lsn> {
+    let state = tl.persistent();
+    let mut flushes = vec![tl.flush_lsn()];
+    for published in &view.safekeepers {
+        let info = &published.info;
+        let is_peer = state.peers.contains(&info.safekeeper_id) && info.safekeeper_id != tl.safekeeper_id;
+        if is_peer && info.term == state.term && published.age_ms < PEER_STALE_MS {
+            flushes.push(info.flush_lsn);
+        }
+    }
+    quorum_lsn(flushes, state.quorum)
+}
+
+fn own_info(tl: &Timeline, conf: &SafekeeperConf) -> SafekeeperTimelineInfo {
+    let state = tl.persistent();
+    SafekeeperTimelineInfo {
+        safekeeper_id: tl.safekeeper_id,
+        tenant_id: tl.tenant_id,
+        timeline_id: tl.timeline_id,
+        term: state.term,
+        flush_lsn: tl.flush_lsn(),
+        commit_lsn: tl.commit_lsn(),
+        remote_consistent_lsn: state.remote_consistent_lsn,
+        pg_addr: conf.advertise_pg.clone(),
+        http_addr: conf.advertise_http.clone(),
+    }
+}
+
+/// Run commit_lsn tracking for `tl` until it is cancelled.
+pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
+    let Some(endpoint) = conf.broker_endpoint.clone() else {
+        return local_only(tl).await;
+    };
+    let client = BrokerClient::new(&endpoint);
+    let cancel = tl.cancel.clone();
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = publish_loop(tl.clone(), conf.clone(), client.clone()) => {}
+        _ = subscribe_loop(tl.clone(), client) => {}
+    }
+}
+
+/// Without a broker only single-safekeeper timelines can commit.
+async fn local_only(tl: Arc<Timeline>) {
+    let mut flush = tl.subscribe_flush();
+    loop {
+        if tl.persistent().quorum <= 1 {
+            tl.advance_commit_lsn(*flush.borrow_and_update());
+        }
+        tokio::select! {
+            _ = tl.cancel.cancelled() => return,
+            changed = flush.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+async fn publish_loop(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>, client: BrokerClient) {
+    let mut flush = tl.subscribe_flush();
+    let mut commit = tl.subscribe_commit();
+    loop {
+        if tl.persistent().quorum <= 1 {
+            tl.advance_commit_lsn(tl.flush_lsn());
+        }
+        if let Err(e) = client.publish(&own_info(&tl, &conf)).await {
+            METRICS.broker_publish_errors.inc();
+            tracing::warn!("{e}");
+        }
+        tokio::time::sleep(MIN_PUBLISH_GAP).await;
+        let _ = tokio::time::timeout(PUBLISH_INTERVAL, async {
+            tokio::select! {
+                _ = flush.changed() => {}
+                _ = commit.changed() => {}
+            }
+        })
+        .await;
+    }
+}
+
+async fn subscribe_loop(tl: Arc<Timeline>, client: BrokerClient) {
+    let mut version = None;
+    loop {
+        match client.poll(tl.tenant_id, tl.timeline_id, version, POLL_TIMEOUT).await {
+            Ok(view) => {
+                version = Some(view.version);
+                if let Some(candidate) = commit_from_view(&tl, &view) {
+                    tl.advance_commit_lsn(candidate);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_lsn_is_the_qth_highest() {
+        let l = |v: &[u64]| v.iter().map(|&x| Lsn(x)).collect::<Vec<_>>();
+        assert_eq!(quorum_lsn(l(&[10]), 1), Some(Lsn(10)));
+        assert_eq!(quorum_lsn(l(&[10, 30, 20]), 2), Some(Lsn(20)));
+        assert_eq!(quorum_lsn(l(&[10, 30, 20]), 3), Some(Lsn(10)));
+        assert_eq!(quorum_lsn(l(&[10, 30, 20]), 1), Some(Lsn(30)));
+        assert_eq!(quorum_lsn(l(&[30]), 2), None);
+        assert_eq!(quorum_lsn(l(&[]), 0), None);
+    }
+}

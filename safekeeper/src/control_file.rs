@@ -1,0 +1,195 @@
+//! The per-timeline control file: everything a safekeeper must remember
+//! about a timeline across restarts, except the WAL itself.
+//!
+//! On disk: `b"SKCF"`, format version (u32 LE), body length (u32 LE), the body
+//! (JSON of [`TimelinePersistentState`]), then CRC-32C (u32 LE) of all the
+//! preceding bytes. It is replaced atomically: written to a temporary file,
+//! fsynced, renamed over the old one, and the directory fsynced. A torn or
+//! damaged file is an error naming the file, never a silently default state.
+//!
+//! `flush_lsn` here is a lower bound: the true end of durable WAL is found at
+//! start by scanning the WAL from it (see `wal_storage`), so the control
+//! file needs no rewrite on every fsync.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use utils::id::{TenantId, TimelineId};
+use utils::lsn::Lsn;
+
+pub const CONTROL_FILE_NAME: &str = "safekeeper.control";
+const MAGIC: &[u8; 4] = b"SKCF";
+const FORMAT_VERSION: u32 = 1;
+const HEADER_SIZE_BYTES: usize = 12;
+const CRC_SIZE_BYTES: usize = 4;
+
+/// The compute a timeline follows, as given by the control plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeSpec {
+    /// libpq connection string of the compute (replication connections).
+    pub conninfo: String,
+    /// Grows with every new compute of the timeline.
+    pub term: u64,
+    /// The compute's first WAL position: WAL past it from older terms is gone.
+    pub start_lsn: Lsn,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelinePersistentState {
+    pub tenant_id: TenantId,
+    pub timeline_id: TimelineId,
+    /// `pg_control`'s system identifier; 0 until the first compute is seen.
+    pub system_id: u64,
+    pub pg_version: u32,
+    pub wal_seg_size_bytes: u64,
+    /// First LSN of WAL this timeline holds.
+    pub timeline_start_lsn: Lsn,
+    /// Current term; a compute of a lower term is never followed again.
+    pub term: u64,
+    pub compute: Option<ComputeSpec>,
+    /// A record boundary up to which WAL is known durable (lower bound).
+    pub flush_lsn: Lsn,
+    /// WAL durable on a quorum of the timeline's safekeepers.
+    pub commit_lsn: Lsn,
+    /// WAL the pageservers hold durably in remote storage.
+    pub remote_consistent_lsn: Lsn,
+    /// Safekeeper ids of this timeline (this one included).
+    pub peers: Vec<u64>,
+    /// How many of `peers` must have WAL for it to be committed.
+    pub quorum: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlFileError {
+    #[error("control file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("control file {path} is damaged: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ControlFileError + '_ {
+    move |source| ControlFileError::Io { path: path.to_path_buf(), source }
+}
+
+/// Serialize `state` in the on-disk format.
+pub fn encode(state: &TimelinePersistentState) -> Vec<u8> {
+    // Serializing plain data (no maps with non-string keys) cannot fail.
+    let body = serde_json::to_vec(state).expect("control file state serializes");
+    let mut buf = Vec::with_capacity(HEADER_SIZE_BYTES + body.len() + CRC_SIZE_BYTES);
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&body);
+    let crc = crc32c::crc32c(&buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+/// Parse the on-disk format; `path` only names the file in errors.
+pub fn decode(path: &Path, buf: &[u8]) -> Result<TimelinePersistentState, ControlFileError> {
+    let corrupt = |reason: String| ControlFileError::Corrupt { path: path.to_path_buf(), reason };
+    if buf.len() < HEADER_SIZE_BYTES + CRC_SIZE_BYTES {
+        return Err(corrupt(format!("{} bytes is too short", buf.len())));
+    }
+    if &buf[..4] != MAGIC {
+        return Err(corrupt("bad magic".into()));
+    }
+    let version = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if version != FORMAT_VERSION {
+        return Err(corrupt(format!("format version {version}, expected {FORMAT_VERSION}")));
+    }
+    let body_len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    if buf.len() != HEADER_SIZE_BYTES + body_len + CRC_SIZE_BYTES {
+        return Err(corrupt(format!("length {} does not match body length {body_len}", buf.len())));
+    }
+    let (content, crc_bytes) = buf.split_at(HEADER_SIZE_BYTES + body_len);
+    let stored = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
+    let actual = crc32c::crc32c(content);
+    if stored != actual {
+        return Err(corrupt(format!("CRC mismatch: stored {stored:08x}, computed {actual:08x}")));
+    }
+    serde_json::from_slice(&content[HEADER_SIZE_BYTES..]).map_err(|e| corrupt(format!("body: {e}")))
+}
+
+/// Read the control file of the timeline directory `dir`.
+pub fn load(dir: &Path) -> Result<TimelinePersistentState, ControlFileError> {
+    let path = dir.join(CONTROL_FILE_NAME);
+    let buf = fs::read(&path).map_err(io_err(&path))?;
+    decode(&path, &buf)
+}
+
+/// Durably and atomically replace the control file of `dir` with `state`.
+/// Blocking: call from a blocking context.
+pub fn persist(dir: &Path, state: &TimelinePersistentState) -> Result<(), ControlFileError> {
+    let path = dir.join(CONTROL_FILE_NAME);
+    let tmp = dir.join(format!("{CONTROL_FILE_NAME}.partial"));
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(&encode(state)).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    fsync_dir(dir).map_err(io_err(dir))
+}
+
+/// fsync a directory so a rename or file creation in it is durable.
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> TimelinePersistentState {
+        TimelinePersistentState {
+            tenant_id: TenantId::generate(),
+            timeline_id: TimelineId::generate(),
+            system_id: 7,
+            pg_version: 15,
+            wal_seg_size_bytes: 16 << 20,
+            timeline_start_lsn: Lsn(0x1000000),
+            term: 3,
+            compute: Some(ComputeSpec { conninfo: "host=127.0.0.1".into(), term: 3, start_lsn: Lsn(0x1000028) }),
+            flush_lsn: Lsn(0x1234560),
+            commit_lsn: Lsn(0x1234000),
+            remote_consistent_lsn: Lsn(0),
+            peers: vec![1, 2, 3],
+            quorum: 2,
+        }
+    }
+
+    #[test]
+    fn persist_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = sample();
+        persist(dir.path(), &state).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), state);
+        let mut newer = state.clone();
+        newer.term = 4;
+        persist(dir.path(), &newer).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), newer);
+        assert!(!dir.path().join(format!("{CONTROL_FILE_NAME}.partial")).exists());
+    }
+
+    #[test]
+    fn every_flipped_byte_and_truncation_is_detected() {
+        let buf = encode(&sample());
+        let path = Path::new("x/safekeeper.control");
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x40;
+            assert!(matches!(decode(path, &bad), Err(ControlFileError::Corrupt { .. })), "byte {i}");
+        }
+        for len in 0..buf.len() {
+            let err = decode(path, &buf[..len]).unwrap_err();
+            assert!(err.to_string().contains("x/safekeeper.control"), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(load(dir.path()), Err(ControlFileError::Io { .. })));
+    }
+}

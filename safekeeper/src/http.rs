@@ -1,0 +1,165 @@
+//! The safekeeper's HTTP management API (JSON), used by the control plane.
+//!
+//! * `POST   /v1/tenant/{tenant_id}/timeline` — create ([`CreateTimelineRequest`])
+//! * `PUT    /v1/tenant/{tenant_id}/timeline/{timeline_id}/compute` — follow a
+//!   compute ([`ComputeSpec`]: conninfo, term, start LSN)
+//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}` — status
+//! * `DELETE /v1/tenant/{tenant_id}/timeline/{timeline_id}`
+//! * `GET    /v1/status` — this safekeeper and its timelines
+//! * `GET    /metrics` — Prometheus
+//!
+//! Errors are `{"error": "..."}` with 400/404/409/500.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Serialize;
+use utils::id::{TenantId, TimelineId};
+use utils::lsn::Lsn;
+
+use crate::control_file::ComputeSpec;
+use crate::timeline::{AcceptorStatus, CreateTimelineRequest, Timeline, TimelineError};
+use crate::timelines::{Timelines, TimelinesError};
+use crate::walsender::ReplicaStatus;
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<TimelinesError> for ApiError {
+    fn from(e: TimelinesError) -> Self {
+        let code = match &e {
+            TimelinesError::AlreadyExists(..) => StatusCode::CONFLICT,
+            TimelinesError::NotFound(..) => StatusCode::NOT_FOUND,
+            TimelinesError::Timeline(inner) => return ApiError::from(TimelineErrorRef(inner)),
+            TimelinesError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+struct TimelineErrorRef<'a>(&'a TimelineError);
+
+impl From<TimelineErrorRef<'_>> for ApiError {
+    fn from(e: TimelineErrorRef<'_>) -> Self {
+        let code = match e.0 {
+            TimelineError::OldTerm { .. } | TimelineError::Lagging { .. } | TimelineError::SystemIdMismatch { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.0.to_string())
+    }
+}
+
+impl From<TimelineError> for ApiError {
+    fn from(e: TimelineError) -> Self {
+        ApiError::from(TimelineErrorRef(&e))
+    }
+}
+
+#[derive(Serialize)]
+pub struct TimelineStatus {
+    pub tenant_id: TenantId,
+    pub timeline_id: TimelineId,
+    pub safekeeper_id: u64,
+    pub system_id: u64,
+    pub term: u64,
+    pub timeline_start_lsn: Lsn,
+    pub flush_lsn: Lsn,
+    pub commit_lsn: Lsn,
+    pub remote_consistent_lsn: Lsn,
+    pub peers: Vec<u64>,
+    pub quorum: usize,
+    pub compute: Option<ComputeSpec>,
+    pub acceptor: AcceptorStatus,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+fn status_of(tl: &Timeline) -> TimelineStatus {
+    let p = tl.persistent();
+    TimelineStatus {
+        tenant_id: tl.tenant_id,
+        timeline_id: tl.timeline_id,
+        safekeeper_id: tl.safekeeper_id,
+        system_id: p.system_id,
+        term: p.term,
+        timeline_start_lsn: p.timeline_start_lsn,
+        flush_lsn: tl.flush_lsn(),
+        commit_lsn: tl.commit_lsn(),
+        remote_consistent_lsn: p.remote_consistent_lsn,
+        peers: p.peers,
+        quorum: p.quorum,
+        compute: p.compute,
+        acceptor: tl.acceptor_status(),
+        replicas: crate::walsender::replicas_of(tl.tenant_id, tl.timeline_id),
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn create(
+    State(tls): State<Arc<Timelines>>,
+    Path(tenant_id): Path<TenantId>,
+    Json(req): Json<CreateTimelineRequest>,
+) -> ApiResult<(StatusCode, Json<TimelineStatus>)> {
+    if !req.wal_seg_size_bytes.is_power_of_two() || req.wal_seg_size_bytes < 1 << 20 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("bad wal_seg_size_bytes {}", req.wal_seg_size_bytes)));
+    }
+    if !req.start_lsn.is_aligned() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("start_lsn {} is not 8-byte aligned", req.start_lsn)));
+    }
+    let tl = tls.create(tenant_id, &req)?;
+    Ok((StatusCode::CREATED, Json(status_of(&tl))))
+}
+
+async fn set_compute(
+    State(tls): State<Arc<Timelines>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    Json(spec): Json<ComputeSpec>,
+) -> ApiResult<Json<TimelineStatus>> {
+    let tl = tls.get(tenant_id, timeline_id)?;
+    tl.set_compute(spec).await?;
+    Ok(Json(status_of(&tl)))
+}
+
+async fn timeline_status(
+    State(tls): State<Arc<Timelines>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+) -> ApiResult<Json<TimelineStatus>> {
+    let tl = tls.get(tenant_id, timeline_id)?;
+    Ok(Json(status_of(&tl)))
+}
+
+async fn delete(
+    State(tls): State<Arc<Timelines>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+) -> ApiResult<StatusCode> {
+    tls.delete(tenant_id, timeline_id).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn status(State(tls): State<Arc<Timelines>>) -> Json<serde_json::Value> {
+    let timelines: Vec<TimelineStatus> = tls.list().iter().map(|tl| status_of(tl)).collect();
+    Json(serde_json::json!({ "id": tls.conf.id, "timelines": timelines }))
+}
+
+async fn metrics() -> String {
+    crate::metrics::gather_text()
+}
+
+pub fn router(timelines: Arc<Timelines>) -> Router {
+    Router::new()
+        .route("/v1/tenant/{tenant_id}/timeline", post(create))
+        .route("/v1/tenant/{tenant_id}/timeline/{timeline_id}", get(timeline_status).delete(delete))
+        .route("/v1/tenant/{tenant_id}/timeline/{timeline_id}/compute", put(set_compute))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(timelines)
+}

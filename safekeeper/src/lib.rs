@@ -1,0 +1,47 @@
+//! The safekeeper: the durability point of Strata.
+//!
+//! Data flow: a stock PostgreSQL compute streams WAL to each safekeeper, which
+//! connects to it as a synchronous physical standby ([`acceptor`]), writes
+//! and fsyncs it ([`wal_storage`]) and only then reports it flushed, so the
+//! compute's `synchronous_standby_names = 'ANY q (...)'` acknowledges a commit
+//! once q safekeepers hold it. Safekeepers share their flush positions
+//! through the broker ([`broker_sync`]) to agree on `commit_lsn`, and serve
+//! WAL up to it to pageservers and any replication client ([`walsender`]).
+//! Per-timeline state survives restarts in a control file ([`control_file`]);
+//! the control plane drives timelines through the HTTP API ([`http`]).
+
+pub mod acceptor;
+pub mod broker_sync;
+pub mod control_file;
+pub mod http;
+pub mod metrics;
+pub mod timeline;
+pub mod timelines;
+pub mod wal_storage;
+pub mod walsender;
+
+use std::path::PathBuf;
+
+/// Configuration of one safekeeper process.
+#[derive(Clone, Debug)]
+pub struct SafekeeperConf {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// `host:port` this safekeeper's replication service is reachable at.
+    pub advertise_pg: String,
+    /// `host:port` of its HTTP API.
+    pub advertise_http: String,
+    /// Broker `host:port`; without one, only single-safekeeper timelines commit.
+    pub broker_endpoint: Option<String>,
+    /// Send a keepalive to idle replicas this often.
+    pub keepalive_interval_ms: u64,
+}
+
+impl SafekeeperConf {
+    /// Name under which this safekeeper connects to computes
+    /// (`application_name`, used in `synchronous_standby_names`) and the
+    /// name of its replication slot there.
+    pub fn standby_name(&self) -> String {
+        format!("sk_{}", self.id)
+    }
+}

@@ -1,0 +1,71 @@
+//! `safekeeper`: one safekeeper process (replication service + HTTP API).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use safekeeper::timelines::Timelines;
+use safekeeper::{http, walsender, SafekeeperConf};
+
+#[derive(Parser)]
+#[command(about = "Strata safekeeper: stores WAL from a PostgreSQL compute durably and serves it to pageservers")]
+struct Args {
+    /// Unique id of this safekeeper in the cluster (its standby name is sk_<id>).
+    #[arg(long, env = "STRATA_SAFEKEEPER_ID")]
+    id: u64,
+    /// Directory holding the timelines' control files and WAL.
+    #[arg(long, short = 'D')]
+    data_dir: PathBuf,
+    /// Replication service address (pageservers, pg_receivewal).
+    #[arg(long, default_value = "127.0.0.1:5454")]
+    listen_pg: String,
+    /// HTTP management API address.
+    #[arg(long, default_value = "127.0.0.1:7676")]
+    listen_http: String,
+    /// Broker address (host:port); needed when timelines have several safekeepers.
+    #[arg(long)]
+    broker_endpoint: Option<String>,
+    /// Keepalive interval to idle replicas, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    keepalive_interval_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let pg_listener = tokio::net::TcpListener::bind(&args.listen_pg).await.with_context(|| format!("listen on {}", args.listen_pg))?;
+    let http_listener = tokio::net::TcpListener::bind(&args.listen_http).await.with_context(|| format!("listen on {}", args.listen_http))?;
+    let conf = Arc::new(SafekeeperConf {
+        id: args.id,
+        data_dir: args.data_dir,
+        advertise_pg: pg_listener.local_addr()?.to_string(),
+        advertise_http: http_listener.local_addr()?.to_string(),
+        broker_endpoint: args.broker_endpoint,
+        keepalive_interval_ms: args.keepalive_interval_ms,
+    });
+    tracing::info!(id = conf.id, pg = %conf.advertise_pg, http = %conf.advertise_http, data_dir = %conf.data_dir.display(), "safekeeper starting");
+    let timelines = Timelines::load_all(conf.clone())?;
+    let pg_task = tokio::spawn(walsender::serve(pg_listener, timelines.clone()));
+    let router = http::router(timelines.clone());
+    let http_task = tokio::spawn(async move { axum::serve(http_listener, router).await });
+    tokio::select! {
+        r = pg_task => r?.context("replication service")?,
+        r = http_task => r?.context("HTTP service")?,
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    timelines.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

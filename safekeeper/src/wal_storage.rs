@@ -1,0 +1,273 @@
+//! A timeline's WAL on a safekeeper's disk.
+//!
+//! Owns the segment files of one timeline directory, named and laid out
+//! exactly as in PostgreSQL's `pg_wal` (timeline 1, `wal_seg_size` bytes each,
+//! created full-size), so the bytes of an LSN range are byte-identical to the
+//! compute's. Invariants:
+//! * WAL is appended contiguously at `write_lsn`; `flush_lsn <= write_lsn`
+//!   and every byte below `flush_lsn` has been fsynced (file data, and the
+//!   directory entry of every segment created);
+//! * after [`WalStorage::open`], WAL ends at the end of the last complete,
+//!   CRC-valid record found by scanning from the control file's hint; bytes
+//!   past it (a record cut by a crash, WAL of an abandoned term) are zeroed
+//!   and later segment files removed, so nothing stale is ever served.
+//!
+//! All methods block on file I/O: call them from `spawn_blocking` or a
+//! dedicated thread, never directly on the async runtime.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use postgres_ffi::wal_files::{scan_wal_dir, segment_path, ScanEnd};
+use utils::lsn::Lsn;
+
+use crate::control_file::fsync_dir;
+
+/// PostgreSQL timeline id of every segment file (Strata branches are
+/// separate timelines with their own directories, not PG timelines).
+pub const PG_TLI: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalStorageError {
+    #[error("WAL file {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("WAL write at {got} is not contiguous with the end of WAL {expected}")]
+    NotContiguous { expected: Lsn, got: Lsn },
+    #[error("WAL at {lsn} is not available: this timeline holds {start}..{end}")]
+    NotAvailable { lsn: Lsn, start: Lsn, end: Lsn },
+    #[error("WAL of term {got} refused: the current term is {current}")]
+    WrongTerm { current: u64, got: u64 },
+    #[error("WAL scan of {dir} from {from}: {reason}")]
+    Scan { dir: PathBuf, from: Lsn, reason: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalStorageError + '_ {
+    move |source| WalStorageError::Io { path: path.to_path_buf(), source }
+}
+
+pub struct WalStorage {
+    dir: PathBuf,
+    seg_size_bytes: u64,
+    start_lsn: Lsn,
+    write_lsn: Lsn,
+    flush_lsn: Lsn,
+    /// Open segment files by segment number; those with unsynced writes are
+    /// flagged `true`.
+    open_files: BTreeMap<u64, (File, bool)>,
+    dir_dirty: bool,
+    /// Term whose compute may append; checked on every write under the same
+    /// lock that a term change holds while it cuts the WAL.
+    pub term: u64,
+}
+
+impl WalStorage {
+    /// Open the WAL of `dir` that begins at `start_lsn`, finding its end by
+    /// scanning from `flush_hint` (a record boundary known to be durable).
+    pub fn open(dir: &Path, seg_size_bytes: u64, start_lsn: Lsn, flush_hint: Lsn) -> Result<WalStorage, WalStorageError> {
+        let from = flush_hint.max(start_lsn);
+        let end = find_end_of_wal(dir, seg_size_bytes, from)?;
+        let mut storage = WalStorage {
+            dir: dir.to_path_buf(),
+            seg_size_bytes,
+            start_lsn,
+            write_lsn: end,
+            flush_lsn: end,
+            open_files: BTreeMap::new(),
+            dir_dirty: false,
+            term: 0,
+        };
+        storage.truncate(end)?;
+        Ok(storage)
+    }
+
+    pub fn start_lsn(&self) -> Lsn {
+        self.start_lsn
+    }
+    pub fn write_lsn(&self) -> Lsn {
+        self.write_lsn
+    }
+    pub fn flush_lsn(&self) -> Lsn {
+        self.flush_lsn
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Append `data` of the compute of `term`, which must start at the
+    /// current end of WAL.
+    pub fn write(&mut self, term: u64, lsn: Lsn, mut data: &[u8]) -> Result<(), WalStorageError> {
+        if term != self.term {
+            return Err(WalStorageError::WrongTerm { current: self.term, got: term });
+        }
+        if lsn != self.write_lsn {
+            return Err(WalStorageError::NotContiguous { expected: self.write_lsn, got: lsn });
+        }
+        while !data.is_empty() {
+            let offset = self.write_lsn.segment_offset(self.seg_size_bytes);
+            let chunk_len = data.len().min((self.seg_size_bytes - offset) as usize);
+            let segno = self.write_lsn.segment_number(self.seg_size_bytes);
+            let path = segment_path(&self.dir, PG_TLI, self.write_lsn, self.seg_size_bytes);
+            let (file, dirty) = self.segment_file(segno)?;
+            file.write_all_at(&data[..chunk_len], offset).map_err(io_err(&path))?;
+            *dirty = true;
+            self.write_lsn += chunk_len as u64;
+            data = &data[chunk_len..];
+        }
+        Ok(())
+    }
+
+    /// Make everything written durable; returns the new `flush_lsn`.
+    pub fn flush(&mut self) -> Result<Lsn, WalStorageError> {
+        for (segno, (file, dirty)) in self.open_files.iter_mut() {
+            if *dirty {
+                let path = segment_path(&self.dir, PG_TLI, Lsn(segno * self.seg_size_bytes), self.seg_size_bytes);
+                file.sync_data().map_err(io_err(&path))?;
+                *dirty = false;
+            }
+        }
+        if self.dir_dirty {
+            fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+            self.dir_dirty = false;
+        }
+        // Keep only the segment being written open.
+        let current = self.write_lsn.segment_number(self.seg_size_bytes);
+        self.open_files.retain(|&segno, _| segno >= current);
+        self.flush_lsn = self.write_lsn;
+        Ok(self.flush_lsn)
+    }
+
+    /// Cut WAL at `lsn`: zero the rest of its segment, remove later segments,
+    /// and make that durable. `lsn` may not be below the timeline start.
+    pub fn truncate(&mut self, lsn: Lsn) -> Result<(), WalStorageError> {
+        if lsn < self.start_lsn {
+            return Err(WalStorageError::NotAvailable { lsn, start: self.start_lsn, end: self.write_lsn });
+        }
+        self.open_files.clear();
+        let segno = lsn.segment_number(self.seg_size_bytes);
+        let path = segment_path(&self.dir, PG_TLI, lsn, self.seg_size_bytes);
+        if path.exists() {
+            let offset = lsn.segment_offset(self.seg_size_bytes);
+            let file = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+            let zeros = vec![0u8; (self.seg_size_bytes - offset) as usize];
+            file.write_all_at(&zeros, offset).map_err(io_err(&path))?;
+            file.sync_data().map_err(io_err(&path))?;
+        }
+        for (later, later_path) in segment_files(&self.dir, self.seg_size_bytes)? {
+            if later > segno {
+                fs::remove_file(&later_path).map_err(io_err(&later_path))?;
+            }
+        }
+        fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        self.write_lsn = lsn;
+        self.flush_lsn = lsn;
+        Ok(())
+    }
+
+    /// Restart an empty timeline at `lsn` (its first compute starts there).
+    pub fn reset_start(&mut self, lsn: Lsn) -> Result<(), WalStorageError> {
+        if self.write_lsn != self.start_lsn {
+            return Err(WalStorageError::NotContiguous { expected: self.write_lsn, got: lsn });
+        }
+        self.open_files.clear();
+        for (_, path) in segment_files(&self.dir, self.seg_size_bytes)? {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        self.start_lsn = lsn;
+        self.write_lsn = lsn;
+        self.flush_lsn = lsn;
+        Ok(())
+    }
+
+    /// Remove whole segments that end at or below `lsn` (WAL nobody needs).
+    /// Returns how many were removed.
+    pub fn remove_segments_below(&mut self, lsn: Lsn) -> Result<usize, WalStorageError> {
+        let keep_from = lsn.segment_number(self.seg_size_bytes);
+        let mut removed = 0;
+        for (segno, path) in segment_files(&self.dir, self.seg_size_bytes)? {
+            if segno < keep_from {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                self.open_files.remove(&segno);
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            let new_start = Lsn(keep_from * self.seg_size_bytes);
+            self.start_lsn = self.start_lsn.max(new_start);
+        }
+        Ok(removed)
+    }
+
+    fn segment_file(&mut self, segno: u64) -> Result<(&File, &mut bool), WalStorageError> {
+        if !self.open_files.contains_key(&segno) {
+            let path = segment_path(&self.dir, PG_TLI, Lsn(segno * self.seg_size_bytes), self.seg_size_bytes);
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
+            let file = file.map_err(io_err(&path))?;
+            let len = file.metadata().map_err(io_err(&path))?.len();
+            if len != self.seg_size_bytes {
+                file.set_len(self.seg_size_bytes).map_err(io_err(&path))?;
+                self.dir_dirty = true;
+            }
+            self.open_files.insert(segno, (file, false));
+        }
+        let (file, dirty) = self.open_files.get_mut(&segno).expect("inserted above");
+        Ok((file, dirty))
+    }
+}
+
+/// The segment files of `dir`, by segment number.
+fn segment_files(dir: &Path, seg_size_bytes: u64) -> Result<Vec<(u64, PathBuf)>, WalStorageError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(segno) = parse_segment_name(&name, seg_size_bytes) {
+            out.push((segno, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Segment number of a file named like `000000010000000A000000FF`.
+fn parse_segment_name(name: &str, seg_size_bytes: u64) -> Option<u64> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    let segs_per_log = 0x1_0000_0000u64 / seg_size_bytes;
+    Some(log * segs_per_log + seg)
+}
+
+/// End of the last complete valid record at or after `from` (itself if none).
+fn find_end_of_wal(dir: &Path, seg_size_bytes: u64, from: Lsn) -> Result<Lsn, WalStorageError> {
+    let mut end = from;
+    let scan = scan_wal_dir(dir, PG_TLI, from, seg_size_bytes, |rec| end = rec.end_lsn);
+    let scan_err = |reason: String| WalStorageError::Scan { dir: dir.to_path_buf(), from, reason };
+    match scan.map_err(|e| scan_err(e.to_string()))? {
+        ScanEnd::NoMoreFiles(_) => {}
+        ScanEnd::DecodeError(e) if e.is_end_of_wal() => {}
+        ScanEnd::DecodeError(e) => tracing::info!("WAL ends at {end}: {e}"),
+    }
+    Ok(end)
+}
+
+/// Read WAL `[lsn, lsn + buf.len())` into `buf` from the segment files of
+/// `dir`. The caller guarantees the range is below the flush LSN.
+pub fn read_wal(dir: &Path, seg_size_bytes: u64, lsn: Lsn, buf: &mut [u8]) -> Result<(), WalStorageError> {
+    let mut pos = lsn;
+    let mut done = 0;
+    while done < buf.len() {
+        let offset = pos.segment_offset(seg_size_bytes);
+        let len = (buf.len() - done).min((seg_size_bytes - offset) as usize);
+        let path = segment_path(dir, PG_TLI, pos, seg_size_bytes);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        file.read_exact_at(&mut buf[done..done + len], offset).map_err(io_err(&path))?;
+        done += len;
+        pos += len as u64;
+    }
+    Ok(())
+}
