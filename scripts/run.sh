@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
+./scripts/build-walredo.sh >/dev/null
 cargo build --release --workspace
 echo "run: the local cluster (strata init/start/endpoint) is not built yet; running the WAL decoder on real WAL" >&2
 cargo bench -p postgres_ffi --bench decode

@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
+./scripts/build-walredo.sh >/dev/null
 started=$(date +%s)
 echo "test: building" >&2
 cargo build --workspace --all-targets

@@ -1,0 +1,51 @@
+//! Prometheus metrics of the pageserver, registered in the default registry
+//! on first use. Owned here so that every component reports under one
+//! naming scheme (`strata_pageserver_*`).
+use std::sync::LazyLock;
+
+use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
+
+const TIME_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0];
+const BYTES_BUCKETS: &[f64] = &[
+    128.0, 512.0, 2048.0, 8192.0, 32768.0, 131072.0, 524288.0, 2097152.0, 8388608.0,
+];
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    register_histogram!(name, help, buckets.to_vec()).expect("metric names are unique")
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    register_int_counter!(name, help).expect("metric names are unique")
+}
+
+/// Time spent applying one run of records (in Postgres or in Rust).
+pub static WAL_REDO_TIME: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram("strata_pageserver_wal_redo_seconds", "Time spent on WAL redo of one request run", TIME_BUCKETS)
+});
+
+/// Records per Postgres redo request.
+pub static WAL_REDO_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram("strata_pageserver_wal_redo_records", "WAL records per redo request", COUNT_BUCKETS)
+});
+
+/// Record bytes per Postgres redo request.
+pub static WAL_REDO_BYTES: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram("strata_pageserver_wal_redo_bytes", "WAL record bytes per redo request", BYTES_BUCKETS)
+});
+
+/// Time from spawning a redo process until it serves requests.
+pub static WAL_REDO_LAUNCH_TIME: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "strata_pageserver_wal_redo_process_launch_seconds",
+        "Time to launch a WAL redo process",
+        TIME_BUCKETS,
+    )
+});
+
+/// Redo attempts that failed (each is retried once on a fresh process).
+pub static WAL_REDO_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_wal_redo_failures_total", "Failed WAL redo attempts")
+});

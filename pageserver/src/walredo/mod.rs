@@ -1,0 +1,537 @@
+//! WAL redo: rebuild a page version from a base image and the WAL records
+//! that followed it.
+//!
+//! Owns: [`PostgresRedoManager`], a small pool of redo processes (stock
+//! `postgres --single` running Strata's `walredo` extension, see
+//! `pgxn/walredo`), and the split of each request into runs of records that
+//! Strata applies in Rust ([`WalRecord::is_rust_applied`]) and runs that the
+//! processes apply.
+//!
+//! Behaviour (after Neon's redo manager): processes are launched lazily on
+//! first use and reused; each serves one request at a time; every request
+//! has a timeout; a process whose request fails is taken out of rotation and
+//! the request is retried once on a fresh process; processes idle for
+//! `idle_timeout` are stopped; [`PostgresRedoManager::shutdown`] waits until
+//! no process runs, after which requests needing a process fail with
+//! [`WalRedoError::Cancelled`].
+//!
+//! Invariants: the number of pool slots equals the semaphore's permits; a
+//! slot is either free in the pool or held by exactly one [`Lease`]; a
+//! process is launched only while the manager is not shut down (checked
+//! under the pool lock that `shutdown` also takes).
+//!
+//! Cancellation: every public method is cancel-safe. Dropping a request
+//! mid-way leaves its process in an unknown protocol state; the lease is then
+//! "dirty" and the process is killed instead of being returned to the pool.
+mod apply_rust;
+mod process;
+pub mod protocol;
+pub mod record;
+pub mod scratch;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use postgres_ffi::pg_constants::BLCKSZ;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{info, warn};
+use utils::lsn::Lsn;
+use utils::pg_user::PgUser;
+
+use crate::metrics;
+pub use apply_rust::{
+    apply_record as apply_rust_record, clog_status, MULTIXACT_MEMBERS_PER_PAGE, MULTIXACT_OFFSETS_PER_PAGE,
+    VM_HEAPBLOCKS_PER_PAGE,
+};
+use process::{LaunchSpec, LiveTracker, WalRedoProcess};
+use protocol::{Base, Target};
+pub use record::{vm_clear_for_heap_record, MultiXactMember, RedoKey, SlruKind, WalRecord};
+
+/// A failed page reconstruction.
+#[derive(Debug, thiserror::Error)]
+pub enum WalRedoError {
+    #[error("cancelled: the WAL redo manager is shut down")]
+    Cancelled,
+    #[error("invalid WAL redo request: {0}")]
+    InvalidRequest(String),
+    #[error("WAL redo process pid {pid} did not answer within {timeout:?}")]
+    Timeout { pid: u32, timeout: Duration },
+    #[error("WAL redo process failed: {0}")]
+    Process(String),
+    #[error("could not launch a WAL redo process: {0}")]
+    Launch(String),
+    #[error("applying Rust WAL records to {key}: {reason}")]
+    RustApply { key: RedoKey, reason: String },
+}
+
+/// Settings of a [`PostgresRedoManager`].
+#[derive(Clone, Debug)]
+pub struct WalRedoConfig {
+    /// Directory for this manager's scratch clusters (one per pool slot).
+    pub work_dir: PathBuf,
+    /// Template cluster, shared by managers; default `<work_dir>/template`.
+    pub template_dir: Option<PathBuf>,
+    /// The built `walredo.so`; default: [`scratch::locate_walredo_lib`].
+    pub lib_path: Option<PathBuf>,
+    /// Directory of `postgres` and `initdb`.
+    pub pg_bin_dir: PathBuf,
+    /// Number of redo processes that may run at once.
+    pub pool_size: usize,
+    /// Time limit of one request to one process.
+    pub request_timeout: Duration,
+    /// Time limit for a process to start serving.
+    pub launch_timeout: Duration,
+    /// Processes unused for this long are stopped.
+    pub idle_timeout: Duration,
+}
+
+impl WalRedoConfig {
+    pub fn new(work_dir: impl Into<PathBuf>) -> WalRedoConfig {
+        WalRedoConfig {
+            work_dir: work_dir.into(),
+            template_dir: None,
+            lib_path: None,
+            pg_bin_dir: utils::pg_user::pg_bin_dir(),
+            pool_size: 2,
+            request_timeout: Duration::from_secs(60),
+            launch_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A live process, as [`PostgresRedoManager::status`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessStatus {
+    pub slot: usize,
+    pub pid: u32,
+}
+
+/// Snapshot of a manager's state.
+#[derive(Clone, Debug)]
+pub struct WalRedoStatus {
+    pub last_redo_at: Option<SystemTime>,
+    pub processes: Vec<ProcessStatus>,
+}
+
+const MAX_RETRY_ATTEMPTS: u32 = 1;
+
+/// Rebuilds pages with Rust-applied records and a pool of redo processes.
+pub struct PostgresRedoManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conf: WalRedoConfig,
+    user: PgUser,
+    lib_dir: PathBuf,
+    template: tokio::sync::OnceCell<PathBuf>,
+    permits: Arc<Semaphore>,
+    pool: Mutex<Pool>,
+    live: Arc<LiveTracker>,
+    last_redo_at: Mutex<Option<SystemTime>>,
+}
+
+struct Pool {
+    shutdown: bool,
+    free: Vec<Slot>,
+}
+
+struct Slot {
+    idx: usize,
+    proc: Option<WalRedoProcess>,
+}
+
+/// What a leased process is asked to do.
+enum Op<'a> {
+    Apply { target: Target, base: Base<'a>, records: &'a [(Lsn, &'a Bytes)] },
+    Ping,
+}
+
+impl PostgresRedoManager {
+    /// A manager; nothing is launched until the first request. Inside a
+    /// tokio runtime, a background task stops idle processes.
+    pub fn new(conf: WalRedoConfig) -> Result<PostgresRedoManager, WalRedoError> {
+        let user = PgUser::from_env().map_err(|e| WalRedoError::Launch(e.to_string()))?;
+        let lib = scratch::locate_walredo_lib(conf.lib_path.as_deref()).map_err(WalRedoError::Launch)?;
+        let lib_dir = lib.parent().map(PathBuf::from).unwrap_or_default();
+        if lib.file_name().and_then(|n| n.to_str()) != Some(scratch::LIB_FILE) {
+            return Err(WalRedoError::Launch(format!("{} must be named {}", lib.display(), scratch::LIB_FILE)));
+        }
+        scratch::ensure_owned_dir(&conf.work_dir, &user).map_err(WalRedoError::Launch)?;
+        let pool_size = conf.pool_size.max(1);
+        let free = (0..pool_size).rev().map(|idx| Slot { idx, proc: None }).collect();
+        let inner = Arc::new(Inner {
+            conf,
+            user,
+            lib_dir,
+            template: tokio::sync::OnceCell::new(),
+            permits: Arc::new(Semaphore::new(pool_size)),
+            pool: Mutex::new(Pool { shutdown: false, free }),
+            live: LiveTracker::new(),
+            last_redo_at: Mutex::new(None),
+        });
+        spawn_quiesce_task(&inner);
+        Ok(PostgresRedoManager { inner })
+    }
+
+    /// Rebuild the page `key` at `lsn` from `base_image` (if any) and
+    /// `records` ((end LSN, record), in LSN order).
+    pub async fn request_redo(
+        &self,
+        key: impl Into<RedoKey>,
+        lsn: Lsn,
+        base_image: Option<Bytes>,
+        records: Vec<(Lsn, WalRecord)>,
+    ) -> Result<Bytes, WalRedoError> {
+        let key = key.into();
+        validate_request(&base_image, &records)?;
+        let mut image = base_image;
+        for (rust, range) in split_runs(&records) {
+            let run = &records[range];
+            let page = if rust {
+                self.apply_rust(&key, image, run)?
+            } else {
+                self.apply_postgres(&key, lsn, image.as_ref(), run).await?
+            };
+            image = Some(page);
+        }
+        image.ok_or_else(|| WalRedoError::InvalidRequest("no records".into()))
+    }
+
+    /// A ping round trip through a (possibly new) process.
+    pub async fn ping(&self) -> Result<(), WalRedoError> {
+        self.inner.run(Op::Ping).await.map(|_| ())
+    }
+
+    /// Last redo time and the live processes.
+    pub fn status(&self) -> WalRedoStatus {
+        let pids = self.inner.live.pids.lock().unwrap_or_else(|e| e.into_inner());
+        WalRedoStatus {
+            last_redo_at: *self.inner.last_redo_at.lock().unwrap_or_else(|e| e.into_inner()),
+            processes: pids.iter().map(|(&pid, &slot)| ProcessStatus { slot, pid }).collect(),
+        }
+    }
+
+    /// Stop processes idle for at least `idle`; returns how many.
+    pub fn maybe_quiesce(&self, idle: Duration) -> usize {
+        self.inner.quiesce(idle)
+    }
+
+    /// Refuse new work and wait until no redo process runs. Requests in
+    /// flight finish on their process; later ones (and their retries) fail
+    /// with [`WalRedoError::Cancelled`]. Idempotent.
+    pub async fn shutdown(&self) {
+        let idle: Vec<WalRedoProcess> = {
+            let mut pool = self.inner.lock_pool();
+            pool.shutdown = true;
+            pool.free.iter_mut().filter_map(|slot| slot.proc.take()).collect()
+        };
+        self.inner.permits.close();
+        for proc in idle {
+            proc.kill_and_wait().await;
+        }
+        let mut live = self.inner.live.count.subscribe();
+        let _ = live.wait_for(|n| *n == 0).await;
+    }
+
+    fn apply_rust(&self, key: &RedoKey, base: Option<Bytes>, run: &[(Lsn, WalRecord)]) -> Result<Bytes, WalRedoError> {
+        let started = Instant::now();
+        let page = apply_rust::apply_run(key, base, run)
+            .map_err(|reason| WalRedoError::RustApply { key: *key, reason })?;
+        metrics::WAL_REDO_TIME.observe(started.elapsed().as_secs_f64());
+        Ok(page)
+    }
+
+    async fn apply_postgres(
+        &self,
+        key: &RedoKey,
+        lsn: Lsn,
+        base: Option<&Bytes>,
+        run: &[(Lsn, WalRecord)],
+    ) -> Result<Bytes, WalRedoError> {
+        let RedoKey::Rel { rel, forknum, blkno } = *key else {
+            return Err(WalRedoError::InvalidRequest(format!("Postgres records for {key}")));
+        };
+        let raw: Vec<(Lsn, &Bytes)> = run
+            .iter()
+            .filter_map(|(lsn, rec)| match rec {
+                WalRecord::Postgres { rec, .. } => Some((*lsn, rec)),
+                _ => None,
+            })
+            .collect();
+        let nbytes: usize = raw.iter().map(|(_, r)| r.len()).sum();
+        *self.inner.last_redo_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
+        let target = Target { rel, forknum, blkno };
+        let started = Instant::now();
+        let page = self.apply_with_retry(key, lsn, target, base, &raw).await?;
+        metrics::WAL_REDO_TIME.observe(started.elapsed().as_secs_f64());
+        metrics::WAL_REDO_RECORDS.observe(raw.len() as f64);
+        metrics::WAL_REDO_BYTES.observe(nbytes as f64);
+        Ok(page)
+    }
+
+    async fn apply_with_retry(
+        &self,
+        key: &RedoKey,
+        lsn: Lsn,
+        target: Target,
+        base: Option<&Bytes>,
+        raw: &[(Lsn, &Bytes)],
+    ) -> Result<Bytes, WalRedoError> {
+        let mut attempt = 0;
+        loop {
+            let base = base.map_or(Base::None, |b| Base::Image(b));
+            match self.inner.run(Op::Apply { target, base, records: raw }).await {
+                Ok(page) => {
+                    if attempt > 0 {
+                        info!(%key, %lsn, attempt, "retried WAL redo succeeded");
+                    }
+                    return Ok(page);
+                }
+                Err(e @ (WalRedoError::Cancelled | WalRedoError::InvalidRequest(_))) => return Err(e),
+                Err(e) => {
+                    metrics::WAL_REDO_FAILURES.inc();
+                    warn!(%key, %lsn, attempt, records = raw.len(), "WAL redo failed: {e}");
+                    if attempt >= MAX_RETRY_ATTEMPTS {
+                        return Err(e);
+                    }
+                }
+            }
+            attempt += 1;
+        }
+    }
+}
+
+fn validate_request(base: &Option<Bytes>, records: &[(Lsn, WalRecord)]) -> Result<(), WalRedoError> {
+    if records.is_empty() {
+        return Err(WalRedoError::InvalidRequest("no records".into()));
+    }
+    if let Some(base) = base {
+        if base.len() != BLCKSZ {
+            return Err(WalRedoError::InvalidRequest(format!("base image of {} bytes", base.len())));
+        }
+    }
+    for (lsn, rec) in records {
+        if let WalRecord::Postgres { rec, .. } = rec {
+            let tot_len = rec.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            if rec.len() < 24 || tot_len != Some(rec.len() as u32) {
+                return Err(WalRedoError::InvalidRequest(format!("record at {lsn} is not a whole XLogRecord")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Split `records` into maximal runs applied by the same party:
+/// (applied in Rust?, index range).
+pub fn split_runs(records: &[(Lsn, WalRecord)]) -> Vec<(bool, Range<usize>)> {
+    let mut runs: Vec<(bool, Range<usize>)> = Vec::new();
+    for (i, (_, rec)) in records.iter().enumerate() {
+        let rust = rec.is_rust_applied();
+        match runs.last_mut() {
+            Some((last_rust, range)) if *last_rust == rust => range.end = i + 1,
+            _ => runs.push((rust, i..i + 1)),
+        }
+    }
+    runs
+}
+
+fn spawn_quiesce_task(inner: &Arc<Inner>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    let idle = inner.conf.idle_timeout;
+    let period = (idle / 4).max(Duration::from_millis(50));
+    handle.spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.lock_pool().shutdown {
+                return;
+            }
+            inner.quiesce(idle);
+        }
+    });
+}
+
+/// Stop a process without waiting (from sync code): SIGKILL now, reap in
+/// a task (or on drop, outside a runtime).
+fn retire(proc: WalRedoProcess) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn(proc.kill_and_wait())),
+        Err(_) => drop(proc),
+    }
+}
+
+impl Inner {
+    fn lock_pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn quiesce(&self, idle: Duration) -> usize {
+        let mut pool = self.lock_pool();
+        let mut stopped = 0;
+        for slot in pool.free.iter_mut() {
+            if slot.proc.as_ref().is_some_and(|p| p.last_used.elapsed() >= idle) {
+                if let Some(proc) = slot.proc.take() {
+                    info!(pid = proc.pid(), "stopping idle WAL redo process");
+                    retire(proc);
+                    stopped += 1;
+                }
+            }
+        }
+        stopped
+    }
+
+    async fn lease(self: &Arc<Self>) -> Result<Lease, WalRedoError> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(|_| WalRedoError::Cancelled)?;
+        let mut pool = self.lock_pool();
+        if pool.shutdown {
+            return Err(WalRedoError::Cancelled);
+        }
+        // Prefer a slot whose process is already running (kept at the end).
+        let slot = pool.free.pop().ok_or_else(|| WalRedoError::Process("no free pool slot".into()))?;
+        Ok(Lease { inner: Arc::clone(self), slot: Some(slot), dirty: false, _permit: permit })
+    }
+
+    async fn run(self: &Arc<Self>, op: Op<'_>) -> Result<Bytes, WalRedoError> {
+        let mut lease = self.lease().await?;
+        lease.run(op).await
+    }
+
+    fn release(&self, mut slot: Slot, dirty: bool) {
+        let mut pool = self.lock_pool();
+        if dirty || pool.shutdown {
+            if let Some(proc) = slot.proc.take() {
+                retire(proc);
+            }
+        }
+        if slot.proc.is_some() {
+            pool.free.push(slot);
+        } else {
+            pool.free.insert(0, slot);
+        }
+    }
+
+    async fn launch(&self, idx: usize) -> Result<WalRedoProcess, WalRedoError> {
+        let template = self.template_data().await?;
+        let live = {
+            let pool = self.lock_pool();
+            if pool.shutdown {
+                return Err(WalRedoError::Cancelled);
+            }
+            self.live.enter(idx)
+        };
+        let (work_dir, user) = (self.conf.work_dir.clone(), self.user.clone());
+        let data_dir = blocking(move || scratch::ensure_slot(&work_dir, idx, &template, &user)).await?;
+        let started = Instant::now();
+        let spec = LaunchSpec {
+            pg_bin: &self.conf.pg_bin_dir,
+            data_dir,
+            lib_dir: &self.lib_dir,
+            user: &self.user,
+            timeout: self.conf.launch_timeout,
+        };
+        let proc = WalRedoProcess::launch(spec, live).await?;
+        let elapsed = started.elapsed();
+        metrics::WAL_REDO_LAUNCH_TIME.observe(elapsed.as_secs_f64());
+        info!(pid = proc.pid(), slot = idx, elapsed_ms = elapsed.as_millis() as u64, "launched WAL redo process");
+        Ok(proc)
+    }
+
+    async fn template_data(&self) -> Result<PathBuf, WalRedoError> {
+        let init = || async {
+            let template_dir = self.conf.template_dir.clone().unwrap_or_else(|| self.conf.work_dir.join("template"));
+            let (lib_dir, user, bin) = (self.lib_dir.clone(), self.user.clone(), self.conf.pg_bin_dir.clone());
+            blocking(move || scratch::ensure_template(&template_dir, &lib_dir, &user, &bin)).await
+        };
+        self.template.get_or_try_init(init).await.cloned()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, WalRedoError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(WalRedoError::Launch),
+        Err(e) => Err(WalRedoError::Launch(format!("setup task failed: {e}"))),
+    }
+}
+
+/// Exclusive use of one pool slot (and its process, if any).
+struct Lease {
+    inner: Arc<Inner>,
+    slot: Option<Slot>,
+    /// Set while a request is in flight: if the lease is dropped then, the
+    /// process's protocol state is unknown and it must not be reused.
+    dirty: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    async fn run(&mut self, op: Op<'_>) -> Result<Bytes, WalRedoError> {
+        let Some(slot) = self.slot.as_mut() else {
+            return Err(WalRedoError::Process("lease without a slot".into()));
+        };
+        let proc = match slot.proc.as_mut() {
+            Some(proc) => proc,
+            None => slot.proc.insert(self.inner.launch(slot.idx).await?),
+        };
+        self.dirty = true;
+        let timeout = self.inner.conf.request_timeout;
+        let result = match op {
+            Op::Apply { target, base, records } => proc.apply(target, base, records, timeout).await,
+            Op::Ping => proc.ping(timeout).await.map(|()| Bytes::new()),
+        };
+        if result.is_err() {
+            if let Some(proc) = slot.proc.take() {
+                proc.kill_and_wait().await; // out of rotation before any retry
+            }
+        }
+        self.dirty = false;
+        result
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.inner.release(slot, self.dirty);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pg(will_init: bool) -> (Lsn, WalRecord) {
+        (Lsn(1), WalRecord::Postgres { will_init, rec: Bytes::new() })
+    }
+
+    fn clog() -> (Lsn, WalRecord) {
+        (Lsn(2), WalRecord::ClogSetAborted { xids: vec![1] })
+    }
+
+    #[test]
+    fn runs_split_where_the_applier_changes() {
+        let records = vec![pg(true), pg(false), clog(), clog(), pg(false), clog()];
+        let runs = split_runs(&records);
+        assert_eq!(runs, vec![(false, 0..2), (true, 2..4), (false, 4..5), (true, 5..6)]);
+        assert!(split_runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn malformed_requests_are_rejected() {
+        assert!(validate_request(&None, &[]).is_err());
+        let short = Some(Bytes::from_static(b"abc"));
+        assert!(validate_request(&short, &[clog()]).is_err());
+        assert!(validate_request(&None, &[pg(true)]).is_err(), "empty raw record");
+        assert!(validate_request(&None, &[clog()]).is_ok());
+    }
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Builds Strata's WAL redo extension (pgxn/walredo) with PGXS, out of tree,
+# and installs walredo.so into a directory that the unprivileged Postgres user
+# can reach (every directory on the path traversable by it). Idempotent and
+# safe to run concurrently (serialised with flock). Prints the full path of
+# the installed walredo.so as the last line on stdout.
+#
+#   PG_CONFIG           pg_config to build against (default: Debian's PG 15)
+#   STRATA_PG_USER      user the redo process runs as when we are root (postgres)
+#   STRATA_WALREDO_DIR  install directory (default: <repo>/target/walredo if
+#                       reachable by that user, else /var/lib/strata/walredo)
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
+PG_USER="${STRATA_PG_USER:-postgres}"
+SRC="$REPO/pgxn/walredo"
+BUILD="$REPO/target/walredo-build"
+
+log() { printf 'build-walredo: %s\n' "$*" >&2; }
+
+# Can the Postgres user read $1 (and traverse every directory above it)?
+reachable_by_pg_user() {
+    if [ "$(id -u)" -ne 0 ]; then test -r "$1"; return; fi
+    runuser -u "$PG_USER" -- test -r "$1" 2>/dev/null
+}
+
+ensure_headers() {
+    local inc
+    inc="$("$PG_CONFIG" --includedir-server)"
+    [ -f "$inc/postgres.h" ] && return
+    if [ "$(id -u)" -eq 0 ]; then
+        log "installing postgresql-server-dev-15 (PGXS headers)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            postgresql-server-dev-15 build-essential </dev/null >&2 \
+        || { apt-get update -q </dev/null >&2 && DEBIAN_FRONTEND=noninteractive \
+             apt-get install -y -q --no-install-recommends postgresql-server-dev-15 build-essential </dev/null >&2; }
+    else
+        log "missing $inc/postgres.h: install postgresql-server-dev-15 (scripts/setup.sh)"
+        exit 1
+    fi
+}
+
+build() {
+    mkdir -p "$BUILD"
+    # Copy only changed sources so that make's timestamps stay meaningful.
+    local f
+    for f in Makefile walredo.c walredo.control walredo--1.0.sql; do
+        cmp -s "$SRC/$f" "$BUILD/$f" || cp "$SRC/$f" "$BUILD/$f"
+    done
+    make -s -C "$BUILD" PG_CONFIG="$PG_CONFIG" >&2
+}
+
+install_to() {
+    local dir="$1"
+    mkdir -p "$dir"
+    if ! cmp -s "$BUILD/walredo.so" "$dir/walredo.so"; then
+        cp "$BUILD/walredo.so" "$dir/walredo.so.tmp.$$"
+        chmod 0755 "$dir/walredo.so.tmp.$$"
+        mv -f "$dir/walredo.so.tmp.$$" "$dir/walredo.so"
+    fi
+    chmod 0755 "$dir"
+}
+
+main() {
+    mkdir -p "$REPO/target"
+    exec 9>"$REPO/target/.build-walredo.lock"
+    flock 9
+    ensure_headers
+    build
+    local dir="${STRATA_WALREDO_DIR:-$REPO/target/walredo}"
+    install_to "$dir"
+    if ! reachable_by_pg_user "$dir/walredo.so"; then
+        if [ -n "${STRATA_WALREDO_DIR:-}" ]; then
+            log "$dir/walredo.so is not readable by $PG_USER"; exit 1
+        fi
+        log "$dir is not reachable by $PG_USER; installing to /var/lib/strata/walredo"
+        dir=/var/lib/strata/walredo
+        install_to "$dir"
+        chmod 0755 /var/lib/strata
+        reachable_by_pg_user "$dir/walredo.so" || { log "$dir/walredo.so is not readable by $PG_USER"; exit 1; }
+    fi
+    echo "$dir/walredo.so"
+}
+
+main "$@"
