@@ -81,7 +81,8 @@ fn main() -> anyhow::Result<()> {
         env_num("STRATA_BENCH_SECONDS", 10)
     );
     println!("{:<48} {:>10} {:>16}", "setup", "TPS", "latency avg ms");
-    let setups: [(&str, Box<dyn Fn() -> anyhow::Result<Figures>>); 3] = [
+    type Setup = Box<dyn Fn() -> anyhow::Result<Figures>>;
+    let setups: [(&str, Setup); 3] = [
         ("stock PG15 + pg_receivewal --synchronous (baseline)", Box::new(stock_with_pg_receivewal)),
         ("Strata, 1 safekeeper", Box::new(|| with_safekeepers(1, 1))),
         ("Strata, 3 safekeepers, ANY 2", Box::new(|| with_safekeepers(3, 2))),
