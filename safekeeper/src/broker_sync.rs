@@ -26,6 +26,8 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(1000);
 const MIN_PUBLISH_GAP: Duration = Duration::from_millis(5);
 /// Long-poll timeout of a subscription request.
 const POLL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Look for removable WAL this often.
+const WAL_REMOVAL_INTERVAL: Duration = Duration::from_secs(10);
 /// Ignore peers that have not published for this long.
 const PEER_STALE_MS: u64 = 10_000;
 
@@ -98,7 +100,12 @@ async fn local_only(tl: Arc<Timeline>) {
 async fn publish_loop(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>, client: BrokerClient) {
     let mut flush = tl.subscribe_flush();
     let mut commit = tl.subscribe_commit();
+    let mut last_cleanup = std::time::Instant::now();
     loop {
+        if last_cleanup.elapsed() >= WAL_REMOVAL_INTERVAL {
+            last_cleanup = std::time::Instant::now();
+            remove_old_wal(&tl).await;
+        }
         if tl.persistent().quorum <= 1 {
             tl.advance_commit_lsn(tl.flush_lsn());
         }
@@ -114,6 +121,14 @@ async fn publish_loop(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>, client: Brok
             }
         })
         .await;
+    }
+}
+
+async fn remove_old_wal(tl: &Timeline) {
+    let replicas = crate::walsender::replicas_of(tl.tenant_id, tl.timeline_id);
+    let replica_min = replicas.iter().map(|r| r.flush_lsn.max(r.write_lsn)).min();
+    if let Err(e) = tl.remove_old_wal(replica_min).await {
+        tracing::warn!("WAL removal: {e}");
     }
 }
 

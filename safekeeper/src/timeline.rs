@@ -355,6 +355,32 @@ impl Timeline {
         });
     }
 
+    /// Remove whole WAL segments nobody needs: below the remote-consistent
+    /// LSN (pageservers hold that WAL durably elsewhere), below commit_lsn and
+    /// below every connected replica's flush position. Returns how many.
+    pub async fn remove_old_wal(&self, replica_min_flush: Option<Lsn>) -> Result<usize, TimelineError> {
+        let remote = self.lock().persistent.remote_consistent_lsn;
+        let mut horizon = remote.min(self.commit_lsn());
+        if let Some(replica) = replica_min_flush {
+            horizon = horizon.min(replica);
+        }
+        if horizon.segment_number(self.seg_size_bytes) == 0 {
+            return Ok(0);
+        }
+        let removed = self.with_storage(move |s| s.remove_segments_below(horizon)).await?;
+        if removed > 0 {
+            let start = self.storage.lock().unwrap_or_else(|p| p.into_inner()).start_lsn();
+            let snapshot = {
+                let mut st = self.lock();
+                st.persistent.timeline_start_lsn = st.persistent.timeline_start_lsn.max(start);
+                st.persistent.clone()
+            };
+            self.persist(snapshot).await?;
+            tracing::info!(removed, %horizon, "removed old WAL segments");
+        }
+        Ok(removed)
+    }
+
     pub fn update_remote_consistent_lsn(&self, lsn: Lsn) {
         let mut st = self.lock();
         st.persistent.remote_consistent_lsn = st.persistent.remote_consistent_lsn.max(lsn);

@@ -1,0 +1,134 @@
+//! The components of a local cluster and the order they start and stop in:
+//! broker, safekeepers, pageserver up; the reverse down.
+
+use std::path::{Path, PathBuf};
+
+use crate::background::{self, Component};
+use crate::config::Config;
+
+pub struct Cluster {
+    pub repo: PathBuf,
+    pub conf: Config,
+}
+
+impl Cluster {
+    pub fn load(repo: &Path) -> anyhow::Result<Cluster> {
+        Ok(Cluster { repo: repo.to_path_buf(), conf: Config::load(repo)? })
+    }
+
+    pub fn broker_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.conf.broker.http_port)
+    }
+
+    pub fn pageserver_http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.conf.pageserver.http_port)
+    }
+
+    pub fn safekeeper_http(&self, id: u64) -> Option<String> {
+        self.conf.safekeepers.iter().find(|s| s.id == id).map(|s| format!("http://127.0.0.1:{}", s.http_port))
+    }
+
+    /// Components in start order.
+    pub fn components(&self) -> anyhow::Result<Vec<Component>> {
+        let bin = background::bin_dir()?;
+        let mut out = vec![Component {
+            name: "broker".into(),
+            dir: self.repo.join("broker"),
+            binary: bin.join("broker"),
+            args: vec!["--listen".into(), self.broker_addr()],
+            ports: vec![self.conf.broker.http_port],
+            ready_url: format!("http://{}/metrics", self.broker_addr()),
+        }];
+        for sk in &self.conf.safekeepers {
+            let dir = self.repo.join(format!("safekeeper_{}", sk.id));
+            out.push(Component {
+                name: format!("safekeeper_{}", sk.id),
+                binary: bin.join("safekeeper"),
+                args: vec![
+                    "--id".into(),
+                    sk.id.to_string(),
+                    "--data-dir".into(),
+                    dir.join("data").display().to_string(),
+                    "--listen-pg".into(),
+                    format!("127.0.0.1:{}", sk.pg_port),
+                    "--listen-http".into(),
+                    format!("127.0.0.1:{}", sk.http_port),
+                    "--broker-endpoint".into(),
+                    self.broker_addr(),
+                ],
+                ports: vec![sk.pg_port, sk.http_port],
+                ready_url: format!("http://127.0.0.1:{}/v1/status", sk.http_port),
+                dir,
+            });
+        }
+        let ps = &self.conf.pageserver;
+        let dir = self.repo.join("pageserver");
+        out.push(Component {
+            name: "pageserver".into(),
+            binary: bin.join("pageserver"),
+            args: vec![
+                "--workdir".into(),
+                dir.join("data").display().to_string(),
+                "--listen-pg".into(),
+                format!("127.0.0.1:{}", ps.pg_port),
+                "--listen-http".into(),
+                format!("127.0.0.1:{}", ps.http_port),
+            ],
+            ports: vec![ps.pg_port, ps.http_port],
+            ready_url: format!("http://127.0.0.1:{}/metrics", ps.http_port),
+            dir,
+        });
+        Ok(out)
+    }
+
+    /// Start every component that is not running; stops what it started if
+    /// one fails, so nothing is left half-started.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        let mut started = Vec::new();
+        for c in self.components()? {
+            if let Some(pid) = background::running_pid(&c.dir) {
+                println!("{:<14} already running (pid {pid})", c.name);
+                continue;
+            }
+            match c.start().await {
+                Ok(pid) => {
+                    println!("{:<14} started (pid {pid}), log {}", c.name, background::log_path(&c.dir).display());
+                    started.push(c.dir.clone());
+                }
+                Err(e) => {
+                    for dir in started.iter().rev() {
+                        let _ = background::stop(dir).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        for c in self.components()?.iter().rev() {
+            if background::stop(&c.dir).await? {
+                println!("{:<14} stopped", c.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// One line per component: name, pid, health, ports.
+    pub async fn status_lines(&self) -> anyhow::Result<Vec<String>> {
+        let mut lines = vec![format!("{:<14} {:>8}  {:<8} {}", "COMPONENT", "PID", "HEALTH", "PORTS")];
+        for c in self.components()? {
+            let pid = background::running_pid(&c.dir);
+            let health = match pid {
+                None => "stopped",
+                Some(_) if background::is_ready(&c.ready_url).await => "ok",
+                Some(_) => "failing",
+            };
+            let ports: Vec<String> = c.ports.iter().map(u16::to_string).collect();
+            let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            lines.push(format!("{:<14} {:>8}  {:<8} {}", c.name, pid, health, ports.join(",")));
+        }
+        Ok(lines)
+    }
+}

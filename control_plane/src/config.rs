@@ -1,0 +1,112 @@
+//! The local cluster's configuration, `<repo>/config.toml`: which components
+//! exist, on which ports, and names the user gave to tenants and branches.
+//!
+//! Invariants: `strata init` writes it once and refuses to overwrite it;
+//! every other command requires it, so a directory without it is reported as
+//! "not a Strata repository" before anything is touched.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_FILE: &str = "config.toml";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BrokerConf {
+    pub http_port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SafekeeperConf {
+    pub id: u64,
+    pub pg_port: u16,
+    pub http_port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageserverConf {
+    pub pg_port: u16,
+    pub http_port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Config {
+    pub broker: BrokerConf,
+    pub pageserver: PageserverConf,
+    pub safekeepers: Vec<SafekeeperConf>,
+}
+
+impl Config {
+    /// Ports for `n` safekeepers and the other components, from `base`.
+    pub fn with_ports(safekeepers: u64, pageserver_pg_port: u16, base_port: u16) -> Config {
+        Config {
+            broker: BrokerConf { http_port: base_port },
+            pageserver: PageserverConf { pg_port: pageserver_pg_port, http_port: pageserver_pg_port + 1 },
+            safekeepers: (1..=safekeepers)
+                .map(|id| SafekeeperConf {
+                    id,
+                    pg_port: base_port + 10 * id as u16,
+                    http_port: base_port + 10 * id as u16 + 1,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn load(repo: &Path) -> anyhow::Result<Config> {
+        let path = repo.join(CONFIG_FILE);
+        if !path.exists() {
+            bail!("{} is not a Strata repository (no {CONFIG_FILE}); run `strata init` first", repo.display());
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    }
+
+    pub fn save_new(&self, repo: &Path) -> anyhow::Result<PathBuf> {
+        let path = repo.join(CONFIG_FILE);
+        if path.exists() {
+            bail!("{} already holds a Strata repository; remove it or use another --repo-dir", repo.display());
+        }
+        std::fs::create_dir_all(repo).with_context(|| format!("create {}", repo.display()))?;
+        let text = toml::to_string_pretty(self)?;
+        let tmp = repo.join(format!("{CONFIG_FILE}.tmp"));
+        std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Every port the cluster listens on, with its owner.
+    pub fn ports(&self) -> Vec<(String, u16)> {
+        let mut out = vec![
+            ("broker".to_string(), self.broker.http_port),
+            ("pageserver pg".to_string(), self.pageserver.pg_port),
+            ("pageserver http".to_string(), self.pageserver.http_port),
+        ];
+        for sk in &self.safekeepers {
+            out.push((format!("safekeeper {} pg", sk.id), sk.pg_port));
+            out.push((format!("safekeeper {} http", sk.id), sk.http_port));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_and_refuse_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = Config::with_ports(3, 64000, 50051);
+        conf.save_new(dir.path()).unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap(), conf);
+        let err = conf.save_new(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("already holds"), "{err}");
+        let other = tempfile::tempdir().unwrap();
+        let err = Config::load(other.path()).unwrap_err().to_string();
+        assert!(err.contains("not a Strata repository"), "{err}");
+        let ports: Vec<u16> = conf.ports().into_iter().map(|(_, p)| p).collect();
+        let unique: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len(), "ports collide: {ports:?}");
+    }
+}

@@ -1,0 +1,7 @@
+//! The `strata` command's library: a local Strata cluster in a repository
+//! directory — its configuration ([`config`]) and its components run as
+//! background processes ([`background`], [`cluster`]).
+
+pub mod background;
+pub mod cluster;
+pub mod config;
