@@ -110,6 +110,29 @@ impl PgCluster {
         })
     }
 
+    /// A cluster whose data directory (`data_dir()`, not yet created) the
+    /// caller fills, e.g. from a basebackup; then [`PgCluster::finish_data_dir`]
+    /// and [`PgCluster::start_postmaster`].
+    pub fn empty() -> anyhow::Result<PgCluster> {
+        let user = PgUser::from_env()?;
+        let root = pg_owned_tempdir(&user, "strata-pg-")?;
+        let data_dir = root.path().join("data");
+        Ok(PgCluster { root: Some(root), data_dir, port: 0, user, postmaster: None })
+    }
+
+    /// Write the configuration files a basebackup does not carry (trust
+    /// authentication on loopback, `settings` in `postgresql.conf`) and hand
+    /// the directory to the unprivileged user with mode 0700.
+    pub fn finish_data_dir(&self, settings: &[(&str, &str)]) -> anyhow::Result<()> {
+        let hba = "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n";
+        fs::write(self.data_dir.join("pg_hba.conf"), hba)?;
+        fs::write(self.data_dir.join("pg_ident.conf"), "")?;
+        fs::write(self.data_dir.join("postgresql.conf"), "")?;
+        self.configure(settings)?;
+        fs::set_permissions(&self.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        Ok(self.user.chown(&self.data_dir)?)
+    }
+
     /// Append settings to `postgresql.conf` (takes effect at the next start).
     pub fn configure(&self, settings: &[(&str, &str)]) -> anyhow::Result<()> {
         let conf_path = self.data_dir.join("postgresql.conf");

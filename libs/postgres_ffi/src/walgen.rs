@@ -31,6 +31,18 @@ pub enum WalGenError {
     BadSegmentSize(u64),
 }
 
+/// Where a record written at `lsn` actually starts: `lsn` itself, or past
+/// the page header when `lsn` is on a page boundary.
+pub fn record_position(lsn: Lsn, seg_size_bytes: u64) -> Lsn {
+    if lsn.page_offset() != 0 {
+        lsn
+    } else if lsn.segment_offset(seg_size_bytes) == 0 {
+        lsn + XLOG_SIZE_OF_XLOG_LONG_PHD as u64
+    } else {
+        lsn + XLOG_SIZE_OF_XLOG_SHORT_PHD as u64
+    }
+}
+
 /// The bytes of a shutdown checkpoint record carrying `checkpoint`.
 pub fn encode_checkpoint_record(checkpoint: &CheckPoint, xl_prev: Lsn, shutdown: bool) -> Vec<u8> {
     let payload = checkpoint.encode();

@@ -1,0 +1,303 @@
+//! Basebackup: a PostgreSQL 15 data directory for (timeline, LSN), streamed
+//! as a tar archive, from which stock PostgreSQL starts without recovery.
+//!
+//! Owns the layout of the archive, not the data: everything comes from a
+//! [`BasebackupSource`] (the timeline's key space at the LSN). The archive
+//! holds the directory skeleton PostgreSQL expects, `PG_VERSION` files,
+//! relation files (materialised page by page, split into 1 GiB segments),
+//! SLRU segments (`pg_xact`, `pg_multixact`), relmapper files, two-phase
+//! state files, a `pg_control` pointing at a shutdown checkpoint at the LSN,
+//! and a WAL segment holding that checkpoint record (see
+//! `postgres_ffi::walgen`). Configuration files are not included: whoever
+//! starts the compute writes them.
+//!
+//! Invariants: unlogged relations get their init fork copied as their main
+//! fork (their main fork is never WAL-logged); temporary relations never
+//! reach the key space. Every entry is written completely or the whole
+//! backup fails with an error naming the file.
+//!
+//! Cancellation: dropping the future abandons a partially written archive;
+//! nothing outside the writer is changed.
+
+use std::future::Future;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use postgres_ffi::controlfile::{CheckPoint, ControlFile, DbState};
+use postgres_ffi::pg_constants::BLCKSZ;
+use postgres_ffi::walgen::{encode_checkpoint_record, record_position, segment_with_record};
+use postgres_ffi::RelFileNode;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use utils::lsn::Lsn;
+
+use crate::walredo::SlruKind;
+
+/// Blocks per relation segment file (`RELSEG_SIZE`, 1 GiB).
+pub const RELSEG_SIZE_BLOCKS: u32 = 131072;
+pub const DEFAULTTABLESPACE_OID: u32 = 1663;
+pub const GLOBALTABLESPACE_OID: u32 = 1664;
+const MAIN_FORK: u8 = 0;
+const INIT_FORK: u8 = 3;
+
+const SKELETON_DIRS: &[&str] = &[
+    "global", "base", "pg_wal", "pg_wal/archive_status", "pg_commit_ts", "pg_dynshmem", "pg_notify",
+    "pg_serial", "pg_snapshots", "pg_subtrans", "pg_twophase", "pg_multixact", "pg_multixact/members",
+    "pg_multixact/offsets", "pg_replslot", "pg_tblspc", "pg_stat", "pg_stat_tmp", "pg_xact", "pg_logical",
+    "pg_logical/snapshots", "pg_logical/mappings",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BasebackupError {
+    #[error("reading {what} at {lsn}: {reason}")]
+    Source { what: String, lsn: Lsn, reason: String },
+    #[error("writing {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a basebackup reads: the key space of a timeline at an LSN.
+#[allow(async_fn_in_trait)]
+pub trait BasebackupSource {
+    /// (tablespace, database) pairs with a relation directory.
+    async fn databases(&self, lsn: Lsn) -> Result<Vec<(u32, u32)>, String>;
+    /// Relations and forks of a database.
+    async fn relations(&self, spc: u32, db: u32, lsn: Lsn) -> Result<Vec<(RelFileNode, u8)>, String>;
+    async fn rel_size(&self, rel: RelFileNode, fork: u8, lsn: Lsn) -> Result<u32, String>;
+    async fn page(&self, rel: RelFileNode, fork: u8, blkno: u32, lsn: Lsn) -> Result<Bytes, String>;
+    async fn relmap_file(&self, spc: u32, db: u32, lsn: Lsn) -> Result<Option<Bytes>, String>;
+    async fn slru_segments(&self, kind: SlruKind, lsn: Lsn) -> Result<Vec<u32>, String>;
+    /// The whole segment file.
+    async fn slru_segment(&self, kind: SlruKind, segno: u32, lsn: Lsn) -> Result<Bytes, String>;
+    /// (xid, file contents) of prepared transactions.
+    async fn twophase_files(&self, lsn: Lsn) -> Result<Vec<(u32, Bytes)>, String>;
+    /// `pg_control` as imported (patched by the basebackup).
+    async fn control_file(&self, lsn: Lsn) -> Result<Bytes, String>;
+    /// The checkpoint state at `lsn` (next xid/oid/multixact...), as a `CheckPoint`.
+    async fn checkpoint(&self, lsn: Lsn) -> Result<CheckPoint, String>;
+}
+
+/// Figures of a finished basebackup.
+#[derive(Clone, Debug, Default)]
+pub struct BasebackupStats {
+    pub relation_files: u64,
+    pub pages: u64,
+    pub bytes: u64,
+}
+
+/// Where the compute will start, and what to tell it.
+#[derive(Clone, Copy, Debug)]
+pub struct BasebackupTarget {
+    /// A record boundary: the end of the last record the compute sees.
+    pub lsn: Lsn,
+    /// Start LSN of that last record (`xl_prev` of the checkpoint record).
+    pub prev_record_lsn: Lsn,
+}
+
+async fn source<T>(what: impl FnOnce() -> String, lsn: Lsn, fut: impl Future<Output = Result<T, String>>) -> Result<T, BasebackupError> {
+    fut.await.map_err(|reason| BasebackupError::Source { what: what(), lsn, reason })
+}
+
+struct TarWriter<W> {
+    out: W,
+    mtime: u64,
+    stats: BasebackupStats,
+}
+
+impl<W: AsyncWrite + Unpin> TarWriter<W> {
+    async fn write_raw(&mut self, path: &str, bytes: &[u8]) -> Result<(), BasebackupError> {
+        self.out.write_all(bytes).await.map_err(|source| BasebackupError::Write { path: path.to_string(), source })?;
+        self.stats.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn header(&self, path: &str, size: u64, dir: bool) -> Result<tar::Header, BasebackupError> {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).map_err(|e| BasebackupError::Invalid(format!("tar path {path}: {e}")))?;
+        h.set_size(size);
+        h.set_mode(if dir { 0o700 } else { 0o600 });
+        h.set_mtime(self.mtime);
+        h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+        h.set_cksum();
+        Ok(h)
+    }
+
+    async fn dir(&mut self, path: &str) -> Result<(), BasebackupError> {
+        let h = self.header(path, 0, true)?;
+        self.write_raw(path, h.as_bytes()).await
+    }
+
+    /// Start a file of `size` bytes; its content follows via `write_raw`, then `end_file`.
+    async fn begin_file(&mut self, path: &str, size: u64) -> Result<(), BasebackupError> {
+        let h = self.header(path, size, false)?;
+        self.write_raw(path, h.as_bytes()).await
+    }
+
+    async fn end_file(&mut self, path: &str, size: u64) -> Result<(), BasebackupError> {
+        let pad = (512 - (size % 512) as usize) % 512;
+        self.write_raw(path, &[0u8; 512][..pad]).await
+    }
+
+    async fn file(&mut self, path: &str, data: &[u8]) -> Result<(), BasebackupError> {
+        self.begin_file(path, data.len() as u64).await?;
+        self.write_raw(path, data).await?;
+        self.end_file(path, data.len() as u64).await
+    }
+
+    async fn finish(mut self) -> Result<BasebackupStats, BasebackupError> {
+        self.write_raw("end of archive", &[0u8; 1024]).await?;
+        self.out.flush().await.map_err(|source| BasebackupError::Write { path: "end of archive".into(), source })?;
+        Ok(self.stats)
+    }
+}
+
+/// Path of a relation fork's segment file, relative to the data directory.
+pub fn rel_file_path(rel: RelFileNode, fork: u8, segno: u32) -> Result<String, BasebackupError> {
+    let suffix = match fork {
+        0 => "",
+        1 => "_fsm",
+        2 => "_vm",
+        3 => "_init",
+        f => return Err(BasebackupError::Invalid(format!("relation {rel} has unknown fork {f}"))),
+    };
+    let dir = match rel.spc_node {
+        GLOBALTABLESPACE_OID => "global".to_string(),
+        DEFAULTTABLESPACE_OID => format!("base/{}", rel.db_node),
+        spc => return Err(BasebackupError::Invalid(format!("tablespace {spc} of {rel} is not supported yet"))),
+    };
+    let seg = if segno == 0 { String::new() } else { format!(".{segno}") };
+    Ok(format!("{dir}/{}{suffix}{seg}", rel.rel_node))
+}
+
+/// Write the basebackup of `src` at `target` to `out` as a tar archive.
+pub async fn send_basebackup<W, S>(out: W, src: &S, target: BasebackupTarget) -> Result<BasebackupStats, BasebackupError>
+where
+    W: AsyncWrite + Unpin,
+    S: BasebackupSource,
+{
+    let lsn = target.lsn;
+    if !lsn.is_aligned() {
+        return Err(BasebackupError::Invalid(format!("basebackup LSN {lsn} is not a record boundary")));
+    }
+    let mtime = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut tar = TarWriter { out, mtime, stats: BasebackupStats::default() };
+    for dir in SKELETON_DIRS {
+        tar.dir(dir).await?;
+    }
+    tar.file("PG_VERSION", b"15\n").await?;
+    for (spc, db) in source(|| "databases".into(), lsn, src.databases(lsn)).await? {
+        write_database(&mut tar, src, spc, db, lsn).await?;
+    }
+    write_slrus(&mut tar, src, lsn).await?;
+    for (xid, data) in source(|| "two-phase files".into(), lsn, src.twophase_files(lsn)).await? {
+        tar.file(&format!("pg_twophase/{xid:08X}"), &data).await?;
+    }
+    write_control_and_wal(&mut tar, src, target).await?;
+    tar.finish().await
+}
+
+async fn write_database<W: AsyncWrite + Unpin, S: BasebackupSource>(
+    tar: &mut TarWriter<W>,
+    src: &S,
+    spc: u32,
+    db: u32,
+    lsn: Lsn,
+) -> Result<(), BasebackupError> {
+    let dir = if spc == GLOBALTABLESPACE_OID { "global".to_string() } else { format!("base/{db}") };
+    if spc == DEFAULTTABLESPACE_OID {
+        tar.dir(&dir).await?;
+        tar.file(&format!("{dir}/PG_VERSION"), b"15\n").await?;
+    }
+    if let Some(map) = source(|| format!("relmapper of {spc}/{db}"), lsn, src.relmap_file(spc, db, lsn)).await? {
+        tar.file(&format!("{dir}/pg_filenode.map"), &map).await?;
+    }
+    let rels = source(|| format!("relations of {spc}/{db}"), lsn, src.relations(spc, db, lsn)).await?;
+    let unlogged: Vec<RelFileNode> = rels.iter().filter(|(_, f)| *f == INIT_FORK).map(|(r, _)| *r).collect();
+    for &(rel, fork) in &rels {
+        if unlogged.contains(&rel) {
+            if fork == INIT_FORK {
+                // The init fork, and the same contents as the (empty) main fork.
+                write_relation(tar, src, rel, INIT_FORK, INIT_FORK, lsn).await?;
+                write_relation(tar, src, rel, INIT_FORK, MAIN_FORK, lsn).await?;
+            }
+            continue;
+        }
+        write_relation(tar, src, rel, fork, fork, lsn).await?;
+    }
+    Ok(())
+}
+
+/// Write fork `from_fork` of `rel` under the file name of `as_fork`.
+async fn write_relation<W: AsyncWrite + Unpin, S: BasebackupSource>(
+    tar: &mut TarWriter<W>,
+    src: &S,
+    rel: RelFileNode,
+    from_fork: u8,
+    as_fork: u8,
+    lsn: Lsn,
+) -> Result<(), BasebackupError> {
+    let nblocks = source(|| format!("size of {rel} fork {from_fork}"), lsn, src.rel_size(rel, from_fork, lsn)).await?;
+    let segments = nblocks.div_ceil(RELSEG_SIZE_BLOCKS).max(1);
+    for segno in 0..segments {
+        let path = rel_file_path(rel, as_fork, segno)?;
+        let first = segno * RELSEG_SIZE_BLOCKS;
+        let count = nblocks.saturating_sub(first).min(RELSEG_SIZE_BLOCKS);
+        let size = count as u64 * BLCKSZ as u64;
+        tar.begin_file(&path, size).await?;
+        for blkno in first..first + count {
+            let page = source(|| format!("{rel} fork {from_fork} block {blkno}"), lsn, src.page(rel, from_fork, blkno, lsn)).await?;
+            if page.len() != BLCKSZ {
+                return Err(BasebackupError::Invalid(format!("page {blkno} of {rel} is {} bytes", page.len())));
+            }
+            tar.write_raw(&path, &page).await?;
+            tar.stats.pages += 1;
+        }
+        tar.end_file(&path, size).await?;
+        tar.stats.relation_files += 1;
+    }
+    Ok(())
+}
+
+async fn write_slrus<W: AsyncWrite + Unpin, S: BasebackupSource>(tar: &mut TarWriter<W>, src: &S, lsn: Lsn) -> Result<(), BasebackupError> {
+    let kinds = [
+        (SlruKind::Clog, "pg_xact"),
+        (SlruKind::MultiXactOffsets, "pg_multixact/offsets"),
+        (SlruKind::MultiXactMembers, "pg_multixact/members"),
+    ];
+    for (kind, dir) in kinds {
+        for segno in source(|| format!("{dir} segments"), lsn, src.slru_segments(kind, lsn)).await? {
+            let data = source(|| format!("{dir} segment {segno:04X}"), lsn, src.slru_segment(kind, segno, lsn)).await?;
+            tar.file(&format!("{dir}/{segno:04X}"), &data).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `pg_control` pointing at a shutdown checkpoint at the target LSN, and the
+/// WAL segment holding that record.
+async fn write_control_and_wal<W: AsyncWrite + Unpin, S: BasebackupSource>(
+    tar: &mut TarWriter<W>,
+    src: &S,
+    target: BasebackupTarget,
+) -> Result<(), BasebackupError> {
+    let lsn = target.lsn;
+    let raw = source(|| "pg_control".into(), lsn, src.control_file(lsn)).await?;
+    let mut control = ControlFile::parse(&raw).map_err(|e| BasebackupError::Invalid(format!("stored pg_control: {e}")))?;
+    let seg_size = control.wal_seg_size() as u64;
+    let record_lsn = record_position(lsn, seg_size);
+    let mut checkpoint = source(|| "checkpoint".into(), lsn, src.checkpoint(lsn)).await?;
+    checkpoint.redo = record_lsn;
+    checkpoint.this_timeline_id = 1;
+    checkpoint.prev_timeline_id = 1;
+    checkpoint.oldest_active_xid = 0;
+    checkpoint.time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let record = encode_checkpoint_record(&checkpoint, target.prev_record_lsn, true);
+    let (segment, _end) = segment_with_record(lsn, &record, control.system_identifier(), seg_size)
+        .map_err(|e| BasebackupError::Invalid(format!("checkpoint WAL at {lsn}: {e}")))?;
+    control.set_checkpoint(record_lsn, &checkpoint);
+    control.set_state(DbState::Shutdowned);
+    control.set_time(checkpoint.time);
+    control.clear_recovery_fields();
+    tar.file("global/pg_control", &control.encode()).await?;
+    tar.file(&format!("pg_wal/{}", lsn.segment_file_name(1, seg_size)), &segment).await
+}
