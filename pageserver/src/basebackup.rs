@@ -212,7 +212,8 @@ async fn write_database<W: AsyncWrite + Unpin, S: BasebackupSource>(
         tar.file(&format!("{dir}/pg_filenode.map"), &map).await?;
     }
     let rels = source(|| format!("relations of {spc}/{db}"), lsn, src.relations(spc, db, lsn)).await?;
-    let unlogged: Vec<RelFileNode> = rels.iter().filter(|(_, f)| *f == INIT_FORK).map(|(r, _)| *r).collect();
+    let unlogged: std::collections::HashSet<RelFileNode> =
+        rels.iter().filter(|(_, f)| *f == INIT_FORK).map(|(r, _)| *r).collect();
     for &(rel, fork) in &rels {
         if unlogged.contains(&rel) {
             if fork == INIT_FORK {

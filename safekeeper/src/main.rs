@@ -33,10 +33,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    utils::logging::init();
     let args = Args::parse();
     let pg_listener = tokio::net::TcpListener::bind(&args.listen_pg).await.with_context(|| format!("listen on {}", args.listen_pg))?;
     let http_listener = tokio::net::TcpListener::bind(&args.listen_http).await.with_context(|| format!("listen on {}", args.listen_http))?;

@@ -2,6 +2,7 @@
 //! numbers ([`lsn::Lsn`]), tenant/timeline identifiers ([`id`]) and
 //! [`seqwait::SeqWait`], the primitive that lets a reader await an LSN.
 pub mod id;
+pub mod logging;
 pub mod lsn;
 pub mod pg_user;
 pub mod seqwait;
