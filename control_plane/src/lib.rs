@@ -2,6 +2,10 @@
 //! directory — its configuration ([`config`]) and its components run as
 //! background processes ([`background`], [`cluster`]).
 
+pub mod api;
 pub mod background;
 pub mod cluster;
 pub mod config;
+pub mod endpoint;
+pub mod ops;
+pub mod state;

@@ -1,10 +1,15 @@
-//! `strata`: manage a local Strata cluster (broker, safekeepers, pageserver).
+//! `strata`: manage a local Strata cluster (broker, safekeepers, pageserver,
+//! and stock PostgreSQL computes on branches).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use control_plane::cluster::Cluster;
 use control_plane::config::Config;
+use control_plane::endpoint::Endpoint;
+use control_plane::state::{Branch, State};
+use utils::id::TenantId;
+use utils::lsn::Lsn;
 
 #[derive(Parser)]
 #[command(name = "strata", about = "Run a local Strata cluster: serverless PostgreSQL storage on stock PostgreSQL 15")]
@@ -32,27 +37,160 @@ enum Cmd {
     },
     /// Start every component in the background and wait until each is ready.
     Start,
-    /// Stop every component.
+    /// Stop every endpoint and component.
     Stop,
-    /// Show each component's pid, health and ports.
+    /// Show each component's pid, health and ports, and the branches' LSNs.
     Status,
+    /// Tenants: one PostgreSQL cluster each, with its branches.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Branches (timelines) of a tenant.
+    #[command(subcommand)]
+    Timeline(TimelineCmd),
+    /// Computes: stock PostgreSQL started on a branch.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Create a tenant from a fresh initdb; its first branch is `main`.
+    Create {
+        /// Make it the tenant commands use when --tenant-id is not given.
+        #[arg(long)]
+        set_default: bool,
+    },
+    /// List the pageserver's tenants.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TimelineCmd {
+    /// Create a branch, instantly (no data is copied).
+    Branch {
+        #[arg(long)]
+        branch_name: String,
+        #[arg(long, default_value = "main")]
+        ancestor_branch_name: String,
+        /// Branch at this LSN of the ancestor (default: its latest).
+        #[arg(long)]
+        ancestor_start_lsn: Option<Lsn>,
+        #[arg(long)]
+        tenant_id: Option<TenantId>,
+    },
+    /// Show the branch tree with branch points.
+    List {
+        #[arg(long)]
+        tenant_id: Option<TenantId>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// Start (creating if needed) a compute on a branch; prints its URL.
+    Start {
+        name: String,
+        /// Branch to run on (default: the endpoint's branch, or `main`).
+        #[arg(long)]
+        branch_name: Option<String>,
+        #[arg(long)]
+        tenant_id: Option<TenantId>,
+    },
+    /// Stop a compute (fast shutdown; committed data stays in the cluster).
+    Stop { name: String },
+    /// List computes: address, branch, timeline, start LSN, status.
+    List,
+}
+
+fn print_tree(branches: &[Branch], parent: Option<&str>, depth: usize) {
+    for b in branches.iter().filter(|b| b.ancestor.as_deref() == parent) {
+        match depth {
+            0 => println!("{} [{}]", b.name, b.timeline_id),
+            _ => println!("{}┗━ @{}: {} [{}]", "   ".repeat(depth - 1), b.ancestor_lsn.as_deref().unwrap_or("?"), b.name, b.timeline_id),
+        }
+        print_tree(branches, Some(&b.name), depth + 1);
+    }
+}
+
+async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
+    match cmd {
+        EndpointCmd::Start { name, branch_name, tenant_id } => {
+            let cluster = Cluster::load(repo)?;
+            let tenant = State::load(repo)?.tenant(tenant_id)?;
+            let ep = cluster.endpoint_start(tenant, &name, branch_name.as_deref()).await?;
+            println!("endpoint {} on branch {} (timeline {}) at LSN {}", ep.name, ep.branch, ep.timeline_id, ep.start_lsn.as_deref().unwrap_or("?"));
+            println!("connect with: psql {}", ep.url());
+        }
+        EndpointCmd::Stop { name } => {
+            Cluster::load(repo)?.endpoint_stop(&name).await?;
+            println!("endpoint {name} stopped");
+        }
+        EndpointCmd::List => {
+            Config::load(repo)?;
+            println!("{:<16} {:<22} {:<16} {:<34} {:<12} STATUS", "NAME", "ADDRESS", "BRANCH", "TIMELINE", "LSN");
+            for ep in Endpoint::list(repo)? {
+                let status = if ep.running_pid().is_some() { "running" } else { "stopped" };
+                let addr = format!("127.0.0.1:{}", ep.port);
+                let lsn = ep.start_lsn.clone().unwrap_or_default();
+                println!("{:<16} {:<22} {:<16} {:<34} {:<12} {status}", ep.name, addr, ep.branch, ep.timeline_id, lsn);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let repo = cli.repo_dir.as_path();
     match cli.command {
         Cmd::Init { safekeepers, pageserver_port, base_port } => {
             anyhow::ensure!(safekeepers >= 1, "a cluster needs at least one safekeeper");
             let conf = Config::with_ports(safekeepers, pageserver_port, base_port);
-            let path = conf.save_new(&cli.repo_dir)?;
+            let path = conf.save_new(repo)?;
             println!("initialized {} ({} safekeeper(s)); next: strata start", path.display(), safekeepers);
         }
-        Cmd::Start => Cluster::load(&cli.repo_dir)?.start().await?,
-        Cmd::Stop => Cluster::load(&cli.repo_dir)?.stop().await?,
+        Cmd::Start => Cluster::load(repo)?.start().await?,
+        Cmd::Stop => {
+            let cluster = Cluster::load(repo)?;
+            for ep in Endpoint::list(repo)?.iter().filter(|e| e.running_pid().is_some()) {
+                ep.stop_postgres(repo)?;
+                println!("{:<14} stopped", format!("endpoint {}", ep.name));
+            }
+            cluster.stop().await?
+        }
         Cmd::Status => {
-            for line in Cluster::load(&cli.repo_dir)?.status_lines().await? {
+            let cluster = Cluster::load(repo)?;
+            for line in cluster.status_lines().await? {
+                println!("{line}");
+            }
+            for line in cluster.timeline_status_lines().await? {
                 println!("{line}");
             }
         }
+        Cmd::Tenant(TenantCmd::Create { set_default }) => {
+            let t = Cluster::load(repo)?.tenant_create(set_default).await?;
+            println!("created tenant {t} with branch main{}", if set_default { " (default)" } else { "" });
+        }
+        Cmd::Tenant(TenantCmd::List) => {
+            let cluster = Cluster::load(repo)?;
+            let default = State::load(repo)?.default_tenant;
+            for t in cluster.tenants().await? {
+                println!("{t}{}", if Some(t) == default { " (default)" } else { "" });
+            }
+        }
+        Cmd::Timeline(TimelineCmd::Branch { branch_name, ancestor_branch_name, ancestor_start_lsn, tenant_id }) => {
+            let cluster = Cluster::load(repo)?;
+            let tenant = State::load(repo)?.tenant(tenant_id)?;
+            let lsn = cluster.branch(tenant, &branch_name, &ancestor_branch_name, ancestor_start_lsn).await?;
+            println!("created branch {branch_name} at LSN {lsn} of {ancestor_branch_name} (tenant {tenant})");
+        }
+        Cmd::Timeline(TimelineCmd::List { tenant_id }) => {
+            Config::load(repo)?;
+            let state = State::load(repo)?;
+            let tenant = state.tenant(tenant_id)?;
+            let branches: Vec<Branch> = state.branches.iter().filter(|b| b.tenant_id == tenant).cloned().collect();
+            print_tree(&branches, None, 0);
+        }
+        Cmd::Endpoint(cmd) => run_endpoint(repo, cmd).await?,
     }
     Ok(())
 }
@@ -61,7 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
-        eprintln!("strata: error: {e:#}");
+        eprintln!("strata: error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }
 }

@@ -301,6 +301,8 @@ impl Connection {
     async fn stream(&mut self, start: Lsn, replica: &ReplicaGuard) -> anyhow::Result<bool> {
         let mut sent = start;
         let mut commit_rx = self.tl.subscribe_commit();
+        let mut compute_rx = self.tl.subscribe_compute();
+        compute_rx.borrow_and_update();
         let mut last_send = Instant::now();
         loop {
             if self.pending_reply {
@@ -329,6 +331,13 @@ impl Connection {
                     last_send = Instant::now();
                 }
                 _ = self.tl.cancel.cancelled() => bail!("timeline deleted or safekeeper shutting down"),
+                _ = compute_rx.changed() => {
+                    // A new term may have cut WAL this replica already has.
+                    let flush = self.tl.flush_lsn();
+                    if sent > flush {
+                        bail!("new compute term cut WAL at {flush}, below what was sent ({sent}); reconnect");
+                    }
+                }
             }
         }
     }

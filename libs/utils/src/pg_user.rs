@@ -87,6 +87,16 @@ impl PgUser {
         cmd
     }
 
+    /// Whether this user can reach `dir`: every existing ancestor is owned by
+    /// the user or searchable by others. Always true when not switching.
+    pub fn can_traverse(&self, dir: &Path) -> bool {
+        let Some((_, uid, _)) = &self.switch_to else { return true };
+        dir.ancestors().filter(|a| a.exists()).all(|a| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(a).map(|m| m.uid() == *uid || m.mode() & 0o001 != 0).unwrap_or(false)
+        })
+    }
+
     /// Make `path` (recursively) owned by this user. No-op when not switching.
     pub fn chown(&self, path: &Path) -> Result<(), PgUserError> {
         let Some((name, uid, gid)) = &self.switch_to else {

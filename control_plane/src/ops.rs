@@ -1,0 +1,237 @@
+//! What the `strata` subcommands do, across pageserver, safekeepers and
+//! computes. Every operation validates names and state first and only then
+//! changes anything, so bad input leaves nothing half-created.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use utils::id::{TenantId, TimelineId};
+use utils::lsn::Lsn;
+use utils::pg_user::PgUser;
+
+use crate::api::{field, Api};
+use crate::cluster::Cluster;
+use crate::endpoint::{self, Endpoint};
+use crate::state::{Branch, State};
+
+/// First port tried for new endpoints.
+const ENDPOINT_BASE_PORT: u16 = 55432;
+/// How long an endpoint start waits for the pageserver to catch up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Cluster {
+    fn ps(&self, path: &str) -> String {
+        format!("{}{path}", self.pageserver_http())
+    }
+
+    fn timeline_path(t: TenantId, tl: TimelineId) -> String {
+        format!("/v1/tenant/{t}/timeline/{tl}")
+    }
+
+    fn quorum(&self) -> usize {
+        self.conf.safekeepers.len() / 2 + 1
+    }
+
+    /// Create the timeline on every safekeeper and point the pageserver's
+    /// walreceiver at the first one.
+    async fn attach_wal(&self, api: &Api, t: TenantId, tl: TimelineId, start: Lsn) -> anyhow::Result<()> {
+        let peers: Vec<u64> = self.conf.safekeepers.iter().map(|s| s.id).collect();
+        for sk in &self.conf.safekeepers {
+            let url = format!("http://127.0.0.1:{}/v1/tenant/{t}/timeline", sk.http_port);
+            let body = json!({ "timeline_id": tl, "start_lsn": start, "peers": peers, "quorum": self.quorum() });
+            api.post(&url, &body).await.with_context(|| format!("create timeline on safekeeper {}", sk.id))?;
+        }
+        let sk = self.conf.safekeepers.first().context("no safekeepers configured")?;
+        let conninfo = format!("host=127.0.0.1 port={} user=strata options='-c tenant_id={t} -c timeline_id={tl}'", sk.pg_port);
+        let url = self.ps(&format!("{}/wal_source", Self::timeline_path(t, tl)));
+        api.put(&url, &json!({ "kind": "safekeeper", "conninfo": conninfo })).await?;
+        Ok(())
+    }
+
+    /// `strata tenant create`: a tenant whose `main` branch is a fresh initdb.
+    pub async fn tenant_create(&self, set_default: bool) -> anyhow::Result<TenantId> {
+        let api = Api::default();
+        let mut state = State::load(&self.repo)?;
+        let created = api.post(&self.ps("/v1/tenant"), &json!({})).await?;
+        let t: TenantId = field(&created, "tenant_id")?;
+        let tl = TimelineId::generate();
+        let url = self.ps(&format!("/v1/tenant/{t}/timeline"));
+        let detail = api.post(&url, &json!({ "new_timeline_id": tl, "initdb": true })).await?;
+        let start: Lsn = field(&detail, "last_record_lsn")?;
+        self.attach_wal(&api, t, tl, start).await?;
+        state.branches.push(Branch { name: "main".into(), tenant_id: t, timeline_id: tl, ancestor: None, ancestor_lsn: None });
+        if set_default || state.default_tenant.is_none() {
+            state.default_tenant = Some(t);
+        }
+        state.save(&self.repo)?;
+        Ok(t)
+    }
+
+    /// `strata timeline branch`.
+    pub async fn branch(&self, t: TenantId, name: &str, ancestor: &str, at: Option<Lsn>) -> anyhow::Result<Lsn> {
+        let api = Api::default();
+        let mut state = State::load(&self.repo)?;
+        if state.branch(t, name).is_ok() {
+            bail!("branch {name:?} already exists");
+        }
+        let parent = state.branch(t, ancestor)?.clone();
+        let tl = TimelineId::generate();
+        let body = json!({ "new_timeline_id": tl, "ancestor_timeline_id": parent.timeline_id, "ancestor_start_lsn": at });
+        let detail = api.post(&self.ps(&format!("/v1/tenant/{t}/timeline")), &body).await?;
+        let start: Lsn = field(&detail, "last_record_lsn")?;
+        self.attach_wal(&api, t, tl, start).await?;
+        state.branches.push(Branch {
+            name: name.into(),
+            tenant_id: t,
+            timeline_id: tl,
+            ancestor: Some(ancestor.into()),
+            ancestor_lsn: Some(start.to_string()),
+        });
+        state.save(&self.repo)?;
+        Ok(start)
+    }
+
+    /// Highest commit LSN and term the safekeepers report for a timeline.
+    async fn safekeeper_positions(&self, api: &Api, t: TenantId, tl: TimelineId) -> anyhow::Result<(Lsn, u64)> {
+        let (mut commit, mut term, mut answered) = (Lsn(0), 0, 0);
+        for sk in &self.conf.safekeepers {
+            let url = format!("http://127.0.0.1:{}{}", sk.http_port, Self::timeline_path(t, tl));
+            if let Ok(status) = api.get(&url).await {
+                commit = commit.max(field(&status, "commit_lsn")?);
+                term = term.max(field(&status, "term")?);
+                answered += 1;
+            }
+        }
+        if answered < self.quorum() {
+            bail!("only {answered} of {} safekeepers answer; a quorum of {} is needed", self.conf.safekeepers.len(), self.quorum());
+        }
+        Ok((commit, term))
+    }
+
+    /// Wait until the pageserver has ingested what the safekeepers committed;
+    /// returns its last record LSN and the start of that record.
+    async fn caught_up_lsn(&self, api: &Api, t: TenantId, tl: TimelineId, commit: Lsn) -> anyhow::Result<(Lsn, Lsn)> {
+        let url = self.ps(&Self::timeline_path(t, tl));
+        let started = Instant::now();
+        let (mut last, mut since) = (Lsn(0), Instant::now());
+        loop {
+            let detail = api.get(&url).await?;
+            let lsn: Lsn = field(&detail, "last_record_lsn")?;
+            let prev: Lsn = field(&detail, "prev_record_lsn")?;
+            if lsn >= commit {
+                return Ok((lsn, prev));
+            }
+            if lsn != last {
+                (last, since) = (lsn, Instant::now());
+            } else if since.elapsed() > Duration::from_secs(3) && started.elapsed() > Duration::from_secs(5) {
+                // The committed WAL ends inside a record (a compute crashed
+                // mid-write): the last complete record is the end.
+                return Ok((lsn, prev));
+            }
+            if started.elapsed() > CATCH_UP_TIMEOUT {
+                bail!("pageserver is at {lsn}, safekeepers committed {commit}; not caught up after {CATCH_UP_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `strata endpoint start`.
+    pub async fn endpoint_start(&self, t: TenantId, name: &str, branch: Option<&str>) -> anyhow::Result<Endpoint> {
+        let api = Api::default();
+        let state = State::load(&self.repo)?;
+        let existing = Endpoint::load(&self.repo, name)?;
+        let branch_name = branch.map(str::to_string).or(existing.as_ref().map(|e| e.branch.clone())).unwrap_or_else(|| "main".into());
+        let branch = state.branch(t, &branch_name)?.clone();
+        if let Some(pid) = existing.as_ref().and_then(|e| e.running_pid()) {
+            bail!("endpoint {name:?} is already running (pid {pid})");
+        }
+        for other in Endpoint::list(&self.repo)? {
+            if other.timeline_id == branch.timeline_id && other.name != name && other.running_pid().is_some() {
+                bail!("branch {branch_name:?} already has a running endpoint {:?}", other.name);
+            }
+        }
+        let taken: Vec<u16> = Endpoint::list(&self.repo)?.iter().map(|e| e.port).collect();
+        let port = match &existing {
+            Some(e) => e.port,
+            None => endpoint::free_port(ENDPOINT_BASE_PORT, &taken)?,
+        };
+        let (commit, term) = self.safekeeper_positions(&api, t, branch.timeline_id).await?;
+        let (lsn, prev) = self.caught_up_lsn(&api, t, branch.timeline_id, commit).await?;
+        let pgdata = endpoint::pgdata_dir(&self.repo, name, &PgUser::from_env()?)?;
+        let ep = Endpoint {
+            name: name.into(),
+            branch: branch_name,
+            tenant_id: t,
+            timeline_id: branch.timeline_id,
+            port,
+            pgdata,
+            start_lsn: Some(lsn.to_string()),
+        };
+        self.fetch_basebackup(&api, &ep, lsn, prev).await?;
+        ep.write_config(&self.conf.safekeepers.iter().map(|s| format!("sk_{}", s.id)).collect::<Vec<_>>(), self.quorum())?;
+        ep.save(&self.repo)?;
+        ep.start_postgres(&self.repo)?;
+        let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+        let spec = json!({ "conninfo": conninfo, "term": term + 1, "start_lsn": lsn });
+        for sk in &self.conf.safekeepers {
+            let url = format!("http://127.0.0.1:{}{}/compute", sk.http_port, Self::timeline_path(t, branch.timeline_id));
+            if let Err(e) = api.put(&url, &spec).await {
+                eprintln!("warning: safekeeper {}: {e:#}", sk.id);
+            }
+        }
+        Ok(ep)
+    }
+
+    async fn fetch_basebackup(&self, api: &Api, ep: &Endpoint, lsn: Lsn, prev: Lsn) -> anyhow::Result<()> {
+        let url = self.ps(&format!("{}/basebackup?lsn={lsn}&prev_lsn={prev}", Self::timeline_path(ep.tenant_id, ep.timeline_id)));
+        let archive = api.download(&url).await?;
+        if ep.pgdata.exists() {
+            std::fs::remove_dir_all(&ep.pgdata).with_context(|| format!("remove old {}", ep.pgdata.display()))?;
+        }
+        std::fs::create_dir_all(&ep.pgdata)?;
+        tar::Archive::new(&archive[..]).unpack(&ep.pgdata).context("unpack basebackup")?;
+        Ok(())
+    }
+
+    /// `strata endpoint stop`.
+    pub async fn endpoint_stop(&self, name: &str) -> anyhow::Result<()> {
+        let ep = Endpoint::load(&self.repo, name)?.with_context(|| format!("no endpoint named {name:?}"))?;
+        ep.stop_postgres(&self.repo)
+    }
+}
+
+impl Cluster {
+    /// Tenant ids the pageserver holds.
+    pub async fn tenants(&self) -> anyhow::Result<Vec<TenantId>> {
+        let list = Api::default().get(&self.ps("/v1/tenant")).await?;
+        let items = list.as_array().cloned().unwrap_or_default();
+        items.iter().map(|v| match v {
+            serde_json::Value::String(s) => Ok(s.parse()?),
+            other => field(other, "tenant_id"),
+        }).collect()
+    }
+
+    /// One line per branch: name, pageserver LSNs, safekeeper commit LSN.
+    pub async fn timeline_status_lines(&self) -> anyhow::Result<Vec<String>> {
+        let api = Api::default();
+        let state = State::load(&self.repo)?;
+        let mut lines = Vec::new();
+        if state.branches.is_empty() {
+            return Ok(lines);
+        }
+        lines.push(String::new());
+        lines.push(format!("{:<16} {:<34} {:>14} {:>14} {:>14}", "BRANCH", "TIMELINE", "LAST_RECORD", "DISK_CONS", "SK_COMMIT"));
+        for b in &state.branches {
+            let detail = api.get(&self.ps(&Self::timeline_path(b.tenant_id, b.timeline_id))).await.ok();
+            let get = |name: &str| detail.as_ref().and_then(|d| d[name].as_str().map(str::to_string)).unwrap_or_else(|| "-".into());
+            let commit = self
+                .safekeeper_positions(&api, b.tenant_id, b.timeline_id)
+                .await
+                .map(|(c, _)| c.to_string())
+                .unwrap_or_else(|_| "-".into());
+            lines.push(format!("{:<16} {:<34} {:>14} {:>14} {:>14}", b.name, b.timeline_id.to_string(), get("last_record_lsn"), get("disk_consistent_lsn"), commit));
+        }
+        Ok(lines)
+    }
+}
