@@ -133,6 +133,17 @@ pub struct Timeline {
     pub walreceiver: Mutex<WalReceiverState>,
 }
 
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeline")
+            .field("tenant_id", &self.tenant_id)
+            .field("timeline_id", &self.timeline_id)
+            .field("ancestor_lsn", &self.ancestor_lsn)
+            .field("last_record_lsn", &self.last_record_lsn())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Timeline {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
