@@ -1,6 +1,31 @@
-//! Strata's pageserver. So far it holds the WAL redo manager ([`walredo`]),
-//! which rebuilds page versions from a base image and WAL records, and its
-//! metrics ([`metrics`]).
+//! Strata's pageserver: ingests a timeline's WAL into layered storage and
+//! serves page versions (GetPage@LSN), with O(1) branches.
+//!
+//! Modules, in data-flow order:
+//! * [`walreceiver`]: streams WAL from a safekeeper or a primary.
+//! * [`walingest`]: interprets records; [`datadir`] turns PostgreSQL-level
+//!   changes into key/value writes; [`key`] and [`value`] define the key
+//!   space and what is stored.
+//! * [`import`]: imports a shut-down data directory as a timeline's start.
+//! * [`timeline`]: LSNs, writes, the layer walk of GetPage@LSN, flushing and
+//!   image layer creation; [`layers`]: in-memory, delta and image layers and
+//!   the layer map.
+//! * [`walredo`]: rebuilds page versions (stock PostgreSQL + Rust-applied).
+//! * [`repository`]: tenants and timelines on disk, branching.
+//! * [`basebackup`]: a data directory for (timeline, LSN) as a tar archive.
+//! * [`http`]: the management API; [`page_service`]: the page protocol;
+//!   [`metrics`].
 pub mod basebackup;
+pub mod datadir;
+pub mod http;
+pub mod import;
+pub mod key;
+pub mod layers;
 pub mod metrics;
+pub mod page_service;
+pub mod repository;
+pub mod timeline;
+pub mod value;
+pub mod walingest;
+pub mod walreceiver;
 pub mod walredo;

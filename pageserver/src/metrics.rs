@@ -49,3 +49,26 @@ pub static WAL_REDO_LAUNCH_TIME: LazyLock<Histogram> = LazyLock::new(|| {
 pub static WAL_REDO_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter("strata_pageserver_wal_redo_failures_total", "Failed WAL redo attempts")
 });
+
+/// Records applied per GetPage@LSN reconstruction that needed redo.
+pub static RECONSTRUCT_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram("strata_pageserver_reconstruct_records", "WAL records per page reconstruction", COUNT_BUCKETS)
+});
+
+/// Time to serve one GetPage@LSN (after the LSN wait).
+pub static GETPAGE_TIME: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram("strata_pageserver_getpage_seconds", "Time to serve one GetPage@LSN request", TIME_BUCKETS)
+});
+
+/// Time to flush one frozen in-memory layer.
+pub static LAYER_FLUSH_TIME: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram("strata_pageserver_layer_flush_seconds", "Time to flush a frozen in-memory layer", TIME_BUCKETS)
+});
+
+/// WAL records ingested.
+pub static WAL_INGEST_RECORDS: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_pageserver_wal_ingest_records_total", "WAL records ingested"));
+
+/// WAL bytes received by walreceivers.
+pub static WAL_RECEIVED_BYTES: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_pageserver_wal_received_bytes_total", "WAL bytes received"));

@@ -2,6 +2,7 @@
 //! manager on a scratch directory, WAL reading and per-block histories.
 #![allow(dead_code)]
 pub mod mask;
+pub mod ps;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ pub fn walredo_lib() -> PathBuf {
 }
 
 /// A template directory shared by the managers of one test binary.
-fn template_dir() -> PathBuf {
+pub fn template_dir() -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let user = PgUser::from_env().expect("postgres user");

@@ -1,0 +1,66 @@
+//! The `pageserver` binary: opens the repository in `--workdir`, serves the
+//! HTTP management API on `--listen-http` and the page service on
+//! `--listen-pg`, and resumes nothing by itself (WAL sources are set per
+//! timeline through the API). Stops on SIGINT/SIGTERM, flushing in-memory
+//! layers first.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use pageserver::repository::{PageServerConf, Repository};
+use tracing::info;
+
+#[derive(Parser, Debug)]
+#[command(name = "pageserver", about = "Strata pageserver: WAL ingest, layered storage, GetPage@LSN, branches")]
+struct Args {
+    /// Directory holding tenants, timelines and layer files.
+    #[arg(long, env = "STRATA_PAGESERVER_WORKDIR")]
+    workdir: PathBuf,
+    /// HTTP management API address.
+    #[arg(long, default_value = "127.0.0.1:9898")]
+    listen_http: SocketAddr,
+    /// Page service (PostgreSQL protocol) address.
+    #[arg(long, default_value = "127.0.0.1:6400")]
+    listen_pg: SocketAddr,
+    /// Path of walredo.so (default: the build output, or STRATA_WALREDO_LIB).
+    #[arg(long)]
+    walredo_lib: Option<PathBuf>,
+    /// Freeze the in-memory layer at this many MiB.
+    #[arg(long, default_value_t = 64)]
+    checkpoint_distance_mb: usize,
+    /// Create image layers after this many delta layers.
+    #[arg(long, default_value_t = 3)]
+    image_creation_threshold: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.workdir).with_context(|| format!("create {}", args.workdir.display()))?;
+    let mut conf = PageServerConf::new(&args.workdir);
+    conf.walredo.lib_path = args.walredo_lib.clone();
+    conf.timeline.checkpoint_distance = args.checkpoint_distance_mb << 20;
+    conf.timeline.image_creation_threshold = args.image_creation_threshold;
+    let repo = Repository::open(conf).await.context("open repository")?;
+    let http = tokio::net::TcpListener::bind(args.listen_http).await.context("bind HTTP")?;
+    let pg = tokio::net::TcpListener::bind(args.listen_pg).await.context("bind page service")?;
+    info!(http = %http.local_addr()?, pg = %pg.local_addr()?, workdir = %args.workdir.display(), "pageserver started");
+    let app = pageserver::http::router(repo.clone());
+    let page_service = tokio::spawn(pageserver::page_service::serve(pg, repo.clone()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    axum::serve(http, app).with_graceful_shutdown(shutdown).await?;
+    page_service.abort();
+    info!("shutting down");
+    repo.shutdown(true).await;
+    Ok(())
+}

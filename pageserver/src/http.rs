@@ -1,0 +1,309 @@
+//! The pageserver's HTTP management API (JSON), in Neon's `/v1/tenant` style.
+//!
+//! * `GET    /v1/status`
+//! * `GET    /v1/tenant` — list; `POST /v1/tenant` `{"tenant_id"?}` — create
+//! * `GET    /v1/tenant/{tenant_id}/timeline` — list
+//! * `POST   /v1/tenant/{tenant_id}/timeline` — create ([`CreateTimelineRequest`]):
+//!   a branch (`ancestor_timeline_id`, optional `ancestor_start_lsn`) or an
+//!   import (`import_pgdata`: path of a shut-down PostgreSQL 15 data directory)
+//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}[?include_size=true]` — detail
+//! * `DELETE /v1/tenant/{tenant_id}/timeline/{timeline_id}`
+//! * `PUT    /v1/tenant/{tenant_id}/timeline/{timeline_id}/wal_source` — [`WalSource`]
+//!   `{"kind": "safekeeper"|"primary", "conninfo": "..."}`; `DELETE` stops it
+//! * `POST   /v1/tenant/{tenant_id}/timeline/{timeline_id}/checkpoint[?image_layers=true]`
+//!   — freeze and flush the in-memory layer (and create image layers)
+//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/page?spc=&db=&rel=&fork=&blk=&lsn=`
+//!   — debug: one page at an LSN (`application/octet-stream`, 8192 bytes)
+//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/rel_size?spc=&db=&rel=&fork=&lsn=`
+//! * `GET    /metrics` — Prometheus text format
+//!
+//! `lsn` parameters are `X/Y` hex; omitted means the last record LSN.
+//! Errors are `{"error": "..."}` with 400 (bad request / below the branch
+//! point), 404 (unknown tenant, timeline, relation or block), 409
+//! (conflict), 504 (LSN not ingested in time) or 500.
+//!
+//! Cancellation: handlers are dropped when the client goes away; every
+//! operation they call is cancel-safe (see the modules they use).
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use postgres_ffi::RelFileNode;
+use serde::{Deserialize, Serialize};
+use utils::id::{TenantId, TimelineId};
+use utils::lsn::Lsn;
+
+use crate::repository::{RepoError, Repository};
+use crate::timeline::{PageReconstructError, Timeline};
+use crate::walreceiver::{self, WalReceiverStatus, WalSource};
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<PageReconstructError> for ApiError {
+    fn from(e: PageReconstructError) -> Self {
+        use PageReconstructError::*;
+        let code = match &e {
+            MissingKey { .. } | RelationNotFound { .. } | BlockBeyondEnd { .. } => StatusCode::NOT_FOUND,
+            BelowBranchPoint { .. } => StatusCode::BAD_REQUEST,
+            WaitLsnTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(e: RepoError) -> Self {
+        let code = match &e {
+            RepoError::TenantNotFound(_) | RepoError::TimelineNotFound(..) => StatusCode::NOT_FOUND,
+            RepoError::AlreadyExists(_) | RepoError::HasChildren(..) => StatusCode::CONFLICT,
+            RepoError::InvalidBranchLsn(_) | RepoError::Import(_) => StatusCode::BAD_REQUEST,
+            RepoError::Page(p) => return ApiError::from(PageReconstructError::Other(p.to_string())),
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CreateTenantRequest {
+    pub tenant_id: Option<TenantId>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CreateTimelineRequest {
+    pub new_timeline_id: Option<TimelineId>,
+    pub ancestor_timeline_id: Option<TimelineId>,
+    pub ancestor_start_lsn: Option<Lsn>,
+    pub import_pgdata: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LayerCounts {
+    pub delta_files: usize,
+    pub image_files: usize,
+    pub in_memory: usize,
+    pub bytes_on_disk: u64,
+}
+
+/// `GET .../timeline/{timeline_id}`.
+#[derive(Debug, Serialize)]
+pub struct TimelineDetail {
+    pub tenant_id: TenantId,
+    pub timeline_id: TimelineId,
+    pub ancestor_timeline_id: Option<TimelineId>,
+    pub ancestor_lsn: Option<Lsn>,
+    pub last_record_lsn: Lsn,
+    pub disk_consistent_lsn: Lsn,
+    pub initdb_lsn: Lsn,
+    pub pg_version: u32,
+    pub system_id: u64,
+    pub layers: LayerCounts,
+    /// Bytes of all relations at `last_record_lsn` (only with `include_size=true`).
+    pub logical_size: Option<u64>,
+    pub walreceiver: WalReceiverStatus,
+}
+
+async fn detail(tl: &Timeline, include_size: bool) -> ApiResult<TimelineDetail> {
+    let (delta_files, image_files, in_memory, bytes_on_disk) = tl.layer_stats();
+    let logical_size = if include_size { Some(tl.logical_size(tl.last_record_lsn()).await?) } else { None };
+    Ok(TimelineDetail {
+        tenant_id: tl.tenant_id,
+        timeline_id: tl.timeline_id,
+        ancestor_timeline_id: tl.ancestor.as_ref().map(|a| a.timeline_id),
+        ancestor_lsn: tl.ancestor.as_ref().map(|_| tl.ancestor_lsn),
+        last_record_lsn: tl.last_record_lsn(),
+        disk_consistent_lsn: tl.disk_consistent_lsn(),
+        initdb_lsn: tl.initdb_lsn,
+        pg_version: tl.pg_version,
+        system_id: tl.system_id,
+        layers: LayerCounts { delta_files, image_files, in_memory, bytes_on_disk },
+        logical_size,
+        walreceiver: walreceiver::status(tl),
+    })
+}
+
+async fn status(State(repo): State<Arc<Repository>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "tenants": repo.list_tenants().len(),
+        "timelines": repo.all_timelines().len(),
+    }))
+}
+
+async fn list_tenants(State(repo): State<Arc<Repository>>) -> Json<Vec<TenantId>> {
+    Json(repo.list_tenants())
+}
+
+async fn create_tenant(
+    State(repo): State<Arc<Repository>>,
+    body: Option<Json<CreateTenantRequest>>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let id = repo.create_tenant(req.tenant_id)?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "tenant_id": id }))))
+}
+
+async fn list_timelines(
+    State(repo): State<Arc<Repository>>,
+    Path(tenant_id): Path<TenantId>,
+) -> ApiResult<Json<Vec<TimelineDetail>>> {
+    let mut out = Vec::new();
+    for tl in repo.get_tenant(tenant_id)?.timelines() {
+        out.push(detail(&tl, false).await?);
+    }
+    Ok(Json(out))
+}
+
+async fn create_timeline(
+    State(repo): State<Arc<Repository>>,
+    Path(tenant_id): Path<TenantId>,
+    Json(req): Json<CreateTimelineRequest>,
+) -> ApiResult<(StatusCode, Json<TimelineDetail>)> {
+    let tl = match (req.ancestor_timeline_id, &req.import_pgdata) {
+        (Some(ancestor), None) => {
+            repo.branch_timeline(tenant_id, ancestor, req.new_timeline_id, req.ancestor_start_lsn).await?
+        }
+        (None, Some(pgdata)) => repo.import_timeline(tenant_id, req.new_timeline_id, pgdata).await?,
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of ancestor_timeline_id and import_pgdata".into(),
+            ))
+        }
+    };
+    Ok((StatusCode::CREATED, Json(detail(&tl, false).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+struct DetailQuery {
+    include_size: Option<bool>,
+}
+
+async fn get_timeline(
+    State(repo): State<Arc<Repository>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    Query(q): Query<DetailQuery>,
+) -> ApiResult<Json<TimelineDetail>> {
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    Ok(Json(detail(&tl, q.include_size.unwrap_or(false)).await?))
+}
+
+async fn delete_timeline(
+    State(repo): State<Arc<Repository>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+) -> ApiResult<StatusCode> {
+    repo.delete_timeline(tenant_id, timeline_id).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn set_wal_source(
+    State(repo): State<Arc<Repository>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    Json(source): Json<WalSource>,
+) -> ApiResult<Json<WalReceiverStatus>> {
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    if let Err(e) = source.conninfo.parse::<pq_proto::ConnConfig>() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("conninfo: {e}")));
+    }
+    walreceiver::start(&tl, source).await;
+    Ok(Json(walreceiver::status(&tl)))
+}
+
+async fn stop_wal_source(
+    State(repo): State<Arc<Repository>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+) -> ApiResult<StatusCode> {
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    walreceiver::stop(&tl).await;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckpointQuery {
+    image_layers: Option<bool>,
+}
+
+async fn checkpoint(
+    State(repo): State<Arc<Repository>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    Query(q): Query<CheckpointQuery>,
+) -> ApiResult<Json<TimelineDetail>> {
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    tl.freeze_and_flush().await?;
+    if q.image_layers.unwrap_or(false) {
+        tl.create_image_layers(tl.disk_consistent_lsn()).await?;
+    }
+    Ok(Json(detail(&tl, false).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct RelQuery {
+    spc: u32,
+    db: u32,
+    rel: u32,
+    #[serde(default)]
+    fork: u8,
+    blk: Option<u32>,
+    lsn: Option<Lsn>,
+}
+
+impl RelQuery {
+    fn rel(&self) -> RelFileNode {
+        RelFileNode { spc_node: self.spc, db_node: self.db, rel_node: self.rel }
+    }
+}
+
+async fn get_page(
+    State(repo): State<Arc<Repository>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    Query(q): Query<RelQuery>,
+) -> ApiResult<Response> {
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    let lsn = q.lsn.unwrap_or_else(|| tl.last_record_lsn());
+    let blk = q.blk.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "missing blk".into()))?;
+    let page = tl.get_rel_page_at_lsn(q.rel(), q.fork, blk, lsn).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], page).into_response())
+}
+
+async fn get_rel_size(
+    State(repo): State<Arc<Repository>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    Query(q): Query<RelQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    let lsn = q.lsn.unwrap_or_else(|| tl.last_record_lsn());
+    let nblocks = tl.get_rel_size_at_lsn(q.rel(), q.fork, lsn).await?;
+    Ok(Json(serde_json::json!({ "nblocks": nblocks, "lsn": lsn })))
+}
+
+async fn metrics() -> String {
+    let encoder = prometheus::TextEncoder::new();
+    encoder.encode_to_string(&prometheus::gather()).unwrap_or_default()
+}
+
+pub fn router(repo: Arc<Repository>) -> Router {
+    let tl = "/v1/tenant/{tenant_id}/timeline/{timeline_id}";
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/tenant", get(list_tenants).post(create_tenant))
+        .route("/v1/tenant/{tenant_id}/timeline", get(list_timelines).post(create_timeline))
+        .route(tl, get(get_timeline).delete(delete_timeline))
+        .route(&format!("{tl}/wal_source"), put(set_wal_source).delete(stop_wal_source))
+        .route(&format!("{tl}/checkpoint"), post(checkpoint))
+        .route(&format!("{tl}/page"), get(get_page))
+        .route(&format!("{tl}/rel_size"), get(get_rel_size))
+        .route("/metrics", get(metrics))
+        .with_state(repo)
+}

@@ -1,0 +1,467 @@
+//! The repository: tenants and their timelines on local disk, under
+//! `<workdir>/tenants/<tenant_id>/timelines/<timeline_id>/`, each timeline
+//! directory holding a `metadata` file and its layer files.
+//!
+//! Owns: the in-memory registry of tenants and timelines, the shared WAL
+//! redo manager, and the on-disk layout.
+//!
+//! Invariants:
+//! * `metadata` is written atomically (temporary file, fsync, rename, fsync
+//!   of the directory) and carries a CRC-32C; a timeline directory without
+//!   metadata is an unfinished creation and is ignored (and reported).
+//! * On load, layer files above `disk_consistent_lsn` and temporary files
+//!   are removed: ingest resumes at `disk_consistent_lsn` and writes that
+//!   WAL again, so nothing is stored twice.
+//! * Ancestors are loaded before their branches; a timeline with branches
+//!   cannot be deleted.
+//!
+//! Cancellation: the async methods do their file work in `spawn_blocking`;
+//! dropping one part-way leaves at worst an unfinished timeline directory
+//! without metadata, ignored on the next load.
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use utils::id::{TenantId, TimelineId};
+use utils::lsn::Lsn;
+
+use crate::layers::file::LayerFile;
+use crate::layers::layer_map::LayerMap;
+use crate::layers::LayerDesc;
+use crate::timeline::{PageReconstructError, Timeline, TimelineConf};
+use crate::walredo::{PostgresRedoManager, WalRedoConfig, WalRedoError};
+
+/// Durable description of a timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineMetadata {
+    pub disk_consistent_lsn: Lsn,
+    pub ancestor_timeline: Option<TimelineId>,
+    pub ancestor_lsn: Lsn,
+    pub pg_version: u32,
+    pub system_id: u64,
+    pub initdb_lsn: Lsn,
+    pub wal_seg_size: u64,
+}
+
+const METADATA_FILE: &str = "metadata";
+
+/// Errors of repository operations.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("tenant {0} not found")]
+    TenantNotFound(TenantId),
+    #[error("timeline {1} of tenant {0} not found")]
+    TimelineNotFound(TenantId, TimelineId),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("invalid branch point: {0}")]
+    InvalidBranchLsn(String),
+    #[error("timeline {0} has branches: {1:?}")]
+    HasChildren(TimelineId, Vec<TimelineId>),
+    #[error("import failed: {0}")]
+    Import(String),
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("metadata file {path} is corrupt: {reason}")]
+    CorruptMetadata { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Page(#[from] PageReconstructError),
+    #[error("WAL redo manager: {0}")]
+    WalRedo(#[from] WalRedoError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    move |source| RepoError::Io { path: path.to_path_buf(), source }
+}
+
+/// fsync a directory (after creating or renaming a file in it).
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Write `md` to `<dir>/metadata` atomically.
+pub fn save_metadata(dir: &Path, md: &TimelineMetadata) -> std::io::Result<()> {
+    let body = serde_json::to_vec_pretty(md).map_err(std::io::Error::other)?;
+    let tmp = dir.join("metadata.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&crc32c::crc32c(&body).to_le_bytes())?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, dir.join(METADATA_FILE))?;
+    fsync_dir(dir)
+}
+
+/// Read and check `<dir>/metadata`.
+pub fn load_metadata(dir: &Path) -> Result<TimelineMetadata, RepoError> {
+    let path = dir.join(METADATA_FILE);
+    let buf = fs::read(&path).map_err(io_err(&path))?;
+    let corrupt = |reason: String| RepoError::CorruptMetadata { path: path.clone(), reason };
+    if buf.len() < 4 {
+        return Err(corrupt("too short".into()));
+    }
+    let crc = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if crc32c::crc32c(&buf[4..]) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    serde_json::from_slice(&buf[4..]).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Settings of a pageserver.
+#[derive(Clone, Debug)]
+pub struct PageServerConf {
+    pub workdir: PathBuf,
+    pub timeline: TimelineConf,
+    pub walredo: WalRedoConfig,
+}
+
+impl PageServerConf {
+    pub fn new(workdir: impl Into<PathBuf>) -> PageServerConf {
+        let workdir = workdir.into();
+        let walredo = WalRedoConfig::new(workdir.join("walredo"));
+        PageServerConf { workdir, timeline: TimelineConf::default(), walredo }
+    }
+}
+
+pub struct Tenant {
+    pub tenant_id: TenantId,
+    pub path: PathBuf,
+    timelines: Mutex<HashMap<TimelineId, Arc<Timeline>>>,
+}
+
+impl Tenant {
+    pub fn timelines(&self) -> Vec<Arc<Timeline>> {
+        let mut v: Vec<_> = self.timelines.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        v.sort_by_key(|t| t.timeline_id);
+        v
+    }
+
+    fn get(&self, id: TimelineId) -> Option<Arc<Timeline>> {
+        self.timelines.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    }
+}
+
+pub struct Repository {
+    pub conf: PageServerConf,
+    tenants: RwLock<HashMap<TenantId, Arc<Tenant>>>,
+    pub walredo: Arc<PostgresRedoManager>,
+}
+
+impl Repository {
+    /// Open (or create) the repository in `conf.workdir` and load every
+    /// tenant and timeline found there.
+    pub async fn open(conf: PageServerConf) -> Result<Arc<Repository>, RepoError> {
+        let tenants_dir = conf.workdir.join("tenants");
+        fs::create_dir_all(&tenants_dir).map_err(io_err(&tenants_dir))?;
+        let walredo = Arc::new(PostgresRedoManager::new(conf.walredo.clone())?);
+        let repo = Arc::new(Repository { conf, tenants: RwLock::new(HashMap::new()), walredo });
+        let dir = tenants_dir.clone();
+        let found = tokio::task::spawn_blocking(move || scan_tenants(&dir))
+            .await
+            .map_err(|e| RepoError::Import(e.to_string()))??;
+        for (tenant_id, timelines) in found {
+            let tenant = repo.insert_tenant(tenant_id);
+            // Load ancestors first.
+            let mut pending = timelines;
+            while !pending.is_empty() {
+                let before = pending.len();
+                let mut rest = Vec::new();
+                for (id, md) in pending {
+                    let ancestor = match md.ancestor_timeline {
+                        Some(a) => match tenant.get(a) {
+                            Some(a) => Some(a),
+                            None => {
+                                rest.push((id, md));
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    let tl = repo.load_timeline(&tenant, id, md, ancestor).await?;
+                    info!(%tenant_id, timeline_id = %id, disk_consistent_lsn = %tl.disk_consistent_lsn(), "loaded timeline");
+                }
+                if rest.len() == before {
+                    for (id, md) in &rest {
+                        warn!(%tenant_id, timeline_id = %id, ancestor = ?md.ancestor_timeline, "ancestor missing; timeline not loaded");
+                    }
+                    break;
+                }
+                pending = rest;
+            }
+        }
+        Ok(repo)
+    }
+
+    fn insert_tenant(&self, tenant_id: TenantId) -> Arc<Tenant> {
+        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(tenants.entry(tenant_id).or_insert_with(|| {
+            Arc::new(Tenant {
+                tenant_id,
+                path: self.conf.workdir.join("tenants").join(tenant_id.to_string()),
+                timelines: Mutex::new(HashMap::new()),
+            })
+        }))
+    }
+
+    fn timeline_dir(&self, tenant_id: TenantId, timeline_id: TimelineId) -> PathBuf {
+        self.conf.workdir.join("tenants").join(tenant_id.to_string()).join("timelines").join(timeline_id.to_string())
+    }
+
+    async fn load_timeline(
+        &self,
+        tenant: &Arc<Tenant>,
+        timeline_id: TimelineId,
+        md: TimelineMetadata,
+        ancestor: Option<Arc<Timeline>>,
+    ) -> Result<Arc<Timeline>, RepoError> {
+        let dir = self.timeline_dir(tenant.tenant_id, timeline_id);
+        let (d, dcl) = (dir.clone(), md.disk_consistent_lsn);
+        let layers = tokio::task::spawn_blocking(move || load_layers(&d, dcl))
+            .await
+            .map_err(|e| RepoError::Import(e.to_string()))??;
+        let tl = Arc::new(Timeline::new(
+            tenant.tenant_id,
+            timeline_id,
+            dir,
+            self.conf.timeline.clone(),
+            ancestor,
+            &md,
+            layers,
+            Arc::clone(&self.walredo),
+        ));
+        tenant.timelines.lock().unwrap_or_else(|e| e.into_inner()).insert(timeline_id, Arc::clone(&tl));
+        Ok(tl)
+    }
+
+    /// Create a tenant (no timelines yet).
+    pub fn create_tenant(&self, tenant_id: Option<TenantId>) -> Result<TenantId, RepoError> {
+        let id = tenant_id.unwrap_or_else(TenantId::generate);
+        if self.tenants.read().unwrap_or_else(|e| e.into_inner()).contains_key(&id) {
+            return Err(RepoError::AlreadyExists(format!("tenant {id}")));
+        }
+        let path = self.conf.workdir.join("tenants").join(id.to_string()).join("timelines");
+        fs::create_dir_all(&path).map_err(io_err(&path))?;
+        self.insert_tenant(id);
+        info!(tenant_id = %id, "created tenant");
+        Ok(id)
+    }
+
+    pub fn list_tenants(&self) -> Vec<TenantId> {
+        let mut v: Vec<_> = self.tenants.read().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    pub fn get_tenant(&self, tenant_id: TenantId) -> Result<Arc<Tenant>, RepoError> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tenant_id)
+            .cloned()
+            .ok_or(RepoError::TenantNotFound(tenant_id))
+    }
+
+    pub fn get_timeline(&self, tenant_id: TenantId, timeline_id: TimelineId) -> Result<Arc<Timeline>, RepoError> {
+        self.get_tenant(tenant_id)?.get(timeline_id).ok_or(RepoError::TimelineNotFound(tenant_id, timeline_id))
+    }
+
+    fn check_new_timeline(&self, tenant: &Tenant, id: TimelineId) -> Result<PathBuf, RepoError> {
+        let dir = self.timeline_dir(tenant.tenant_id, id);
+        if tenant.get(id).is_some() || dir.exists() {
+            return Err(RepoError::AlreadyExists(format!("timeline {id}")));
+        }
+        Ok(dir)
+    }
+
+    /// Create a branch of `ancestor_id` at `lsn` (default: its last record
+    /// LSN). O(1): only a metadata file is written.
+    pub async fn branch_timeline(
+        &self,
+        tenant_id: TenantId,
+        ancestor_id: TimelineId,
+        new_id: Option<TimelineId>,
+        lsn: Option<Lsn>,
+    ) -> Result<Arc<Timeline>, RepoError> {
+        let tenant = self.get_tenant(tenant_id)?;
+        let ancestor = tenant.get(ancestor_id).ok_or(RepoError::TimelineNotFound(tenant_id, ancestor_id))?;
+        let new_id = new_id.unwrap_or_else(TimelineId::generate);
+        let dir = self.check_new_timeline(&tenant, new_id)?;
+        let lsn = lsn.unwrap_or_else(|| ancestor.last_record_lsn());
+        let range = ancestor.branchable_range();
+        if !range.contains(&lsn) {
+            return Err(RepoError::InvalidBranchLsn(format!(
+                "{lsn} is outside [{}, {}] of timeline {ancestor_id}",
+                range.start,
+                range.end - 1
+            )));
+        }
+        let md = TimelineMetadata {
+            disk_consistent_lsn: lsn,
+            ancestor_timeline: Some(ancestor_id),
+            ancestor_lsn: lsn,
+            pg_version: ancestor.pg_version,
+            system_id: ancestor.system_id,
+            initdb_lsn: ancestor.initdb_lsn,
+            wal_seg_size: ancestor.wal_seg_size,
+        };
+        let (d, m) = (dir.clone(), md.clone());
+        tokio::task::spawn_blocking(move || {
+            fs::create_dir_all(&d)?;
+            save_metadata(&d, &m)
+        })
+        .await
+        .map_err(|e| RepoError::Import(e.to_string()))?
+        .map_err(io_err(&dir))?;
+        info!(%tenant_id, timeline_id = %new_id, %ancestor_id, %lsn, "created branch");
+        self.load_timeline(&tenant, new_id, md, Some(ancestor)).await
+    }
+
+    /// Create a root timeline by importing a cleanly shut down PostgreSQL
+    /// 15 data directory (see [`crate::import`]).
+    pub async fn import_timeline(
+        &self,
+        tenant_id: TenantId,
+        new_id: Option<TimelineId>,
+        pgdata: &Path,
+    ) -> Result<Arc<Timeline>, RepoError> {
+        let tenant = self.get_tenant(tenant_id)?;
+        let new_id = new_id.unwrap_or_else(TimelineId::generate);
+        let dir = self.check_new_timeline(&tenant, new_id)?;
+        let pg = pgdata.to_path_buf();
+        let control = tokio::task::spawn_blocking(move || crate::import::read_control_info(&pg))
+            .await
+            .map_err(|e| RepoError::Import(e.to_string()))?
+            .map_err(|e| RepoError::Import(e.to_string()))?;
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let md = TimelineMetadata {
+            disk_consistent_lsn: Lsn(0),
+            ancestor_timeline: None,
+            ancestor_lsn: Lsn(0),
+            pg_version: 15,
+            system_id: control.system_id,
+            initdb_lsn: control.checkpoint_end,
+            wal_seg_size: control.wal_seg_size,
+        };
+        let tl = Arc::new(Timeline::new(
+            tenant_id,
+            new_id,
+            dir.clone(),
+            self.conf.timeline.clone(),
+            None,
+            &md,
+            LayerMap::default(),
+            Arc::clone(&self.walredo),
+        ));
+        let result = crate::import::import_datadir(&tl, pgdata, &control).await;
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(RepoError::Import(e.to_string()));
+        }
+        tenant.timelines.lock().unwrap_or_else(|e| e.into_inner()).insert(new_id, Arc::clone(&tl));
+        info!(%tenant_id, timeline_id = %new_id, lsn = %tl.last_record_lsn(), "imported timeline");
+        Ok(tl)
+    }
+
+    /// Delete a timeline without branches: stop its walreceiver, remove its
+    /// directory.
+    pub async fn delete_timeline(&self, tenant_id: TenantId, timeline_id: TimelineId) -> Result<(), RepoError> {
+        let tenant = self.get_tenant(tenant_id)?;
+        let tl = tenant.get(timeline_id).ok_or(RepoError::TimelineNotFound(tenant_id, timeline_id))?;
+        let children: Vec<TimelineId> = tenant
+            .timelines()
+            .iter()
+            .filter(|t| t.ancestor.as_ref().is_some_and(|a| a.timeline_id == timeline_id))
+            .map(|t| t.timeline_id)
+            .collect();
+        if !children.is_empty() {
+            return Err(RepoError::HasChildren(timeline_id, children));
+        }
+        crate::walreceiver::stop(&tl).await;
+        tl.shutdown();
+        tenant.timelines.lock().unwrap_or_else(|e| e.into_inner()).remove(&timeline_id);
+        let dir = tl.path.clone();
+        tokio::task::spawn_blocking(move || fs::remove_dir_all(&dir))
+            .await
+            .map_err(|e| RepoError::Import(e.to_string()))?
+            .map_err(io_err(&tl.path))?;
+        info!(%tenant_id, %timeline_id, "deleted timeline");
+        Ok(())
+    }
+
+    /// Every timeline of every tenant.
+    pub fn all_timelines(&self) -> Vec<Arc<Timeline>> {
+        let tenants: Vec<_> = self.tenants.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        tenants.iter().flat_map(|t| t.timelines()).collect()
+    }
+
+    /// Stop walreceivers, flush in-memory layers if `flush`, stop redo.
+    pub async fn shutdown(&self, flush: bool) {
+        for tl in self.all_timelines() {
+            crate::walreceiver::stop(&tl).await;
+            if flush {
+                if let Err(e) = tl.freeze_and_flush().await {
+                    warn!(tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id, "flush at shutdown: {e}");
+                }
+            }
+            tl.shutdown();
+        }
+        self.walredo.shutdown().await;
+    }
+}
+
+type ScannedTenants = Vec<(TenantId, Vec<(TimelineId, TimelineMetadata)>)>;
+
+fn scan_tenants(dir: &Path) -> Result<ScannedTenants, RepoError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let Some(tenant_id) = entry.file_name().to_str().and_then(|n| n.parse::<TenantId>().ok()) else {
+            continue;
+        };
+        let tl_dir = entry.path().join("timelines");
+        let mut timelines = Vec::new();
+        if tl_dir.exists() {
+            for tl in fs::read_dir(&tl_dir).map_err(io_err(&tl_dir))? {
+                let tl = tl.map_err(io_err(&tl_dir))?;
+                let Some(id) = tl.file_name().to_str().and_then(|n| n.parse::<TimelineId>().ok()) else {
+                    continue;
+                };
+                if !tl.path().join(METADATA_FILE).exists() {
+                    warn!(%tenant_id, timeline_id = %id, "timeline directory without metadata (unfinished creation); skipped");
+                    continue;
+                }
+                timelines.push((id, load_metadata(&tl.path())?));
+            }
+        }
+        out.push((tenant_id, timelines));
+    }
+    Ok(out)
+}
+
+/// The layer files of a timeline directory; removes temporary files and
+/// layers above `disk_consistent_lsn`.
+fn load_layers(dir: &Path, disk_consistent_lsn: Lsn) -> Result<LayerMap, RepoError> {
+    let mut map = LayerMap::default();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let path = entry.path();
+        if name.ends_with(".tmp") {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            continue;
+        }
+        let Some(desc) = LayerDesc::parse_file_name(&name) else { continue };
+        if desc.lsn_range.end > disk_consistent_lsn + 1 {
+            info!(layer = %name, %disk_consistent_lsn, "removing layer above disk_consistent_lsn");
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            continue;
+        }
+        let size = entry.metadata().map_err(io_err(&path))?.len();
+        map.historic.push(Arc::new(LayerFile::new(path, desc, size)));
+    }
+    Ok(map)
+}

@@ -1,0 +1,676 @@
+//! A timeline: one WAL history of a tenant, possibly branched from an
+//! ancestor timeline at an LSN, with its layers and its LSNs.
+//!
+//! Owns: the [`LayerMap`], `last_record_lsn` (a [`SeqWait`]: the end LSN of
+//! the last ingested record, what readers wait for), `disk_consistent_lsn`
+//! (everything at or below it is in layer files and the metadata says so),
+//! and the walreceiver state.
+//!
+//! Invariants:
+//! * One writer at a time (`write_lock`): values of a record are added to
+//!   the open in-memory layer *before* `last_record_lsn` advances past it,
+//!   so a reader that waited for LSN X sees every value at or below X.
+//! * Freezing happens under `write_lock`, so a frozen layer never receives
+//!   writes; flushing happens under `flush_lock`, oldest frozen layer first,
+//!   and `disk_consistent_lsn` advances (and the metadata is written) only
+//!   after the delta file is durable.
+//! * A branch's own layers hold only LSNs above `ancestor_lsn`; reads below
+//!   that continue in the ancestor at `ancestor_lsn`.
+//!
+//! Cancellation: reads are cancel-safe (dropping them leaves no state
+//! behind; a blocking file read that was started completes on its own
+//! thread). Dropping `flush_frozen_layers` after a file was written but
+//! before it was added to the map leaves a file that the next flush
+//! overwrites or the next restart removes (it is above disk_consistent_lsn).
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use postgres_ffi::pg_constants::BLCKSZ;
+use postgres_ffi::RelFileNode;
+use tracing::{info, instrument};
+use utils::id::{TenantId, TimelineId};
+use utils::lsn::Lsn;
+use utils::seqwait::SeqWait;
+
+use crate::key::*;
+use crate::layers::file::{LayerFileError, LayerFileWriter};
+use crate::layers::inmemory::InMemoryLayer;
+use crate::layers::layer_map::{LayerMap, SearchLayer};
+use crate::layers::{LayerDesc, ReconstructResult, ValueReconstructState};
+use crate::metrics;
+use crate::repository::TimelineMetadata;
+use crate::value::*;
+use crate::walreceiver::WalReceiverState;
+use crate::walredo::{PostgresRedoManager, SlruKind};
+
+/// An all-zero page.
+pub static ZERO_PAGE: Bytes = Bytes::from_static(&[0u8; BLCKSZ]);
+
+/// Tuning of a timeline's storage.
+#[derive(Clone, Debug)]
+pub struct TimelineConf {
+    /// Freeze the open in-memory layer when it holds this many bytes.
+    pub checkpoint_distance: usize,
+    /// ... or when it is this old.
+    pub checkpoint_timeout: Duration,
+    /// Create image layers once this many delta files lie above the
+    /// newest image layer.
+    pub image_creation_threshold: usize,
+    /// Keys per image layer file.
+    pub image_layer_keys: usize,
+    /// How long a read waits for its LSN to be ingested.
+    pub wait_lsn_timeout: Duration,
+}
+
+impl Default for TimelineConf {
+    fn default() -> Self {
+        TimelineConf {
+            checkpoint_distance: 64 << 20,
+            checkpoint_timeout: Duration::from_secs(600),
+            image_creation_threshold: 3,
+            image_layer_keys: 2048,
+            wait_lsn_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a read or write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PageReconstructError {
+    #[error("key {key:?} not found at {lsn}")]
+    MissingKey { key: Key, lsn: Lsn },
+    #[error(transparent)]
+    LayerFile(#[from] LayerFileError),
+    #[error("WAL redo of {key:?} at {lsn}: {reason}")]
+    WalRedo { key: Key, lsn: Lsn, reason: String },
+    #[error("timed out after {timeout:?} waiting for LSN {lsn}; last record LSN is {last}")]
+    WaitLsnTimeout { lsn: Lsn, last: Lsn, timeout: Duration },
+    #[error("LSN {lsn} is below the branch point {ancestor_lsn} of timeline {timeline_id}")]
+    BelowBranchPoint { lsn: Lsn, ancestor_lsn: Lsn, timeline_id: TimelineId },
+    #[error("relation {rel} fork {forknum} does not exist at {lsn}")]
+    RelationNotFound { rel: RelFileNode, forknum: u8, lsn: Lsn },
+    #[error("block {blkno} is beyond the end of relation {rel} fork {forknum} ({nblocks} blocks) at {lsn}")]
+    BlockBeyondEnd { rel: RelFileNode, forknum: u8, blkno: u32, nblocks: u32, lsn: Lsn },
+    #[error("corrupt value of {key:?}: {reason}")]
+    Corrupt { key: Key, reason: String },
+    #[error("timeline is shutting down")]
+    Cancelled,
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = PageReconstructError> = std::result::Result<T, E>;
+
+fn other(e: impl std::fmt::Display) -> PageReconstructError {
+    PageReconstructError::Other(e.to_string())
+}
+
+pub struct Timeline {
+    pub tenant_id: TenantId,
+    pub timeline_id: TimelineId,
+    pub path: PathBuf,
+    pub conf: TimelineConf,
+    pub ancestor: Option<Arc<Timeline>>,
+    pub ancestor_lsn: Lsn,
+    pub pg_version: u32,
+    pub system_id: u64,
+    /// LSN of the import (root timelines) or the branch point.
+    pub initdb_lsn: Lsn,
+    pub wal_seg_size: u64,
+    layers: RwLock<LayerMap>,
+    last_record_lsn: SeqWait,
+    disk_consistent_lsn: AtomicU64,
+    pub(crate) write_lock: tokio::sync::Mutex<()>,
+    flush_lock: tokio::sync::Mutex<()>,
+    /// Latest relation sizes, for ingest (valid at last_record_lsn).
+    rel_size_cache: RwLock<HashMap<(RelFileNode, u8), u32>>,
+    pub(crate) walredo: Arc<PostgresRedoManager>,
+    pub walreceiver: Mutex<WalReceiverState>,
+}
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeline")
+            .field("tenant_id", &self.tenant_id)
+            .field("timeline_id", &self.timeline_id)
+            .field("ancestor_lsn", &self.ancestor_lsn)
+            .field("last_record_lsn", &self.last_record_lsn())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Timeline {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        path: PathBuf,
+        conf: TimelineConf,
+        ancestor: Option<Arc<Timeline>>,
+        md: &TimelineMetadata,
+        layers: LayerMap,
+        walredo: Arc<PostgresRedoManager>,
+    ) -> Timeline {
+        Timeline {
+            tenant_id,
+            timeline_id,
+            path,
+            conf,
+            ancestor,
+            ancestor_lsn: md.ancestor_lsn,
+            pg_version: md.pg_version,
+            system_id: md.system_id,
+            initdb_lsn: md.initdb_lsn,
+            wal_seg_size: md.wal_seg_size,
+            layers: RwLock::new(layers),
+            last_record_lsn: SeqWait::new(md.disk_consistent_lsn),
+            disk_consistent_lsn: AtomicU64::new(md.disk_consistent_lsn.0),
+            write_lock: tokio::sync::Mutex::new(()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            rel_size_cache: RwLock::new(HashMap::new()),
+            walredo,
+            walreceiver: Mutex::new(WalReceiverState::default()),
+        }
+    }
+
+    pub fn metadata(&self) -> TimelineMetadata {
+        TimelineMetadata {
+            disk_consistent_lsn: self.disk_consistent_lsn(),
+            ancestor_timeline: self.ancestor.as_ref().map(|a| a.timeline_id),
+            ancestor_lsn: self.ancestor_lsn,
+            pg_version: self.pg_version,
+            system_id: self.system_id,
+            initdb_lsn: self.initdb_lsn,
+            wal_seg_size: self.wal_seg_size,
+        }
+    }
+
+    pub fn last_record_lsn(&self) -> Lsn {
+        self.last_record_lsn.load()
+    }
+
+    pub fn disk_consistent_lsn(&self) -> Lsn {
+        Lsn(self.disk_consistent_lsn.load(Ordering::Acquire))
+    }
+
+    /// Stop waiters (shutdown / delete).
+    pub fn shutdown(&self) {
+        self.last_record_lsn.shutdown();
+    }
+
+    /// Wait until `lsn` is ingested (or the timeout passes).
+    pub async fn wait_lsn(&self, lsn: Lsn) -> Result<()> {
+        let timeout = self.conf.wait_lsn_timeout;
+        self.last_record_lsn.wait_for_timeout(lsn, timeout).await.map_err(|e| match e {
+            utils::seqwait::SeqWaitError::Timeout { .. } => {
+                PageReconstructError::WaitLsnTimeout { lsn, last: self.last_record_lsn(), timeout }
+            }
+            _ => PageReconstructError::Cancelled,
+        })
+    }
+
+    /// Refuse LSNs below a branch's start.
+    pub fn check_lsn_in_scope(&self, lsn: Lsn) -> Result<()> {
+        if self.ancestor.is_some() && lsn < self.ancestor_lsn {
+            return Err(PageReconstructError::BelowBranchPoint {
+                lsn,
+                ancestor_lsn: self.ancestor_lsn,
+                timeline_id: self.timeline_id,
+            });
+        }
+        Ok(())
+    }
+
+    fn read_layers(&self) -> std::sync::RwLockReadGuard<'_, LayerMap> {
+        self.layers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_layers(&self) -> std::sync::RwLockWriteGuard<'_, LayerMap> {
+        self.layers.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (number of delta files, image files, in-memory layers, bytes on disk).
+    pub fn layer_stats(&self) -> (usize, usize, usize, u64) {
+        let map = self.read_layers();
+        let images = map.historic.iter().filter(|l| l.desc.is_image).count();
+        let bytes = map.historic.iter().map(|l| l.size_bytes).sum();
+        (map.historic.len() - images, images, map.frozen.len() + map.open.is_some() as usize, bytes)
+    }
+
+    /// Paths of the layer files (for tests and the HTTP API).
+    pub fn layer_files(&self) -> Vec<(LayerDesc, PathBuf)> {
+        self.read_layers().historic.iter().map(|l| (l.desc.clone(), l.path.clone())).collect()
+    }
+
+    // ---------------------------------------------------------------------
+    // Reads: the layer walk and WAL redo.
+
+    /// The value of `key` at `lsn` (no waiting, no scope check): walk the
+    /// layers newest first collecting records until an image or an
+    /// initialising record, following the ancestor below the branch point,
+    /// then run WAL redo if records were found.
+    pub async fn get(&self, key: Key, lsn: Lsn) -> Result<Bytes> {
+        let mut state = ValueReconstructState::default();
+        let mut tl: &Timeline = self;
+        let mut cont_lsn = lsn + 1;
+        'walk: loop {
+            loop {
+                let found = tl.read_layers().search(key, cont_lsn);
+                let Some(found) = found else { break };
+                let range = found.lsn_floor..cont_lsn;
+                let result = match found.layer {
+                    SearchLayer::InMemory(layer) => layer.get_value_reconstruct_data(key, range, &mut state),
+                    SearchLayer::File(layer) => {
+                        let st = std::mem::take(&mut state);
+                        let (res, st) = tokio::task::spawn_blocking(move || {
+                            let mut st = st;
+                            let res = layer.get_value_reconstruct_data(key, range, &mut st);
+                            (res, st)
+                        })
+                        .await
+                        .map_err(other)?;
+                        state = st;
+                        res?
+                    }
+                };
+                if result == ReconstructResult::Complete {
+                    break 'walk;
+                }
+                cont_lsn = found.lsn_floor;
+            }
+            match &tl.ancestor {
+                Some(ancestor) => {
+                    cont_lsn = cont_lsn.min(tl.ancestor_lsn + 1);
+                    tl = ancestor;
+                }
+                None => break,
+            }
+        }
+        self.reconstruct(key, lsn, state).await
+    }
+
+    async fn reconstruct(&self, key: Key, lsn: Lsn, state: ValueReconstructState) -> Result<Bytes> {
+        let ValueReconstructState { mut records, img } = state;
+        if records.is_empty() {
+            return img.map(|(_, b)| b).ok_or(PageReconstructError::MissingKey { key, lsn });
+        }
+        let Some(redo_key) = key.to_redo_key() else {
+            return Err(PageReconstructError::Corrupt { key, reason: "WAL records under a non-page key".into() });
+        };
+        records.reverse();
+        metrics::RECONSTRUCT_RECORDS.observe(records.len() as f64);
+        let base = img.map(|(_, b)| b);
+        self.walredo
+            .request_redo(redo_key, lsn, base, records)
+            .await
+            .map_err(|e| PageReconstructError::WalRedo { key, lsn, reason: e.to_string() })
+    }
+
+    async fn get_opt(&self, key: Key, lsn: Lsn) -> Result<Option<Bytes>> {
+        match self.get(key, lsn).await {
+            Ok(v) => Ok(Some(v)),
+            Err(PageReconstructError::MissingKey { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // PostgreSQL-level reads (no waiting; see the `*_at_lsn` wrappers).
+
+    pub async fn list_dbs(&self, lsn: Lsn) -> Result<BTreeSet<(u32, u32)>> {
+        match self.get_opt(DBDIR_KEY, lsn).await? {
+            Some(b) => decode_dbdir(&b).map_err(|reason| PageReconstructError::Corrupt { key: DBDIR_KEY, reason }),
+            None => Ok(BTreeSet::new()),
+        }
+    }
+
+    pub async fn list_rels(&self, spc: u32, db: u32, lsn: Lsn) -> Result<BTreeSet<(u32, u8)>> {
+        let key = rel_dir_key(spc, db);
+        match self.get_opt(key, lsn).await? {
+            Some(b) => decode_reldir(&b).map_err(|reason| PageReconstructError::Corrupt { key, reason }),
+            None => Ok(BTreeSet::new()),
+        }
+    }
+
+    pub async fn rel_exists(&self, rel: RelFileNode, forknum: u8, lsn: Lsn) -> Result<bool> {
+        Ok(self.list_rels(rel.spc_node, rel.db_node, lsn).await?.contains(&(rel.rel_node, forknum)))
+    }
+
+    pub async fn rel_size(&self, rel: RelFileNode, forknum: u8, lsn: Lsn) -> Result<u32> {
+        if !self.rel_exists(rel, forknum, lsn).await? {
+            return Err(PageReconstructError::RelationNotFound { rel, forknum, lsn });
+        }
+        let key = rel_size_key(rel, forknum);
+        match self.get_opt(key, lsn).await? {
+            Some(b) => decode_u32(&b).map_err(|reason| PageReconstructError::Corrupt { key, reason }),
+            None => Ok(0),
+        }
+    }
+
+    pub async fn rel_page(&self, rel: RelFileNode, forknum: u8, blkno: u32, lsn: Lsn) -> Result<Bytes> {
+        let nblocks = self.rel_size(rel, forknum, lsn).await?;
+        if blkno >= nblocks {
+            return Err(PageReconstructError::BlockBeyondEnd { rel, forknum, blkno, nblocks, lsn });
+        }
+        // A block inside the relation that no WAL ever wrote is zeroes
+        // (relation extension writes zero pages without WAL).
+        Ok(self.get_opt(rel_block_key(rel, forknum, blkno), lsn).await?.unwrap_or_else(|| ZERO_PAGE.clone()))
+    }
+
+    pub async fn db_size(&self, spc: u32, db: u32, lsn: Lsn) -> Result<u64> {
+        let mut total = 0u64;
+        for (rel_node, fork) in self.list_rels(spc, db, lsn).await? {
+            let rel = RelFileNode { spc_node: spc, db_node: db, rel_node };
+            total += self.rel_size(rel, fork, lsn).await? as u64 * BLCKSZ as u64;
+        }
+        Ok(total)
+    }
+
+    pub async fn list_slru_segments(&self, kind: SlruKind, lsn: Lsn) -> Result<BTreeSet<u32>> {
+        let key = slru_dir_key(kind);
+        match self.get_opt(key, lsn).await? {
+            Some(b) => decode_u32_set(&b).map_err(|reason| PageReconstructError::Corrupt { key, reason }),
+            None => Ok(BTreeSet::new()),
+        }
+    }
+
+    pub async fn slru_segment_size(&self, kind: SlruKind, segno: u32, lsn: Lsn) -> Result<u32> {
+        let key = slru_segment_size_key(kind, segno);
+        match self.get_opt(key, lsn).await? {
+            Some(b) => decode_u32(&b).map_err(|reason| PageReconstructError::Corrupt { key, reason }),
+            None => Ok(0),
+        }
+    }
+
+    pub async fn slru_page(&self, kind: SlruKind, segno: u32, blkno: u32, lsn: Lsn) -> Result<Bytes> {
+        self.get(slru_block_key(kind, segno, blkno), lsn).await
+    }
+
+    pub async fn list_twophase(&self, lsn: Lsn) -> Result<BTreeSet<u32>> {
+        match self.get_opt(TWOPHASEDIR_KEY, lsn).await? {
+            Some(b) => decode_u32_set(&b)
+                .map_err(|reason| PageReconstructError::Corrupt { key: TWOPHASEDIR_KEY, reason }),
+            None => Ok(BTreeSet::new()),
+        }
+    }
+
+    pub async fn relmap_file(&self, spc: u32, db: u32, lsn: Lsn) -> Result<Option<Bytes>> {
+        self.get_opt(relmap_file_key(spc, db), lsn).await
+    }
+
+    pub async fn control_file(&self, lsn: Lsn) -> Result<Bytes> {
+        self.get(CONTROLFILE_KEY, lsn).await
+    }
+
+    pub async fn checkpoint(&self, lsn: Lsn) -> Result<Bytes> {
+        self.get(CHECKPOINT_KEY, lsn).await
+    }
+
+    /// Logical size: bytes of all relations of all databases at `lsn`.
+    pub async fn logical_size(&self, lsn: Lsn) -> Result<u64> {
+        let mut total = 0;
+        for (spc, db) in self.list_dbs(lsn).await? {
+            total += self.db_size(spc, db, lsn).await?;
+        }
+        Ok(total)
+    }
+
+    // Request-level wrappers: wait for the LSN and check the branch scope.
+
+    async fn prepare_read(&self, lsn: Lsn) -> Result<()> {
+        self.check_lsn_in_scope(lsn)?;
+        self.wait_lsn(lsn).await
+    }
+
+    /// GetPage@LSN.
+    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, %rel, forknum, blkno, %lsn))]
+    pub async fn get_rel_page_at_lsn(&self, rel: RelFileNode, forknum: u8, blkno: u32, lsn: Lsn) -> Result<Bytes> {
+        self.prepare_read(lsn).await?;
+        let started = std::time::Instant::now();
+        let page = self.rel_page(rel, forknum, blkno, lsn).await;
+        metrics::GETPAGE_TIME.observe(started.elapsed().as_secs_f64());
+        page
+    }
+
+    pub async fn get_rel_size_at_lsn(&self, rel: RelFileNode, forknum: u8, lsn: Lsn) -> Result<u32> {
+        self.prepare_read(lsn).await?;
+        self.rel_size(rel, forknum, lsn).await
+    }
+
+    pub async fn get_rel_exists_at_lsn(&self, rel: RelFileNode, forknum: u8, lsn: Lsn) -> Result<bool> {
+        self.prepare_read(lsn).await?;
+        self.rel_exists(rel, forknum, lsn).await
+    }
+
+    pub async fn get_db_size_at_lsn(&self, spc: u32, db: u32, lsn: Lsn) -> Result<u64> {
+        self.prepare_read(lsn).await?;
+        self.db_size(spc, db, lsn).await
+    }
+
+    pub async fn get_slru_page_at_lsn(&self, kind: SlruKind, segno: u32, blkno: u32, lsn: Lsn) -> Result<Bytes> {
+        self.prepare_read(lsn).await?;
+        self.slru_page(kind, segno, blkno, lsn).await
+    }
+
+    // ---------------------------------------------------------------------
+    // Writes.
+
+    /// Add the values of one record (or one import step) at their LSNs.
+    /// Callers hold `write_lock`.
+    pub(crate) fn put_batch(&self, items: Vec<(Key, Lsn, Value)>) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let open = {
+            let mut map = self.write_layers();
+            match &map.open {
+                Some(open) => Arc::clone(open),
+                None => {
+                    let start = map.next_open_start(self.disk_consistent_lsn() + 1);
+                    let open = Arc::new(InMemoryLayer::new(start));
+                    map.open = Some(Arc::clone(&open));
+                    open
+                }
+            }
+        };
+        if !open.put_batch(items) {
+            return Err(other(format!("write below the open layer start {} or into a frozen layer", open.start_lsn)));
+        }
+        Ok(())
+    }
+
+    /// Make everything up to `lsn` visible to readers. Callers hold `write_lock`.
+    pub(crate) fn finish_write(&self, lsn: Lsn) {
+        self.last_record_lsn.advance(lsn);
+    }
+
+    pub(crate) fn cached_rel_size(&self, rel: RelFileNode, forknum: u8) -> Option<u32> {
+        self.rel_size_cache.read().unwrap_or_else(|e| e.into_inner()).get(&(rel, forknum)).copied()
+    }
+
+    pub(crate) fn update_rel_size_cache(&self, rel: RelFileNode, forknum: u8, size: Option<u32>) {
+        let mut cache = self.rel_size_cache.write().unwrap_or_else(|e| e.into_inner());
+        match size {
+            Some(s) => cache.insert((rel, forknum), s),
+            None => cache.remove(&(rel, forknum)),
+        };
+    }
+
+    pub(crate) fn clear_rel_size_cache(&self) {
+        self.rel_size_cache.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Whether the open layer should be frozen (size or age threshold).
+    pub fn should_freeze(&self) -> bool {
+        let map = self.read_layers();
+        map.open.as_ref().is_some_and(|open| {
+            !open.is_empty()
+                && (open.size_bytes() >= self.conf.checkpoint_distance || open.age() >= self.conf.checkpoint_timeout)
+        })
+    }
+
+    /// Freeze the open layer at `last_record_lsn + 1`. Callers hold `write_lock`.
+    pub(crate) fn freeze_locked(&self) {
+        let end = self.last_record_lsn() + 1;
+        let mut map = self.write_layers();
+        if let Some(open) = map.open.take() {
+            if open.is_empty() || end <= open.start_lsn {
+                map.open = Some(open);
+                return;
+            }
+            open.freeze(end);
+            map.frozen.push(open);
+        }
+    }
+
+    /// Freeze the open layer and flush every frozen layer to disk.
+    pub async fn freeze_and_flush(&self) -> Result<()> {
+        {
+            let _w = self.write_lock.lock().await;
+            self.freeze_locked();
+        }
+        self.flush_frozen_layers().await
+    }
+
+    /// Write the frozen layers to delta files, oldest first, advancing
+    /// `disk_consistent_lsn` after each; then create image layers if the
+    /// delta chain has grown past the threshold.
+    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
+    pub async fn flush_frozen_layers(&self) -> Result<()> {
+        let _f = self.flush_lock.lock().await;
+        let mut flushed = false;
+        loop {
+            let Some(frozen) = self.read_layers().frozen.first().cloned() else { break };
+            let Some(end) = frozen.end_lsn() else { break };
+            let started = std::time::Instant::now();
+            let file = match frozen.key_bounds() {
+                Some((min, max)) => {
+                    let desc = LayerDesc {
+                        key_range: min..max.next(),
+                        lsn_range: frozen.start_lsn..end,
+                        is_image: false,
+                    };
+                    let (dir, layer) = (self.path.clone(), Arc::clone(&frozen));
+                    let file = tokio::task::spawn_blocking(move || {
+                        let mut w = LayerFileWriter::new(&dir, desc)?;
+                        layer.for_each(|k, l, v| w.put(k, l, v))?;
+                        w.finish()
+                    })
+                    .await
+                    .map_err(other)?
+                    .map_err(|e| other(format!("writing delta layer: {e}")))?;
+                    Some(Arc::new(file))
+                }
+                None => None,
+            };
+            {
+                let mut map = self.write_layers();
+                map.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
+                if let Some(file) = &file {
+                    map.historic.push(Arc::clone(file));
+                }
+            }
+            self.disk_consistent_lsn.fetch_max(end.0 - 1, Ordering::AcqRel);
+            self.save_metadata().await?;
+            metrics::LAYER_FLUSH_TIME.observe(started.elapsed().as_secs_f64());
+            if let Some(file) = file {
+                info!(layer = %file.desc, bytes = file.size_bytes, "flushed in-memory layer");
+            }
+            flushed = true;
+        }
+        if flushed && self.read_layers().deltas_since_last_image() >= self.conf.image_creation_threshold {
+            self.create_image_layers(self.disk_consistent_lsn()).await?;
+        }
+        Ok(())
+    }
+
+    async fn save_metadata(&self) -> Result<()> {
+        let (md, path) = (self.metadata(), self.path.clone());
+        tokio::task::spawn_blocking(move || crate::repository::save_metadata(&path, &md))
+            .await
+            .map_err(other)?
+            .map_err(|e| other(format!("writing metadata: {e}")))
+    }
+
+    /// Every key that exists at `lsn`, sorted: directories, sizes, blocks.
+    pub async fn collect_keyspace(&self, lsn: Lsn) -> Result<Vec<Key>> {
+        let mut keys = vec![DBDIR_KEY];
+        for (spc, db) in self.list_dbs(lsn).await? {
+            if self.relmap_file(spc, db, lsn).await?.is_some() {
+                keys.push(relmap_file_key(spc, db));
+            }
+            keys.push(rel_dir_key(spc, db));
+            for (rel_node, fork) in self.list_rels(spc, db, lsn).await? {
+                let rel = RelFileNode { spc_node: spc, db_node: db, rel_node };
+                let n = self.rel_size(rel, fork, lsn).await?;
+                keys.push(rel_size_key(rel, fork));
+                keys.extend((0..n).map(|b| rel_block_key(rel, fork, b)));
+            }
+        }
+        for kind in ALL_SLRU_KINDS {
+            keys.push(slru_dir_key(kind));
+            for segno in self.list_slru_segments(kind, lsn).await? {
+                let n = self.slru_segment_size(kind, segno, lsn).await?;
+                keys.push(slru_segment_size_key(kind, segno));
+                keys.extend((0..n).map(|b| slru_block_key(kind, segno, b)));
+            }
+        }
+        keys.push(TWOPHASEDIR_KEY);
+        keys.extend(self.list_twophase(lsn).await?.into_iter().map(twophase_file_key));
+        keys.extend([CONTROLFILE_KEY, CHECKPOINT_KEY]);
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Materialise every key at `lsn` (at or below disk_consistent_lsn) into
+    /// image layer files of `image_layer_keys` keys each.
+    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, %lsn))]
+    pub async fn create_image_layers(&self, lsn: Lsn) -> Result<usize> {
+        let started = std::time::Instant::now();
+        let keys = self.collect_keyspace(lsn).await?;
+        let chunks: Vec<&[Key]> = keys.chunks(self.conf.image_layer_keys.max(1)).collect();
+        let mut created = 0;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let end = chunks.get(i + 1).map_or_else(|| chunk[chunk.len() - 1].next(), |c| c[0]);
+            let mut values = Vec::with_capacity(chunk.len());
+            for &key in chunk.iter() {
+                match self.get(key, lsn).await {
+                    Ok(v) => values.push((key, v)),
+                    Err(PageReconstructError::MissingKey { .. }) if key.is_rel_block_key() => {
+                        values.push((key, ZERO_PAGE.clone()))
+                    }
+                    Err(PageReconstructError::MissingKey { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let desc = LayerDesc { key_range: chunk[0]..end, lsn_range: lsn..lsn + 1, is_image: true };
+            let dir = self.path.clone();
+            let file = tokio::task::spawn_blocking(move || {
+                let mut w = LayerFileWriter::new(&dir, desc)?;
+                for (k, v) in values {
+                    w.put(k, lsn, &Value::Image(v))?;
+                }
+                w.finish()
+            })
+            .await
+            .map_err(other)?
+            .map_err(|e| other(format!("writing image layer: {e}")))?;
+            self.write_layers().historic.push(Arc::new(file));
+            created += 1;
+        }
+        info!(layers = created, keys = keys.len(), elapsed_ms = started.elapsed().as_millis() as u64, "created image layers");
+        Ok(created)
+    }
+
+    /// The LSN range a new branch may start at: `[ancestor start, last_record_lsn]`.
+    pub fn branchable_range(&self) -> Range<Lsn> {
+        let start = if self.ancestor.is_some() { self.ancestor_lsn } else { self.initdb_lsn };
+        start..self.last_record_lsn() + 1
+    }
+}

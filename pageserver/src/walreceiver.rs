@@ -1,0 +1,268 @@
+//! The walreceiver: one task per timeline that streams WAL from a
+//! safekeeper (or directly from a PostgreSQL primary), decodes it and
+//! ingests it, replies to keepalives and sends feedback, and reconnects
+//! with exponential backoff.
+//!
+//! Protocol: connect (for a safekeeper the timeline is selected with the
+//! startup options `-c tenant_id=<hex> -c timeline_id=<hex>`, added when
+//! the conninfo has no `options`), IDENTIFY_SYSTEM (the system id must be
+//! the timeline's), `START_REPLICATION PHYSICAL <last_record_lsn>`. Feedback:
+//! `StrataFeedback` to safekeepers, `StandbyStatusUpdate` to a PostgreSQL
+//! primary (a stock walsender exits on Strata's 'z' message), reporting the
+//! last ingested LSN as written, flushed and applied (the primary keeps the
+//! WAL; disk_consistent_lsn is reported to safekeepers, which may trim).
+//!
+//! Owns: the task and its [`WalReceiverStatus`] (kept in the timeline).
+//! Invariants: WAL is ingested strictly in order from `last_record_lsn`;
+//! a gap or decode error ends the connection and the next one restarts
+//! from `last_record_lsn`, a record boundary.
+//!
+//! Cancellation: [`stop`] cancels the task's token and waits for it; the
+//! task only observes cancellation between records (never in the middle of
+//! ingesting one), so a stop never leaves a half-ingested record.
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pq_proto::{ConnConfig, ReplicationClient, ReplicationMessage, ReplicationStream, StandbyStatusUpdate, StrataFeedback};
+use postgres_ffi::{DecodedRecord, WalStreamDecoder};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+use utils::lsn::Lsn;
+
+use crate::timeline::Timeline;
+use crate::walingest::WalIngest;
+
+/// Where a timeline's WAL comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalSourceKind {
+    Safekeeper,
+    Primary,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalSource {
+    pub kind: WalSourceKind,
+    /// libpq `key=value` string or `postgresql://` URI.
+    pub conninfo: String,
+}
+
+/// What the HTTP API shows of a walreceiver.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WalReceiverStatus {
+    pub source: Option<WalSource>,
+    pub connected: bool,
+    pub last_update_unix_ms: Option<u64>,
+    /// The sender's end of WAL (commit LSN for a safekeeper).
+    pub commit_lsn: Option<Lsn>,
+    pub last_received_lsn: Option<Lsn>,
+    pub last_error: Option<String>,
+    pub connection_attempts: u64,
+}
+
+#[derive(Default)]
+pub struct WalReceiverState {
+    pub status: WalReceiverStatus,
+    task: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn update(tl: &Timeline, f: impl FnOnce(&mut WalReceiverStatus)) {
+    let mut st = tl.walreceiver.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut st.status);
+}
+
+/// The walreceiver status of a timeline.
+pub fn status(tl: &Timeline) -> WalReceiverStatus {
+    tl.walreceiver.lock().unwrap_or_else(|e| e.into_inner()).status.clone()
+}
+
+/// (Re)start streaming into `tl` from `source`.
+pub async fn start(tl: &Arc<Timeline>, source: WalSource) {
+    stop(tl).await;
+    let cancel = CancellationToken::new();
+    let span = info_span!("walreceiver", tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id);
+    let handle = tokio::spawn(run(Arc::clone(tl), source.clone(), cancel.clone()).instrument(span));
+    let mut st = tl.walreceiver.lock().unwrap_or_else(|e| e.into_inner());
+    st.status = WalReceiverStatus { source: Some(source), ..Default::default() };
+    st.task = Some((cancel, handle));
+}
+
+/// Stop the walreceiver of `tl` (if any) and wait for it.
+pub async fn stop(tl: &Timeline) {
+    let task = tl.walreceiver.lock().unwrap_or_else(|e| e.into_inner()).task.take();
+    if let Some((cancel, handle)) = task {
+        cancel.cancel();
+        let _ = handle.await;
+    }
+    update(tl, |s| s.connected = false);
+}
+
+async fn run(tl: Arc<Timeline>, source: WalSource, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        update(&tl, |s| s.connection_attempts += 1);
+        let result = stream_once(&tl, &source, &cancel).await;
+        update(&tl, |s| {
+            s.connected = false;
+            if let Err(e) = &result {
+                s.last_error = Some(e.clone());
+            }
+        });
+        match result {
+            Ok(true) => return, // cancelled
+            Ok(false) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                warn!(lsn = %tl.last_record_lsn(), "walreceiver connection ended: {e}");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn send_feedback(tl: &Timeline, kind: WalSourceKind, stream: &mut ReplicationStream) -> Result<(), String> {
+    let (last, disk) = (tl.last_record_lsn(), tl.disk_consistent_lsn());
+    let now = pq_proto::pg_now_us();
+    let r = match kind {
+        WalSourceKind::Primary => {
+            stream
+                .send(StandbyStatusUpdate {
+                    // The primary keeps its WAL; reporting what is ingested
+                    // as flushed lets it shut down cleanly (it waits for
+                    // standbys to confirm the shutdown checkpoint).
+                    write_lsn: last,
+                    flush_lsn: last,
+                    apply_lsn: last,
+                    send_time_us: now,
+                    reply_requested: false,
+                })
+                .await
+        }
+        WalSourceKind::Safekeeper => {
+            stream
+                .send(StrataFeedback {
+                    write_lsn: last,
+                    disk_consistent_lsn: disk,
+                    remote_consistent_lsn: Lsn(0),
+                    timeline_size_bytes: 0,
+                    send_time_us: now,
+                })
+                .await
+        }
+    };
+    r.map_err(|e| format!("sending feedback: {e}"))
+}
+
+/// Start a flush of frozen layers in the background (flushes serialize).
+fn spawn_flush(tl: &Arc<Timeline>) {
+    let tl = Arc::clone(tl);
+    tokio::spawn(async move {
+        if let Err(e) = tl.flush_frozen_layers().await {
+            warn!(tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id, "layer flush failed: {e}");
+        }
+    });
+}
+
+/// One connection. `Ok(true)` when cancelled, `Ok(false)` when the server
+/// ended the stream.
+async fn stream_once(tl: &Arc<Timeline>, source: &WalSource, cancel: &CancellationToken) -> Result<bool, String> {
+    let mut conf: ConnConfig = source.conninfo.parse().map_err(|e| format!("conninfo: {e}"))?;
+    if source.kind == WalSourceKind::Safekeeper && conf.options.is_none() {
+        conf.options = Some(format!("-c tenant_id={} -c timeline_id={}", tl.tenant_id, tl.timeline_id));
+    }
+    conf.application_name = Some("pageserver".into());
+    let mut client = tokio::select! {
+        _ = cancel.cancelled() => return Ok(true),
+        c = ReplicationClient::connect_config(&conf) => c.map_err(|e| format!("connect: {e}"))?,
+    };
+    let ident = client.identify_system().await.map_err(|e| format!("IDENTIFY_SYSTEM: {e}"))?;
+    if ident.system_id != 0 && ident.system_id != tl.system_id {
+        return Err(format!("system id {} of the source is not the timeline's {}", ident.system_id, tl.system_id));
+    }
+    let start = tl.last_record_lsn();
+    let mut stream = client
+        .start_replication(None, start, ident.timeline.max(1))
+        .await
+        .map_err(|e| format!("START_REPLICATION at {start}: {e}"))?;
+    info!(%start, kind = ?source.kind, "streaming WAL");
+    update(tl, |s| {
+        s.connected = true;
+        s.last_error = None;
+        s.last_update_unix_ms = Some(now_ms());
+    });
+    let mut decoder = WalStreamDecoder::new(start, tl.wal_seg_size).expect_system_id(tl.system_id);
+    let mut walingest = WalIngest::new(tl).await.map_err(|e| e.to_string())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return Ok(true),
+            _ = tick.tick() => {
+                if tl.should_freeze() {
+                    let _w = tl.write_lock.lock().await;
+                    tl.freeze_locked();
+                    spawn_flush(tl);
+                }
+                send_feedback(tl, source.kind, &mut stream).await?;
+                continue;
+            }
+            msg = stream.next() => msg.map_err(|e| format!("reading the stream: {e}"))?,
+        };
+        match msg {
+            None => return Ok(false),
+            Some(ReplicationMessage::XLogData(d)) => {
+                if d.wal_start != decoder.available_lsn() {
+                    return Err(format!("WAL gap: got data at {}, expected {}", d.wal_start, decoder.available_lsn()));
+                }
+                crate::metrics::WAL_RECEIVED_BYTES.inc_by(d.data.len() as u64);
+                decoder.feed_bytes(&d.data);
+                let mut freeze = false;
+                {
+                    let _w = tl.write_lock.lock().await;
+                    loop {
+                        let rec = match decoder.poll_decode() {
+                            Ok(Some(rec)) => rec,
+                            Ok(None) => break,
+                            Err(e) => return Err(format!("decoding WAL: {e}")),
+                        };
+                        let decoded = DecodedRecord::decode(rec.start_lsn, rec.bytes).map_err(|e| e.to_string())?;
+                        walingest
+                            .ingest_record(tl, &decoded, rec.end_lsn)
+                            .await
+                            .map_err(|e| format!("ingesting record at {}: {e}", rec.start_lsn))?;
+                    }
+                    if tl.should_freeze() {
+                        tl.freeze_locked();
+                        freeze = true;
+                    }
+                }
+                if freeze {
+                    spawn_flush(tl);
+                }
+                let end = d.end_lsn();
+                update(tl, |s| {
+                    s.last_received_lsn = Some(end);
+                    s.commit_lsn = Some(d.wal_end.max(end));
+                    s.last_update_unix_ms = Some(now_ms());
+                });
+            }
+            Some(ReplicationMessage::PrimaryKeepalive(k)) => {
+                update(tl, |s| {
+                    s.commit_lsn = Some(k.wal_end);
+                    s.last_update_unix_ms = Some(now_ms());
+                });
+                if k.reply_requested {
+                    send_feedback(tl, source.kind, &mut stream).await?;
+                }
+            }
+        }
+    }
+}
