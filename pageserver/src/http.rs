@@ -88,6 +88,9 @@ pub struct CreateTimelineRequest {
     pub ancestor_timeline_id: Option<TimelineId>,
     pub ancestor_start_lsn: Option<Lsn>,
     pub import_pgdata: Option<PathBuf>,
+    /// Run stock `initdb` and import the result (a new tenant's first timeline).
+    #[serde(default)]
+    pub initdb: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -171,15 +174,22 @@ async fn create_timeline(
     Path(tenant_id): Path<TenantId>,
     Json(req): Json<CreateTimelineRequest>,
 ) -> ApiResult<(StatusCode, Json<TimelineDetail>)> {
-    let tl = match (req.ancestor_timeline_id, &req.import_pgdata) {
-        (Some(ancestor), None) => {
+    let tl = match (req.ancestor_timeline_id, &req.import_pgdata, req.initdb) {
+        (Some(ancestor), None, false) => {
             repo.branch_timeline(tenant_id, ancestor, req.new_timeline_id, req.ancestor_start_lsn).await?
         }
-        (None, Some(pgdata)) => repo.import_timeline(tenant_id, req.new_timeline_id, pgdata).await?,
+        (None, Some(pgdata), false) => repo.import_timeline(tenant_id, req.new_timeline_id, pgdata).await?,
+        (None, None, true) => {
+            let (_guard, pgdata) = tokio::task::spawn_blocking(crate::import::run_initdb)
+                .await
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            repo.import_timeline(tenant_id, req.new_timeline_id, &pgdata).await?
+        }
         _ => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
-                "give exactly one of ancestor_timeline_id and import_pgdata".into(),
+                "give exactly one of ancestor_timeline_id, import_pgdata and initdb".into(),
             ))
         }
     };

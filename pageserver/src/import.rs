@@ -43,6 +43,8 @@ pub enum ImportError {
     File { path: String, reason: String },
     #[error(transparent)]
     Timeline(#[from] PageReconstructError),
+    #[error("initdb: {0}")]
+    Initdb(String),
 }
 
 fn file_err(path: &Path, reason: impl std::fmt::Display) -> ImportError {
@@ -260,6 +262,7 @@ pub async fn import_datadir(tl: &Timeline, pgdata: &Path, control: &ControlInfo)
         let items = values.into_iter().map(|(k, v)| (k, lsn, Value::Image(v))).collect();
         tl.put_batch(items)?;
         tl.finish_write(lsn);
+        tl.set_prev_record_lsn(control.checkpoint_loc);
         tl.freeze_locked();
     }
     tl.flush_frozen_layers().await?;
@@ -281,4 +284,26 @@ mod tests {
         assert_eq!(parse_rel_file_name("t3_16384"), None);
         assert_eq!(parse_rel_file_name("16384_bogus"), None);
     }
+}
+
+/// A fresh cluster made by stock `initdb` (as the unprivileged user) in a
+/// temporary directory, cleanly shut down and ready for [`import_datadir`].
+/// The directory is removed when the returned guard drops.
+pub fn run_initdb() -> Result<(tempfile::TempDir, std::path::PathBuf), ImportError> {
+    let fail = |what: &str, e: String| ImportError::Initdb(format!("{what}: {e}"));
+    let user = utils::pg_user::PgUser::from_env().map_err(|e| fail("unprivileged user", e.to_string()))?;
+    let root = tempfile::Builder::new().prefix("strata-initdb-").tempdir().map_err(|e| fail("temp dir", e.to_string()))?;
+    user.chown(root.path()).map_err(|e| fail("chown", e.to_string()))?;
+    let pgdata = root.path().join("pgdata");
+    let out = user
+        .command(utils::pg_user::pg_bin_dir().join("initdb"))
+        .arg("-D")
+        .arg(&pgdata)
+        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "-N", "--no-instructions"])
+        .output()
+        .map_err(|e| fail("run initdb", e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail("initdb", String::from_utf8_lossy(&out.stderr).into_owned()));
+    }
+    Ok((root, pgdata))
 }

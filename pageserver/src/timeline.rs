@@ -125,6 +125,9 @@ pub struct Timeline {
     layers: RwLock<LayerMap>,
     last_record_lsn: SeqWait,
     disk_consistent_lsn: AtomicU64,
+    /// Start LSN of the record ending at `last_record_lsn`; 0 when unknown
+    /// (after a restart, until the next record is ingested).
+    prev_record_lsn: AtomicU64,
     pub(crate) write_lock: tokio::sync::Mutex<()>,
     flush_lock: tokio::sync::Mutex<()>,
     /// Latest relation sizes, for ingest (valid at last_record_lsn).
@@ -170,6 +173,7 @@ impl Timeline {
             layers: RwLock::new(layers),
             last_record_lsn: SeqWait::new(md.disk_consistent_lsn),
             disk_consistent_lsn: AtomicU64::new(md.disk_consistent_lsn.0),
+            prev_record_lsn: AtomicU64::new(0),
             write_lock: tokio::sync::Mutex::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
             rel_size_cache: RwLock::new(HashMap::new()),
@@ -482,6 +486,19 @@ impl Timeline {
             return Err(other(format!("write below the open layer start {} or into a frozen layer", open.start_lsn)));
         }
         Ok(())
+    }
+
+    /// Start of the last ingested record, if known (for the `xl_prev` of a
+    /// basebackup's checkpoint record).
+    pub fn prev_record_lsn(&self) -> Option<Lsn> {
+        match self.prev_record_lsn.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            lsn => Some(Lsn(lsn)),
+        }
+    }
+
+    pub(crate) fn set_prev_record_lsn(&self, lsn: Lsn) {
+        self.prev_record_lsn.store(lsn.0, std::sync::atomic::Ordering::Release);
     }
 
     /// Make everything up to `lsn` visible to readers. Callers hold `write_lock`.

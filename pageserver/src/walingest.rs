@@ -155,6 +155,7 @@ impl WalIngest {
             self.checkpoint_modified = false;
         }
         m.commit()?;
+        tline.set_prev_record_lsn(decoded.lsn);
         crate::metrics::WAL_INGEST_RECORDS.inc();
         Ok(())
     }
