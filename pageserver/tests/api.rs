@@ -103,7 +103,7 @@ async fn http_api_end_to_end() -> anyhow::Result<()> {
     assert_eq!(r.status(), 400);
     let r = http.put(format!("{tl_url}/wal_source")).json(&json!({ "kind": "primary", "conninfo": "bogus=1" })).send().await?;
     assert_eq!(r.status(), 400);
-    let r = http.delete(format!("{tl_url}")).send().await?;
+    let r = http.delete(tl_url.to_string()).send().await?;
     assert_eq!(r.status(), 409, "has a branch");
 
     // Checkpoint and metrics.
