@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
 # The main job: installs what is missing (scripts/setup.sh), builds Strata in
-# release mode, and runs it.
+# release mode, and runs a local cluster — broker, safekeeper, pageserver — with
+# a tenant and a compute on its `main` branch that you can psql into.
 #
-# Strata is being built bottom-up. Until the `strata` command can start a
-# local cluster with an endpoint (pageserver, safekeepers, compute), this runs
-# what exists today: it generates real PostgreSQL 15 WAL and decodes it with
-# Strata's WAL decoder, printing throughput beside pg_waldump's.
+# Safe to run again: it reuses the cluster in $STRATA_REPO_DIR (default
+# ./.strata) and only starts what is not running. Stop it with
+#   target/release/strata stop
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
 ./scripts/build-walredo.sh >/dev/null
-cargo build --release --workspace
-echo "run: the local cluster (strata init/start/endpoint) is not built yet; running the WAL decoder on real WAL" >&2
-cargo bench -p postgres_ffi --bench decode
+cargo build --release --workspace --bins
+strata=target/release/strata
+export STRATA_REPO_DIR="${STRATA_REPO_DIR:-$PWD/.strata}"
+
+[ -f "$STRATA_REPO_DIR/config.toml" ] || "$strata" init
+"$strata" start
+grep -q '^default_tenant' "$STRATA_REPO_DIR/branches.toml" 2>/dev/null || "$strata" tenant create --set-default
+if "$strata" endpoint list | grep -q '^main .* running$'; then
+    echo "endpoint main is already running"
+else
+    "$strata" endpoint start main
+fi
+"$strata" endpoint list
+echo
+echo "Connect:   psql postgresql://postgres@127.0.0.1:$("$strata" endpoint list | awk '$1 == "main" {split($2, a, ":"); print a[2]}')/postgres"
+echo "Branch:    $strata timeline branch --branch-name dev && $strata endpoint start dev --branch-name dev"
+echo "Stop all:  $strata stop"

@@ -76,6 +76,14 @@ impl Cluster {
             bail!("branch {name:?} already exists");
         }
         let parent = state.branch(t, ancestor)?.clone();
+        // "Latest" means everything committed so far, once the pageserver has it.
+        let at = match at {
+            Some(lsn) => lsn,
+            None => {
+                let (commit, _) = self.safekeeper_positions(&api, t, parent.timeline_id).await?;
+                self.caught_up_lsn(&api, t, parent.timeline_id, commit).await?.0
+            }
+        };
         let tl = TimelineId::generate();
         let body = json!({ "new_timeline_id": tl, "ancestor_timeline_id": parent.timeline_id, "ancestor_start_lsn": at });
         let detail = api.post(&self.ps(&format!("/v1/tenant/{t}/timeline")), &body).await?;
@@ -111,14 +119,14 @@ impl Cluster {
 
     /// Wait until the pageserver has ingested what the safekeepers committed;
     /// returns its last record LSN and the start of that record.
-    async fn caught_up_lsn(&self, api: &Api, t: TenantId, tl: TimelineId, commit: Lsn) -> anyhow::Result<(Lsn, Lsn)> {
+    async fn caught_up_lsn(&self, api: &Api, t: TenantId, tl: TimelineId, commit: Lsn) -> anyhow::Result<(Lsn, Option<Lsn>)> {
         let url = self.ps(&Self::timeline_path(t, tl));
         let started = Instant::now();
         let (mut last, mut since) = (Lsn(0), Instant::now());
         loop {
             let detail = api.get(&url).await?;
             let lsn: Lsn = field(&detail, "last_record_lsn")?;
-            let prev: Lsn = field(&detail, "prev_record_lsn")?;
+            let prev: Option<Lsn> = field(&detail, "prev_record_lsn").ok();
             if lsn >= commit {
                 return Ok((lsn, prev));
             }
@@ -183,8 +191,11 @@ impl Cluster {
         Ok(ep)
     }
 
-    async fn fetch_basebackup(&self, api: &Api, ep: &Endpoint, lsn: Lsn, prev: Lsn) -> anyhow::Result<()> {
-        let url = self.ps(&format!("{}/basebackup?lsn={lsn}&prev_lsn={prev}", Self::timeline_path(ep.tenant_id, ep.timeline_id)));
+    async fn fetch_basebackup(&self, api: &Api, ep: &Endpoint, lsn: Lsn, prev: Option<Lsn>) -> anyhow::Result<()> {
+        let mut url = self.ps(&format!("{}/basebackup?lsn={lsn}", Self::timeline_path(ep.tenant_id, ep.timeline_id)));
+        if let Some(prev) = prev {
+            url.push_str(&format!("&prev_lsn={prev}"));
+        }
         let archive = api.download(&url).await?;
         if ep.pgdata.exists() {
             std::fs::remove_dir_all(&ep.pgdata).with_context(|| format!("remove old {}", ep.pgdata.display()))?;

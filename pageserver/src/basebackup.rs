@@ -37,6 +37,8 @@ pub const RELSEG_SIZE_BLOCKS: u32 = 131072;
 pub const DEFAULTTABLESPACE_OID: u32 = 1663;
 pub const GLOBALTABLESPACE_OID: u32 = 1664;
 const MAIN_FORK: u8 = 0;
+/// Log progress every this many bytes of archive.
+const PROGRESS_STEP_BYTES: u64 = 256 << 20;
 const INIT_FORK: u8 = 3;
 
 const SKELETON_DIRS: &[&str] = &[
@@ -107,7 +109,11 @@ struct TarWriter<W> {
 impl<W: AsyncWrite + Unpin> TarWriter<W> {
     async fn write_raw(&mut self, path: &str, bytes: &[u8]) -> Result<(), BasebackupError> {
         self.out.write_all(bytes).await.map_err(|source| BasebackupError::Write { path: path.to_string(), source })?;
+        let before = self.stats.bytes / PROGRESS_STEP_BYTES;
         self.stats.bytes += bytes.len() as u64;
+        if self.stats.bytes / PROGRESS_STEP_BYTES > before {
+            tracing::info!(mb = self.stats.bytes >> 20, pages = self.stats.pages, "basebackup progress");
+        }
         Ok(())
     }
 

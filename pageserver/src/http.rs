@@ -15,6 +15,10 @@
 //! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/page?spc=&db=&rel=&fork=&blk=&lsn=`
 //!   — debug: one page at an LSN (`application/octet-stream`, 8192 bytes)
 //! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/rel_size?spc=&db=&rel=&fork=&lsn=`
+//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/basebackup?lsn=&prev_lsn=`
+//!   — a tar of the data directory at `lsn` (default: the last record LSN);
+//!   `prev_lsn` is the start of the record ending at `lsn` (known to the
+//!   pageserver for its last record)
 //! * `GET    /metrics` — Prometheus text format
 //!
 //! `lsn` parameters are `X/Y` hex; omitted means the last record LSN.
@@ -109,6 +113,8 @@ pub struct TimelineDetail {
     pub ancestor_timeline_id: Option<TimelineId>,
     pub ancestor_lsn: Option<Lsn>,
     pub last_record_lsn: Lsn,
+    /// Start of the record ending at `last_record_lsn`, when known.
+    pub prev_record_lsn: Option<Lsn>,
     pub disk_consistent_lsn: Lsn,
     pub initdb_lsn: Lsn,
     pub pg_version: u32,
@@ -128,6 +134,7 @@ async fn detail(tl: &Timeline, include_size: bool) -> ApiResult<TimelineDetail> 
         ancestor_timeline_id: tl.ancestor.as_ref().map(|a| a.timeline_id),
         ancestor_lsn: tl.ancestor.as_ref().map(|_| tl.ancestor_lsn),
         last_record_lsn: tl.last_record_lsn(),
+        prev_record_lsn: tl.prev_record_lsn(),
         disk_consistent_lsn: tl.disk_consistent_lsn(),
         initdb_lsn: tl.initdb_lsn,
         pg_version: tl.pg_version,
@@ -313,7 +320,70 @@ pub fn router(repo: Arc<Repository>) -> Router {
         .route(&format!("{tl}/wal_source"), put(set_wal_source).delete(stop_wal_source))
         .route(&format!("{tl}/checkpoint"), post(checkpoint))
         .route(&format!("{tl}/page"), get(get_page))
+        .route(&format!("{tl}/basebackup"), get(basebackup))
         .route(&format!("{tl}/rel_size"), get(get_rel_size))
         .route("/metrics", get(metrics))
         .with_state(repo)
+}
+
+#[derive(Debug, Deserialize)]
+struct BasebackupQuery {
+    lsn: Option<Lsn>,
+    prev_lsn: Option<Lsn>,
+}
+
+/// The LSN pair a basebackup of `tl` may be taken at, or why not.
+fn basebackup_target(tl: &Timeline, q: &BasebackupQuery) -> ApiResult<crate::basebackup::BasebackupTarget> {
+    let bad = |msg: String| ApiError(StatusCode::BAD_REQUEST, msg);
+    let last = tl.last_record_lsn();
+    let lsn = q.lsn.unwrap_or(last);
+    if lsn > last {
+        return Err(bad(format!("LSN {lsn} is in the future: the timeline has WAL up to {last}")));
+    }
+    if !lsn.is_aligned() {
+        return Err(bad(format!("LSN {lsn} is not a record boundary (not 8-byte aligned)")));
+    }
+    tl.check_lsn_in_scope(lsn)?;
+    let known_prev = if lsn == last { tl.prev_record_lsn() } else { None };
+    let prev_record_lsn = q.prev_lsn.or(known_prev).unwrap_or(Lsn(0));
+    if prev_record_lsn >= lsn {
+        return Err(bad(format!("prev_lsn {prev_record_lsn} is not below {lsn}")));
+    }
+    Ok(crate::basebackup::BasebackupTarget { lsn, prev_record_lsn })
+}
+
+async fn basebackup(
+    State(repo): State<Arc<Repository>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    Query(q): Query<BasebackupQuery>,
+) -> ApiResult<Response> {
+    use futures::StreamExt;
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    let target = basebackup_target(&tl, &q)?;
+    let (writer, reader) = tokio::io::duplex(1 << 20);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let span = tracing::info_span!("basebackup", %tenant_id, %timeline_id, lsn = %target.lsn);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let result = crate::basebackup::send_basebackup(writer, &*tl, target).await;
+            match &result {
+                Ok(stats) => tracing::info!(pages = stats.pages, bytes = stats.bytes, "basebackup sent"),
+                Err(e) => tracing::warn!("basebackup failed: {e}"),
+            }
+            let _ = done_tx.send(result.map(|_| ()).map_err(|e| e.to_string()));
+        },
+        span,
+    ));
+    // A failure after the headers went out must break the response, not end
+    // it cleanly: append an error item to the body stream.
+    let failure = futures::stream::once(async move {
+        match done_rx.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(Err(std::io::Error::other(e))),
+            Err(_) => Some(Err(std::io::Error::other("basebackup task ended without a result"))),
+        }
+    })
+    .filter_map(std::future::ready);
+    let body = tokio_util::io::ReaderStream::new(reader).chain(failure);
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], axum::body::Body::from_stream(body)).into_response())
 }

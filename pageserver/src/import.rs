@@ -269,23 +269,6 @@ pub async fn import_datadir(tl: &Timeline, pgdata: &Path, control: &ControlInfo)
     Ok(lsn)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relation_file_names() {
-        assert_eq!(parse_rel_file_name("16384"), Some((16384, 0, 0)));
-        assert_eq!(parse_rel_file_name("16384_vm"), Some((16384, 2, 0)));
-        assert_eq!(parse_rel_file_name("16384_fsm.3"), Some((16384, 1, 3)));
-        assert_eq!(parse_rel_file_name("16384_init"), Some((16384, 3, 0)));
-        assert_eq!(parse_rel_file_name("pg_internal.init"), None);
-        assert_eq!(parse_rel_file_name("PG_VERSION"), None);
-        assert_eq!(parse_rel_file_name("t3_16384"), None);
-        assert_eq!(parse_rel_file_name("16384_bogus"), None);
-    }
-}
-
 /// A fresh cluster made by stock `initdb` (as the unprivileged user) in a
 /// temporary directory, cleanly shut down and ready for [`import_datadir`].
 /// The directory is removed when the returned guard drops.
@@ -307,3 +290,21 @@ pub fn run_initdb() -> Result<(tempfile::TempDir, std::path::PathBuf), ImportErr
     }
     Ok((root, pgdata))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relation_file_names() {
+        assert_eq!(parse_rel_file_name("16384"), Some((16384, 0, 0)));
+        assert_eq!(parse_rel_file_name("16384_vm"), Some((16384, 2, 0)));
+        assert_eq!(parse_rel_file_name("16384_fsm.3"), Some((16384, 1, 3)));
+        assert_eq!(parse_rel_file_name("16384_init"), Some((16384, 3, 0)));
+        assert_eq!(parse_rel_file_name("pg_internal.init"), None);
+        assert_eq!(parse_rel_file_name("PG_VERSION"), None);
+        assert_eq!(parse_rel_file_name("t3_16384"), None);
+        assert_eq!(parse_rel_file_name("16384_bogus"), None);
+    }
+}
+
