@@ -61,7 +61,8 @@ pub fn running_pid(dir: &Path) -> Option<i32> {
     None
 }
 
-fn is_zombie(pid: i32) -> bool {
+/// Whether `pid` is a zombie (dead, not yet reaped by its parent).
+pub fn is_zombie(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
         .unwrap_or(false)

@@ -32,15 +32,23 @@ pub struct PageserverConf {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Config {
+    /// First port tried for computes.
+    #[serde(default = "default_endpoint_base_port")]
+    pub endpoint_base_port: u16,
     pub broker: BrokerConf,
     pub pageserver: PageserverConf,
     pub safekeepers: Vec<SafekeeperConf>,
+}
+
+fn default_endpoint_base_port() -> u16 {
+    55432
 }
 
 impl Config {
     /// Ports for `n` safekeepers and the other components, from `base`.
     pub fn with_ports(safekeepers: u64, pageserver_pg_port: u16, base_port: u16) -> Config {
         Config {
+            endpoint_base_port: default_endpoint_base_port(),
             broker: BrokerConf { http_port: base_port },
             pageserver: PageserverConf { pg_port: pageserver_pg_port, http_port: pageserver_pg_port + 1 },
             safekeepers: (1..=safekeepers)

@@ -95,7 +95,8 @@ impl Endpoint {
     pub fn running_pid(&self) -> Option<i32> {
         let text = fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok().map(|_| pid)
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        (alive && !crate::background::is_zombie(pid)).then_some(pid)
     }
 
     /// Write the compute's configuration: local port, the safekeepers as

@@ -34,6 +34,9 @@ enum Cmd {
         /// First port of the broker and safekeepers (broker here, safekeeper N at +10N).
         #[arg(long, default_value_t = 50051)]
         base_port: u16,
+        /// First port tried for computes.
+        #[arg(long, default_value_t = 55432)]
+        endpoint_base_port: u16,
     },
     /// Start every component in the background and wait until each is ready.
     Start,
@@ -142,9 +145,10 @@ async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo = cli.repo_dir.as_path();
     match cli.command {
-        Cmd::Init { safekeepers, pageserver_port, base_port } => {
+        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port } => {
             anyhow::ensure!(safekeepers >= 1, "a cluster needs at least one safekeeper");
-            let conf = Config::with_ports(safekeepers, pageserver_port, base_port);
+            let mut conf = Config::with_ports(safekeepers, pageserver_port, base_port);
+            conf.endpoint_base_port = endpoint_base_port;
             let path = conf.save_new(repo)?;
             println!("initialized {} ({} safekeeper(s)); next: strata start", path.display(), safekeepers);
         }

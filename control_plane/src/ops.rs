@@ -15,8 +15,6 @@ use crate::cluster::Cluster;
 use crate::endpoint::{self, Endpoint};
 use crate::state::{Branch, State};
 
-/// First port tried for new endpoints.
-const ENDPOINT_BASE_PORT: u16 = 55432;
 /// How long an endpoint start waits for the pageserver to catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -162,7 +160,7 @@ impl Cluster {
         let taken: Vec<u16> = Endpoint::list(&self.repo)?.iter().map(|e| e.port).collect();
         let port = match &existing {
             Some(e) => e.port,
-            None => endpoint::free_port(ENDPOINT_BASE_PORT, &taken)?,
+            None => endpoint::free_port(self.conf.endpoint_base_port, &taken)?,
         };
         let (commit, term) = self.safekeeper_positions(&api, t, branch.timeline_id).await?;
         let (lsn, prev) = self.caught_up_lsn(&api, t, branch.timeline_id, commit).await?;

@@ -234,6 +234,13 @@ async fn set_wal_source(
     if let Err(e) = source.conninfo.parse::<pq_proto::ConnConfig>() {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("conninfo: {e}")));
     }
+    let persisted = tokio::task::spawn_blocking({
+        let (tl, source) = (Arc::clone(&tl), source.clone());
+        move || walreceiver::persist_source(&tl, Some(&source))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    persisted.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("persist WAL source: {e}")))?;
     walreceiver::start(&tl, source).await;
     Ok(Json(walreceiver::status(&tl)))
 }
@@ -244,6 +251,8 @@ async fn stop_wal_source(
 ) -> ApiResult<StatusCode> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
     walreceiver::stop(&tl).await;
+    walreceiver::persist_source(&tl, None)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("forget WAL source: {e}")))?;
     Ok(StatusCode::OK)
 }
 

@@ -234,6 +234,9 @@ impl Repository {
             Arc::clone(&self.walredo),
         ));
         tenant.timelines.lock().unwrap_or_else(|e| e.into_inner()).insert(timeline_id, Arc::clone(&tl));
+        if let Some(source) = crate::walreceiver::persisted_source(&tl) {
+            crate::walreceiver::start(&tl, source).await;
+        }
         Ok(tl)
     }
 

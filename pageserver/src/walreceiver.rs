@@ -82,6 +82,42 @@ pub fn status(tl: &Timeline) -> WalReceiverStatus {
     tl.walreceiver.lock().unwrap_or_else(|e| e.into_inner()).status.clone()
 }
 
+/// File in a timeline directory naming its WAL source, so that a restarted
+/// pageserver resumes streaming by itself.
+pub const WAL_SOURCE_FILE: &str = "wal_source.json";
+
+/// Durably record (or, with `None`, forget) the WAL source of `tl`.
+pub fn persist_source(tl: &Timeline, source: Option<&WalSource>) -> std::io::Result<()> {
+    let path = tl.path.join(WAL_SOURCE_FILE);
+    match source {
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+        Some(source) => {
+            let tmp = tl.path.join(format!("{WAL_SOURCE_FILE}.tmp"));
+            let text = serde_json::to_vec(source).map_err(std::io::Error::other)?;
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, &text)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&tl.path)?.sync_all()
+        }
+    }
+}
+
+/// The WAL source recorded for `tl`, if any.
+pub fn persisted_source(tl: &Timeline) -> Option<WalSource> {
+    let text = std::fs::read(tl.path.join(WAL_SOURCE_FILE)).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(source) => Some(source),
+        Err(e) => {
+            warn!("ignoring unreadable {WAL_SOURCE_FILE}: {e}");
+            None
+        }
+    }
+}
+
 /// (Re)start streaming into `tl` from `source`.
 pub async fn start(tl: &Arc<Timeline>, source: WalSource) {
     stop(tl).await;
