@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use control_plane::cluster::Cluster;
 use control_plane::config::Config;
 use control_plane::endpoint::Endpoint;
+use control_plane::ops::BranchPoint;
 use control_plane::state::{Branch, State};
 use utils::id::TenantId;
 use utils::lsn::Lsn;
@@ -76,8 +77,11 @@ enum TimelineCmd {
         #[arg(long, default_value = "main")]
         ancestor_branch_name: String,
         /// Branch at this LSN of the ancestor (default: its latest).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "at")]
         ancestor_start_lsn: Option<Lsn>,
+        /// Branch at the last commit at or before this time (RFC 3339, e.g. 2026-11-27T09:30:00Z).
+        #[arg(long)]
+        at: Option<String>,
         #[arg(long)]
         tenant_id: Option<TenantId>,
     },
@@ -181,10 +185,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{t}{}", if Some(t) == default { " (default)" } else { "" });
             }
         }
-        Cmd::Timeline(TimelineCmd::Branch { branch_name, ancestor_branch_name, ancestor_start_lsn, tenant_id }) => {
+        Cmd::Timeline(TimelineCmd::Branch { branch_name, ancestor_branch_name, ancestor_start_lsn, at, tenant_id }) => {
             let cluster = Cluster::load(repo)?;
             let tenant = State::load(repo)?.tenant(tenant_id)?;
-            let lsn = cluster.branch(tenant, &branch_name, &ancestor_branch_name, ancestor_start_lsn).await?;
+            let point = match (ancestor_start_lsn, at) {
+                (Some(lsn), _) => BranchPoint::Lsn(lsn),
+                (None, Some(ts)) => BranchPoint::Timestamp(ts),
+                (None, None) => BranchPoint::Latest,
+            };
+            let lsn = cluster.branch(tenant, &branch_name, &ancestor_branch_name, point).await?;
             println!("created branch {branch_name} at LSN {lsn} of {ancestor_branch_name} (tenant {tenant})");
         }
         Cmd::Timeline(TimelineCmd::List { tenant_id }) => {

@@ -15,6 +15,15 @@ use crate::cluster::Cluster;
 use crate::endpoint::{self, Endpoint};
 use crate::state::{Branch, State};
 
+/// Where on its ancestor a new branch starts.
+pub enum BranchPoint {
+    /// Everything committed so far.
+    Latest,
+    Lsn(Lsn),
+    /// The last commit at or before this RFC 3339 time.
+    Timestamp(String),
+}
+
 /// How long an endpoint start waits for the pageserver to catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -66,8 +75,19 @@ impl Cluster {
         Ok(t)
     }
 
+    /// The LSN of the last commit at or before `timestamp` (RFC 3339) on a timeline.
+    async fn lsn_at_timestamp(&self, api: &Api, t: TenantId, tl: TimelineId, timestamp: &str) -> anyhow::Result<Lsn> {
+        let path = format!("{}/lsn_by_timestamp", Self::timeline_path(t, tl));
+        let url = reqwest::Url::parse_with_params(&self.ps(&path), &[("timestamp", timestamp)])?;
+        let found = api.get(url.as_str()).await?;
+        if found["kind"].as_str() == Some("past") {
+            bail!("no transaction committed at or before {timestamp} on this branch");
+        }
+        field(&found, "lsn")
+    }
+
     /// `strata timeline branch`.
-    pub async fn branch(&self, t: TenantId, name: &str, ancestor: &str, at: Option<Lsn>) -> anyhow::Result<Lsn> {
+    pub async fn branch(&self, t: TenantId, name: &str, ancestor: &str, at: BranchPoint) -> anyhow::Result<Lsn> {
         let api = Api::default();
         let mut state = State::load(&self.repo)?;
         if state.branch(t, name).is_ok() {
@@ -76,8 +96,9 @@ impl Cluster {
         let parent = state.branch(t, ancestor)?.clone();
         // "Latest" means everything committed so far, once the pageserver has it.
         let at = match at {
-            Some(lsn) => lsn,
-            None => {
+            BranchPoint::Lsn(lsn) => lsn,
+            BranchPoint::Timestamp(ts) => self.lsn_at_timestamp(&api, t, parent.timeline_id, &ts).await?,
+            BranchPoint::Latest => {
                 let (commit, _) = self.safekeeper_positions(&api, t, parent.timeline_id).await?;
                 self.caught_up_lsn(&api, t, parent.timeline_id, commit).await?.0
             }
