@@ -27,6 +27,20 @@
 //! * **Everything else** not excluded (`PG_VERSION`, `pg_twophase/*`,
 //!   unknown files): byte-equal, and present on both sides.
 //!
+//! Side A is the server that wrote its own pages (primary, compute), side B
+//! the copy rebuilt from WAL (standby, pageserver basebackup). Besides the
+//! masks, two differences that PostgreSQL 15 itself produces between such
+//! copies are accepted, counted and noted (found by running the whole
+//! regression suite on a primary with a streaming standby):
+//!
+//! * a visibility-map page on B with a subset of A's bits
+//!   ([`Options::allow_vm_bits_missing_in_b`]; `CREATE DATABASE` with the
+//!   default WAL_LOG strategy logs VM pages without their bits);
+//! * a page whose `pd_lsn` on A is a placeholder — 0, or GistBuildLSN on a
+//!   GiST page — where B has the LSN of the record that logged it, and that
+//!   is otherwise equal ([`Report::pages_unstamped_in_a`]: unlogged indexes'
+//!   init forks, GiST sorted builds).
+//!
 //! Excluded, each for a reason ([`exclusion_reason`]): WAL, statistics,
 //! replication slots, logical decoding state, transient state (snapshots,
 //! dynamic shared memory, LISTEN/NOTIFY, SSI, subtransactions), postmaster

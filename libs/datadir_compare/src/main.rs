@@ -6,8 +6,9 @@
 //! first differences (decoded) and the same summary line, and exits 1.
 //! Exit 2 on usage or I/O errors.
 //!
-//! Options: `--max-differences N` (default 20) how many to record and show
-//! (1 shows only the first); `--verbose` also lists notes and exclusions.
+//! Options: `--max-differences N` (default 20) how many to record (the first
+//! is shown decoded, the others by one line); `--verbose` also lists notes,
+//! exclusions and the pages compared by kind.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,8 +46,17 @@ fn main() -> ExitCode {
         }
     };
     println!("A = {}\nB = {}", a.display(), b.display());
-    for d in &report.differences {
-        println!("{d}");
+    // The first difference in full, the others by their first line.
+    for (i, d) in report.differences.iter().enumerate() {
+        let text = d.to_string();
+        if i == 0 {
+            println!("{text}");
+        } else {
+            println!("also: {}", text.lines().next().unwrap_or_default());
+        }
+    }
+    if report.differences_total > report.differences.len() {
+        println!("... and {} more", report.differences_total - report.differences.len());
     }
     if verbose {
         for n in &report.notes {

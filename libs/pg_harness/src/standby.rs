@@ -6,7 +6,7 @@
 //! `primary_conninfo` written by `pg_basebackup -R`, streaming from a
 //! physical replication slot so that the primary keeps the WAL it needs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -115,10 +115,5 @@ impl PgCluster {
         let shutdown_checkpoint = self.latest_checkpoint_lsn()?;
         standby.wait_replayed_past(shutdown_checkpoint)?;
         standby.stop()
-    }
-
-    /// Root of the cluster's temporary directory (holds `data/` and the log).
-    pub fn root_path(&self) -> PathBuf {
-        self.root_dir().to_path_buf()
     }
 }
