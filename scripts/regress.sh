@@ -18,6 +18,12 @@
 # What the suite needs from its surroundings, and how it is provided here:
 #   * --dlpath: a directory holding regress.so (built from regress.c),
 #     autoinc.so and refint.so; the tests load them by :libdir (PG_LIBDIR).
+#     regress.so must be built against the headers of the server's own minor
+#     version (15.18's does not load into 15.20 and vice versa), so the
+#     directory is picked by the server's `SHOW server_version`.
+#   * --bindir: psql of the suite's version. Expected outputs record psql's
+#     behaviour too (15.20's psql skips the data lines of a failed COPY FROM
+#     STDIN, 15.18's reads them as SQL).
 #   * --inputdir: src/test/regress, readable by the SERVER's user: tests COPY
 #     data/*.data server-side (PG_ABS_SRCDIR).
 #   * --outputdir: writable by both the server's user and pg_regress: tests
@@ -26,11 +32,18 @@
 #     directory that user owns. A `testtablespace` directory is created
 #     there for PG15 minors whose tablespace test still uses it (newer ones
 #     use in-place tablespaces: allow_in_place_tablespaces).
-#   * the server: superuser connection; nothing else is required of the
+#   * the server: a superuser connection; nothing is required of its
 #     configuration (prepared_xacts has expected output for
 #     max_prepared_transactions = 0 and > 0). The database is created with
-#     the server's default locale; a C / UTF8 cluster matches the expected
-#     outputs.
+#     --no-locale --encoding=UTF8 (LC_COLLATE/LC_CTYPE C, UTF8), which the
+#     expected outputs assume, whatever the cluster's initdb defaults.
+#
+# Version skew: when the mirror does not serve the source of the installed
+# minor version, the suite is an older one (setup-regress.sh warns). Against
+# a server of another version than the suite, tests whose behaviour changed
+# between the two fail (suite 15.18 against server 15.20: triggers, rules,
+# alter_table); setup-regress.sh unpacks a stock server of the suite's
+# version (MATCHED_PG_BINDIR) to run instead.
 #
 # Prints a summary and the runtime as its last lines. Exit status: 0 when
 # every test passed; 1 when some failed (regression.diffs is printed, head
@@ -131,6 +144,10 @@ args=(
     --dlpath="$dlpath"
     --schedule="$schedule"
     --host="$host" --port="$port" --user="$user"
+    # The database `regression` in C locale and UTF8 whatever the cluster's
+    # defaults (initdb options of a Strata tenant may differ): the expected
+    # outputs assume them.
+    --no-locale --encoding=UTF8
 )
 [ "$use_existing" = 1 ] && args+=(--use-existing)
 [ -n "${STRATA_REGRESS_MAX_CONNECTIONS:-}" ] && args+=(--max-connections="$STRATA_REGRESS_MAX_CONNECTIONS")

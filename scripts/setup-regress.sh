@@ -23,14 +23,19 @@
 # The cache lives where the unprivileged Postgres user can read it: the
 # server itself COPYs the suite's data files (src/test/regress/data).
 #
-#   STRATA_REGRESS_DIR  cache directory (default /var/cache/strata/regress)
+#   STRATA_REGRESS_DIR  cache directory (default /var/cache/strata/regress as
+#                       root, ~/.cache/strata/regress otherwise)
 #   PG_CONFIG           pg_config of the server (default Debian's PG 15)
 #   STRATA_PG_USER      user Postgres runs as (default postgres)
 set -euo pipefail
 umask 022
 
 PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
-CACHE="${STRATA_REGRESS_DIR:-/var/cache/strata/regress}"
+if [ "$(id -u)" -eq 0 ]; then
+    CACHE="${STRATA_REGRESS_DIR:-/var/cache/strata/regress}"
+else
+    CACHE="${STRATA_REGRESS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/strata/regress}"
+fi
 PG_USER="${STRATA_PG_USER:-postgres}"
 SRC_PKG=postgresql-15
 SRC_LIST_BASE=/etc/apt/sources.list.d/strata-deb-src
@@ -286,8 +291,11 @@ main() {
     [ -n "$installed" ] || die "package $SRC_PKG is not installed (run scripts/setup.sh)"
     case "$upstream" in 15.*) ;; *) die "expected PostgreSQL 15, pg_config says: $pg_version" ;; esac
 
-    as_root mkdir -p "$CACHE"
-    as_root chmod 0755 "$CACHE" "$(dirname "$CACHE")"
+    mkdir -p "$CACHE"
+    if [ "$(id -u)" -eq 0 ]; then
+        # Readable for the server's user: it COPYs the suite's data files.
+        chmod 0755 "$CACHE" "$(dirname "$CACHE")"
+    fi
     exec 9>"$CACHE/.lock"
     flock 9
 
