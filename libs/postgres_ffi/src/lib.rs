@@ -11,6 +11,7 @@
 //! Only the byte layouts of Debian's PostgreSQL 15 builds (x86-64, little
 //! endian, 8 KiB pages) are supported.
 pub mod controlfile;
+pub mod page_mask;
 pub mod pg_constants;
 pub mod record;
 pub mod relfile;
