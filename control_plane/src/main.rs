@@ -107,6 +107,14 @@ enum EndpointCmd {
     Stop { name: String },
     /// List computes: address, branch, timeline, start LSN, status.
     List,
+    /// Prove the storage is exact: stop the compute, rebuild its data directory
+    /// from the pageserver at the LSN it stopped at, and compare page by page.
+    Compare {
+        name: String,
+        /// Also print notes, exclusions and pages by kind.
+        #[arg(long)]
+        verbose: bool,
+    },
 }
 
 fn print_tree(branches: &[Branch], parent: Option<&str>, depth: usize) {
@@ -131,6 +139,13 @@ async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
         EndpointCmd::Stop { name } => {
             Cluster::load(repo)?.endpoint_stop(&name).await?;
             println!("endpoint {name} stopped");
+        }
+        EndpointCmd::Compare { name, verbose } => {
+            let report = Cluster::load(repo)?.endpoint_compare(&name).await?;
+            print!("{}", report.render(verbose));
+            if !report.is_equal() {
+                anyhow::bail!("the data directory rebuilt by the pageserver differs from endpoint {name}'s");
+            }
         }
         EndpointCmd::List => {
             Config::load(repo)?;

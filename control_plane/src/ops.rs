@@ -265,3 +265,25 @@ impl Cluster {
         Ok(lines)
     }
 }
+
+impl Cluster {
+    /// `strata endpoint compare`: stop the endpoint cleanly, take a
+    /// basebackup at the LSN it stopped at, and compare every relation page,
+    /// SLRU and relmapper file of the two data directories.
+    pub async fn endpoint_compare(&self, name: &str) -> anyhow::Result<datadir_compare::Report> {
+        let api = Api::default();
+        let ep = Endpoint::load(&self.repo, name)?.with_context(|| format!("no endpoint named {name:?}"))?;
+        if ep.running_pid().is_some() {
+            ep.stop_postgres(&self.repo)?;
+        }
+        let (commit, _) = self.safekeeper_positions(&api, ep.tenant_id, ep.timeline_id).await?;
+        let (lsn, prev) = self.caught_up_lsn(&api, ep.tenant_id, ep.timeline_id, commit).await?;
+        let tmp = tempfile::Builder::new().prefix("strata-compare-").tempdir()?;
+        let rebuilt = Endpoint { pgdata: tmp.path().join("pgdata"), ..ep.clone() };
+        self.fetch_basebackup(&api, &rebuilt, lsn, prev).await?;
+        let (a, b) = (ep.pgdata.clone(), rebuilt.pgdata.clone());
+        let report = tokio::task::spawn_blocking(move || datadir_compare::compare_datadirs(&a, &b, &Default::default()))
+            .await??;
+        Ok(report)
+    }
+}

@@ -79,6 +79,13 @@ typedef struct RedoTarget
 	BlockNumber blkno;
 	/* the target page holds an initialised page (not all zeroes) */
 	bool		initialised;
+	/*
+	 * The target is an init-fork page, rebuilt in the main fork: redo of an
+	 * INIT_FORKNUM block flushes the buffer at once (XLogReadBufferForRedo),
+	 * which would XLogFlush an LSN this process never generated.  Page
+	 * contents do not depend on the fork, so the block is redone as main.
+	 */
+	bool		init_as_main;
 } RedoTarget;
 
 static RedoTarget target;
@@ -273,6 +280,9 @@ begin_request(const char *body, uint32 len)
 	target.blkno = get_u32(body + 13);
 	if (target.forknum > MAX_FORKNUM)
 		fail("invalid fork number %d", (int) target.forknum);
+	target.init_as_main = (target.forknum == INIT_FORKNUM);
+	if (target.init_as_main)
+		target.forknum = MAIN_FORKNUM;
 	target.active = true;
 	target.initialised = false;
 	prepare_rel(target.rnode, target.forknum);
@@ -283,8 +293,10 @@ begin_request(const char *body, uint32 len)
 static bool
 is_target(DecodedBkpBlock *blk)
 {
+	ForkNumber	fork = target.init_as_main ? INIT_FORKNUM : target.forknum;
+
 	return RelFileNodeEquals(blk->rnode, target.rnode) &&
-		blk->forknum == target.forknum && blk->blkno == target.blkno;
+		blk->forknum == fork && blk->blkno == target.blkno;
 }
 
 /* Replace whatever this block ref says by "restore an empty page". */
@@ -320,11 +332,16 @@ prepare_blocks(DecodedXLogRecord *decoded, XLogRecPtr lsn)
 		prepare_rel(blk->rnode, blk->forknum);
 		if (!is_target(blk))
 		{
+			/* Never flushed: see RedoTarget.init_as_main. */
+			if (blk->forknum == INIT_FORKNUM)
+				blk->forknum = MAIN_FORKNUM;
 			fake_full_page_image(blk);
 			others = true;
 			continue;
 		}
 		found = true;
+		if (target.init_as_main)
+			blk->forknum = MAIN_FORKNUM;
 		if (blk->apply_image || (blk->flags & BKPBLOCK_WILL_INIT))
 			target.initialised = true;
 		else if (!target.initialised && target.forknum == MAIN_FORKNUM)

@@ -164,6 +164,41 @@ impl Report {
         )
     }
 
+    /// Human-readable report: the first difference decoded, the others by
+    /// one line, notes (all of them with `verbose`), and the summary line.
+    pub fn render(&self, verbose: bool) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for (i, d) in self.differences.iter().enumerate() {
+            let text = d.to_string();
+            if i == 0 {
+                let _ = writeln!(out, "{text}");
+            } else {
+                let _ = writeln!(out, "also: {}", text.lines().next().unwrap_or_default());
+            }
+        }
+        if self.differences_total > self.differences.len() {
+            let _ = writeln!(out, "... and {} more", self.differences_total - self.differences.len());
+        }
+        if verbose {
+            for n in &self.notes {
+                let _ = writeln!(out, "note: {n}");
+            }
+            for (path, reason) in &self.excluded {
+                let _ = writeln!(out, "excluded: {path}: {reason}");
+            }
+            let kinds: Vec<String> = self.pages_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let _ = writeln!(out, "pages by kind: {}", kinds.join(", "));
+        } else if !self.notes.is_empty() {
+            let _ = writeln!(out, "{} notes (--verbose shows them and the exclusions)", self.notes.len());
+        }
+        if self.pages_equal_after_masking > 0 {
+            let _ = writeln!(out, "{} pages differed only in masked bits", self.pages_equal_after_masking);
+        }
+        let _ = writeln!(out, "{}", self.summary());
+        out
+    }
+
     fn add(&mut self, opts: &Options, d: Difference) {
         self.differences_total += 1;
         if self.differences.len() < opts.max_differences {

@@ -46,39 +46,7 @@ fn main() -> ExitCode {
         }
     };
     println!("A = {}\nB = {}", a.display(), b.display());
-    // The first difference in full, the others by their first line.
-    for (i, d) in report.differences.iter().enumerate() {
-        let text = d.to_string();
-        if i == 0 {
-            println!("{text}");
-        } else {
-            println!("also: {}", text.lines().next().unwrap_or_default());
-        }
-    }
-    if report.differences_total > report.differences.len() {
-        println!("... and {} more", report.differences_total - report.differences.len());
-    }
-    if verbose {
-        for n in &report.notes {
-            println!("note: {n}");
-        }
-        for (path, reason) in &report.excluded {
-            println!("excluded: {path}: {reason}");
-        }
-    } else if !report.notes.is_empty() {
-        println!("{} notes (--verbose shows them and the exclusions)", report.notes.len());
-    }
-    if verbose {
-        let kinds: Vec<String> = report.pages_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!("pages by kind: {}", kinds.join(", "));
-    }
-    if report.pages_equal_after_masking > 0 {
-        println!(
-            "{} pages differed only in masked bits",
-            report.pages_equal_after_masking
-        );
-    }
-    println!("{}", report.summary());
+    print!("{}", report.render(verbose));
     if report.is_equal() {
         ExitCode::SUCCESS
     } else {

@@ -45,6 +45,10 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// Extra arguments for pg_regress (after `--`), e.g. test names.
     pub extra_args: Vec<String>,
+    /// Schedule file (default: the suite's `parallel_schedule`).
+    pub schedule: Option<PathBuf>,
+    /// Run in the existing `regression` database instead of recreating it.
+    pub use_existing: bool,
 }
 
 /// The outcome of one run.
@@ -160,6 +164,23 @@ impl Suite {
         self.var("MATCHED_PG_BINDIR").map(PathBuf::from)
     }
 
+    /// The suite's `parallel_schedule` split into two schedules at a group
+    /// boundary near the middle (written into `dir`), for running the suite
+    /// in two parts with a restart between them.
+    pub fn split_schedule(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let src = PathBuf::from(self.var("REGRESS_SRCDIR").context("REGRESS_SRCDIR not set up")?);
+        let text = std::fs::read_to_string(src.join("parallel_schedule"))?;
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("test:")).collect();
+        anyhow::ensure!(lines.len() >= 2, "parallel_schedule has {} groups", lines.len());
+        let (first, second) = lines.split_at(lines.len() / 2);
+        // `ignore:` lines apply wherever their test runs: give them to both.
+        let ignores: Vec<&str> = text.lines().filter(|l| l.starts_with("ignore:")).collect();
+        let (a, b) = (dir.join("schedule_first_half"), dir.join("schedule_second_half"));
+        std::fs::write(&a, [ignores.as_slice(), first].concat().join("\n") + "\n")?;
+        std::fs::write(&b, [ignores.as_slice(), second].concat().join("\n") + "\n")?;
+        Ok((a, b))
+    }
+
     /// Run the whole `parallel_schedule` against the server at `host:port`.
     /// An `Err` is for a run that could not happen; failing tests are in
     /// the result.
@@ -172,6 +193,12 @@ impl Suite {
         }
         if let Some(dir) = &opts.outputdir {
             cmd.arg("--outputdir").arg(dir);
+        }
+        if let Some(schedule) = &opts.schedule {
+            cmd.arg("--schedule").arg(schedule);
+        }
+        if opts.use_existing {
+            cmd.arg("--use-existing");
         }
         if !opts.extra_args.is_empty() {
             cmd.arg("--").args(&opts.extra_args);
