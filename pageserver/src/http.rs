@@ -19,6 +19,12 @@
 //!   — a tar of the data directory at `lsn` (default: the last record LSN);
 //!   `prev_lsn` is the start of the record ending at `lsn` (known to the
 //!   pageserver for its last record)
+//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/lsn_by_timestamp?timestamp=<RFC3339>`
+//!   — `{"lsn": "X/Y", "kind": "present"|"past"|"future", "commit_time": "..."|null}`:
+//!   the END LSN of the last commit at or before the timestamp (`present`),
+//!   the timeline's start LSN when the timestamp is before it (`past`), or
+//!   the last record LSN when no commit is later (`future`); every answer is
+//!   a valid branch point of this timeline (see [`crate::commit_ts`])
 //! * `GET    /metrics` — Prometheus text format
 //!
 //! `lsn` parameters are `X/Y` hex; omitted means the last record LSN.
@@ -314,6 +320,21 @@ async fn get_rel_size(
     Ok(Json(serde_json::json!({ "nblocks": nblocks, "lsn": lsn })))
 }
 
+#[derive(Debug, Deserialize)]
+struct LsnByTimestampQuery {
+    timestamp: String,
+}
+
+async fn lsn_by_timestamp(
+    State(repo): State<Arc<Repository>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    Query(q): Query<LsnByTimestampQuery>,
+) -> ApiResult<Json<crate::commit_ts::LsnForTimestamp>> {
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    let t = crate::commit_ts::parse_rfc3339(&q.timestamp).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    Ok(Json(crate::commit_ts::find_lsn_for_timestamp(&tl, t).await?))
+}
+
 async fn metrics() -> String {
     let encoder = prometheus::TextEncoder::new();
     encoder.encode_to_string(&prometheus::gather()).unwrap_or_default()
@@ -331,6 +352,7 @@ pub fn router(repo: Arc<Repository>) -> Router {
         .route(&format!("{tl}/page"), get(get_page))
         .route(&format!("{tl}/basebackup"), get(basebackup))
         .route(&format!("{tl}/rel_size"), get(get_rel_size))
+        .route(&format!("{tl}/lsn_by_timestamp"), get(lsn_by_timestamp))
         .route("/metrics", get(metrics))
         .with_state(repo)
 }

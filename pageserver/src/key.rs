@@ -18,6 +18,7 @@
 //! | two-phase state file | 0x02 | 0 | 0 | 0 | 1 | xid |
 //! | pg_control | 0x03 | 0 | 0 | 0 | 0 | 0 |
 //! | last checkpoint (`CheckPoint`) | 0x03 | 0 | 0 | 0 | 0 | 1 |
+//! | last commit (end LSN, time, max time; see `commit_ts`) | 0x04 | 0 | 0 | 0 | 0 | 0 |
 //!
 //! SLRU kinds: 0 = pg_xact (CLOG), 1 = pg_multixact/offsets,
 //! 2 = pg_multixact/members. Relation number 0 never names a real relation,
@@ -167,6 +168,8 @@ pub const DBDIR_KEY: Key = Key::MIN;
 pub const TWOPHASEDIR_KEY: Key = Key { field1: 0x02, field2: 0, field3: 0, field4: 0, field5: 0, field6: 0 };
 pub const CONTROLFILE_KEY: Key = Key { field1: 0x03, field2: 0, field3: 0, field4: 0, field5: 0, field6: 0 };
 pub const CHECKPOINT_KEY: Key = Key { field1: 0x03, field2: 0, field3: 0, field4: 0, field5: 0, field6: 1 };
+/// The last commit record at or before an LSN ([`crate::commit_ts::CommitTs`]).
+pub const COMMIT_TS_KEY: Key = Key { field1: 0x04, field2: 0, field3: 0, field4: 0, field5: 0, field6: 0 };
 
 pub fn relmap_file_key(spc: u32, db: u32) -> Key {
     Key { field1: 0x00, field2: spc, field3: db, field4: 0, field5: 0, field6: 0 }

@@ -6,6 +6,7 @@
 //! * [`walingest`]: interprets records; [`datadir`] turns PostgreSQL-level
 //!   changes into key/value writes; [`key`] and [`value`] define the key
 //!   space and what is stored.
+//! * [`commit_ts`]: the last commit's time per LSN, LSN for a timestamp.
 //! * [`import`]: imports a shut-down data directory as a timeline's start.
 //! * [`timeline`]: LSNs, writes, the layer walk of GetPage@LSN, flushing and
 //!   image layer creation; [`layers`]: in-memory, delta and image layers and
@@ -16,6 +17,7 @@
 //! * [`http`]: the management API; [`page_service`]: the page protocol;
 //!   [`metrics`].
 pub mod basebackup;
+pub mod commit_ts;
 pub mod datadir;
 pub mod http;
 pub mod import;

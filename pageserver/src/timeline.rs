@@ -639,7 +639,7 @@ impl Timeline {
         }
         keys.push(TWOPHASEDIR_KEY);
         keys.extend(self.list_twophase(lsn).await?.into_iter().map(twophase_file_key));
-        keys.extend([CONTROLFILE_KEY, CHECKPOINT_KEY]);
+        keys.extend([CONTROLFILE_KEY, CHECKPOINT_KEY, COMMIT_TS_KEY]);
         keys.sort();
         keys.dedup();
         Ok(keys)

@@ -9,7 +9,9 @@
 //! * XLOG: checkpoint records and NEXTOID update the stored checkpoint.
 //! * XACT: commit/abort (also prepared) set CLOG bits of the xid and its
 //!   subtransactions (Rust-applied records, one per CLOG page) and drop the
-//!   relations the record lists; PREPARE stores the two-phase state.
+//!   relations the record lists; PREPARE stores the two-phase state; a
+//!   commit also writes its end LSN and time under `COMMIT_TS_KEY`
+//!   (see [`crate::commit_ts`]).
 //! * CLOG zero-page/truncate, MULTIXACT zero-page/create, SMGR
 //!   create/truncate, DBASE create (wal_log and file_copy: file_copy copies
 //!   the template's relations as of this LSN) and drop, RELMAP update.
@@ -62,6 +64,8 @@ fn bad(lsn: Lsn, what: &str, e: String) -> PageReconstructError {
 pub struct WalIngest {
     checkpoint: Vec<u8>,
     checkpoint_modified: bool,
+    /// Running maximum of commit times (for [`crate::commit_ts`]).
+    max_commit_time: Option<i64>,
 }
 
 impl WalIngest {
@@ -73,7 +77,8 @@ impl WalIngest {
             Ok(_) | Err(PageReconstructError::MissingKey { .. }) => vec![0u8; SIZEOF_CHECKPOINT],
             Err(e) => return Err(e),
         };
-        Ok(WalIngest { checkpoint, checkpoint_modified: false })
+        let max_commit_time = crate::commit_ts::commit_ts_at(tline, lsn).await?.map(|c| c.max_time);
+        Ok(WalIngest { checkpoint, checkpoint_modified: false, max_commit_time })
     }
 
     fn ck_u32(&self, at: usize) -> u32 {
@@ -209,6 +214,12 @@ impl WalIngest {
                         WalRecord::ClogSetAborted { xids }
                     };
                     m.put_record(key, rec);
+                }
+                if commit {
+                    let max_time = self.max_commit_time.map_or(parsed.xact_time, |m| m.max(parsed.xact_time));
+                    self.max_commit_time = Some(max_time);
+                    let value = crate::commit_ts::CommitTs { lsn, time: parsed.xact_time, max_time };
+                    m.put_image(COMMIT_TS_KEY, value.encode());
                 }
                 for rel in parsed.dropped {
                     m.put_rel_drop(rel).await?;
