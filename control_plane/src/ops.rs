@@ -77,6 +77,9 @@ impl Cluster {
 
     /// The LSN of the last commit at or before `timestamp` (RFC 3339) on a timeline.
     async fn lsn_at_timestamp(&self, api: &Api, t: TenantId, tl: TimelineId, timestamp: &str) -> anyhow::Result<Lsn> {
+        // Every commit made so far must be indexed before the lookup.
+        let (commit, _) = self.safekeeper_positions(api, t, tl).await?;
+        self.caught_up_lsn(api, t, tl, commit).await?;
         let path = format!("{}/lsn_by_timestamp", Self::timeline_path(t, tl));
         let url = reqwest::Url::parse_with_params(&self.ps(&path), &[("timestamp", timestamp)])?;
         let found = api.get(url.as_str()).await?;
