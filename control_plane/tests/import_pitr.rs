@@ -6,87 +6,25 @@
 //! LSN and at a timestamp (via the pageserver's `lsn_by_timestamp` route)
 //! show exactly the older state; the timestamp lookup survives a restart.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{pageserver_http, psql, started_cluster, url_of, Repo};
 use utils::lsn::Lsn;
 
-struct Repo {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Repo {
-    fn new() -> Repo {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-walredo.sh");
-        let built = Command::new(script).output().expect("run build-walredo.sh");
-        assert!(built.status.success(), "build-walredo.sh: {}", String::from_utf8_lossy(&built.stderr));
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let path = dir.path().join("repo");
-        Repo { _dir: dir, path }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let bin = Path::new(env!("CARGO_BIN_EXE_strata"));
-        Command::new(bin)
-            .arg("--repo-dir")
-            .arg(&self.path)
-            .args(args)
-            .env("STRATA_BIN_DIR", bin.parent().unwrap())
-            .output()
-            .expect("run strata")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "strata {args:?} failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
-        stdout
-    }
-}
-
-impl Repo {
-    /// `endpoint start`, retried when another process took the port the CLI
-    /// found free before PostgreSQL bound it (the CLI checks, then binds later).
-    fn endpoint_start(&self, args: &[&str]) -> (String, String) {
-        for attempt in 0..3 {
-            // A failed endpoint keeps its port: retry under a new name.
-            let name = if attempt == 0 { args[0].to_string() } else { format!("{}-{attempt}", args[0]) };
-            let mut full = vec!["endpoint", "start", name.as_str()];
-            full.extend_from_slice(&args[1..]);
-            let out = self.run(&full);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if !out.status.success() && stderr.contains("Address already in use") {
-                continue;
-            }
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(out.status.success(), "strata {full:?} failed: {stderr}{stdout}");
-            return (name, url_of(&stdout));
-        }
-        panic!("strata endpoint start {args:?}: port taken three times");
-    }
-}
-
-impl Drop for Repo {
-    fn drop(&mut self) {
-        let _ = self.run(&["stop"]);
-    }
+/// `endpoint start` through the CLI; returns (endpoint name, URL).
+fn endpoint_start(repo: &Repo, args: &[&str]) -> (String, String) {
+    let mut full = vec!["endpoint", "start"];
+    full.extend_from_slice(args);
+    (args[0].to_string(), url_of(&repo.ok(&full)))
 }
 
 fn pg_bin(name: &str) -> String {
     format!("/usr/lib/postgresql/15/bin/{name}")
 }
 
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new(pg_bin("psql"))
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .output()
-        .expect("run psql");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// pg_dump without 15.14+'s random `\restrict` / `\unrestrict` lines.
 fn dump(url: &str) -> String {
@@ -100,17 +38,7 @@ fn dump(url: &str) -> String {
         .join("\n")
 }
 
-fn url_of(stdout: &str) -> String {
-    stdout.lines().find_map(|l| l.strip_prefix("connect with: psql ")).expect("URL printed").to_string()
-}
 
-fn free_ports() -> (u16, u16) {
-    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    let seed = (std::process::id() as u16 % 2000).wrapping_add(311);
-    let base = (20000 + seed * 7..60000).step_by(89).find(|&b| free(b) && free(b + 10) && free(b + 11)).unwrap();
-    let ps = (base + 700..60000).find(|&p| free(p) && free(p + 1)).unwrap();
-    (base, ps)
-}
 
 fn http_get(url: &str) -> (u16, serde_json::Value) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -187,18 +115,14 @@ fn amcheck(url: &str) {
 
 #[test]
 fn import_branch_at_lsn_and_timestamp() {
-    let repo = Repo::new();
-    let (base, ps_port) = free_ports();
-    repo.ok(&["init", "--safekeepers", "1", "--base-port", &base.to_string(), "--pageserver-port", &ps_port.to_string()]);
-    repo.ok(&["start"]);
-    let created = repo.ok(&["tenant", "create", "--set-default"]);
-    let tenant = created.split_whitespace().nth(2).expect("tenant id printed").to_string();
-    let ps = Ps { http: format!("http://127.0.0.1:{}", ps_port + 1), tenant };
+    let repo = started_cluster(1);
+    let tenant = repo.ok(&["tenant", "list"]).split_whitespace().next().expect("a tenant").to_string();
+    let ps = Ps { http: pageserver_http(&repo), tenant };
     let tree = repo.ok(&["timeline", "list"]);
     let main_tl = tree.lines().next().unwrap().split('[').nth(1).unwrap().trim_end_matches(']').to_string();
 
     // The tenant is an imported initdb cluster: no commit record seen yet.
-    let (main_ep, main) = repo.endpoint_start(&["main"]);
+    let (main_ep, main) = endpoint_start(&repo, &["main"]);
     let t0 = psql(&main, NOW_UTC);
     let (lsn, kind) = ps.lsn_by_timestamp(&main_tl, &t0);
     assert_eq!(kind, "past", "no commit yet: {lsn}");
@@ -244,7 +168,7 @@ fn import_branch_at_lsn_and_timestamp() {
 
     // A second compute on a branch at the latest LSN: same dump, no corruption.
     repo.ok(&["timeline", "branch", "--branch-name", "latest"]);
-    let (latest_ep, latest) = repo.endpoint_start(&["latest", "--branch-name", "latest"]);
+    let (latest_ep, latest) = endpoint_start(&repo, &["latest", "--branch-name", "latest"]);
     assert_eq!(fingerprint(&latest), state2);
     let (a, b) = (dump(&main), dump(&latest));
     if let Some((i, (x, y))) = a.lines().zip(b.lines()).enumerate().find(|(_, (x, y))| x != y) {
@@ -258,7 +182,7 @@ fn import_branch_at_lsn_and_timestamp() {
 
     // A branch at the older LSN shows exactly state 1.
     repo.ok(&["timeline", "branch", "--branch-name", "old", "--ancestor-start-lsn", &l1.to_string()]);
-    let (old_ep, old) = repo.endpoint_start(&["old", "--branch-name", "old"]);
+    let (old_ep, old) = endpoint_start(&repo, &["old", "--branch-name", "old"]);
     assert_eq!(fingerprint(&old), state1);
     amcheck(&old);
     repo.ok(&["endpoint", "stop", &old_ep]);
@@ -272,7 +196,7 @@ fn import_branch_at_lsn_and_timestamp() {
     let (_, kind) = ps.lsn_by_timestamp(&main_tl, "1999-12-31T23:00:00-01:00");
     assert_eq!(kind, "past");
     repo.ok(&["timeline", "branch", "--branch-name", "pitr", "--ancestor-start-lsn", &at_t1.to_string()]);
-    let (pitr_ep, pitr) = repo.endpoint_start(&["pitr", "--branch-name", "pitr"]);
+    let (pitr_ep, pitr) = endpoint_start(&repo, &["pitr", "--branch-name", "pitr"]);
     assert_eq!(fingerprint(&pitr), state1);
     repo.ok(&["endpoint", "stop", &pitr_ep]);
 

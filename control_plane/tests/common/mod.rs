@@ -89,3 +89,9 @@ pub fn started_cluster(safekeepers: u64) -> Repo {
     repo.ok(&["tenant", "create", "--set-default"]);
     repo
 }
+
+/// Base URL of the repository's pageserver HTTP API.
+pub fn pageserver_http(repo: &Repo) -> String {
+    let conf = control_plane::config::Config::load(&repo.path).expect("repository config");
+    format!("http://127.0.0.1:{}", conf.pageserver.http_port)
+}
