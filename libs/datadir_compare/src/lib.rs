@@ -721,6 +721,15 @@ fn compare_page(
     let kind_a = kind_for(key.fork, a);
     let kind_b = kind_for(key.fork, b);
     let (mut ma, mut mb) = (a.to_vec(), b.to_vec());
+    // A visibility-map page that B holds as a new (all-zero) page has no bits
+    // set: the safe direction of `allow_vm_bits_missing_in_b`. The
+    // pageserver zeroes the partial VM page at a relation truncation instead
+    // of clearing only the bits past the new end as PostgreSQL does (without
+    // WAL) in `visibilitymap_prepare_truncate`.
+    if key.fork == VISIBILITYMAP_FORKNUM && opts.allow_vm_bits_missing_in_b && kind_b == PageKind::New {
+        report.vm_pages_fewer_bits_in_b += 1;
+        return None;
+    }
     if kind_a == kind_b {
         mask_page(kind_a, &mut ma, block as u32);
         mask_page(kind_b, &mut mb, block as u32);
@@ -1043,6 +1052,36 @@ fn compare_plain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An initialised visibility-map page with the given bytes of bitmap.
+    fn vm_page(lsn: u64, bitmap: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; BLCKSZ];
+        p[0..4].copy_from_slice(&((lsn >> 32) as u32).to_le_bytes());
+        p[4..8].copy_from_slice(&(lsn as u32).to_le_bytes());
+        p[12..14].copy_from_slice(&24u16.to_le_bytes());
+        p[14..16].copy_from_slice(&8192u16.to_le_bytes());
+        p[16..18].copy_from_slice(&8192u16.to_le_bytes());
+        p[18..20].copy_from_slice(&0x2004u16.to_le_bytes());
+        p[24..24 + bitmap.len()].copy_from_slice(bitmap);
+        p
+    }
+
+    #[test]
+    fn vm_page_zeroed_in_b_is_the_safe_direction_only() {
+        let key = RelFork { dir: "base/5".into(), rel: RelFileNode { spc_node: 1663, db_node: 5, rel_node: 16384 }, fork: VISIBILITYMAP_FORKNUM };
+        let opts = Options::default();
+        let mut report = Report::default();
+        let zero = vec![0u8; BLCKSZ];
+        // B lost the page (all zero): fewer bits, accepted.
+        assert!(compare_page(&key, 0, &vm_page(0x1000, &[0x03]), &zero, &opts, &mut report).is_none());
+        assert_eq!(report.vm_pages_fewer_bits_in_b, 1);
+        // B has bits A lacks: a difference, whatever A's page looks like.
+        assert!(compare_page(&key, 0, &zero, &vm_page(0x1000, &[0x03]), &opts, &mut report).is_some());
+        assert!(compare_page(&key, 0, &vm_page(0x1000, &[0x01]), &vm_page(0x1000, &[0x03]), &opts, &mut report).is_some());
+        // Not accepted when the option is off.
+        let strict = Options { allow_vm_bits_missing_in_b: false, ..Options::default() };
+        assert!(compare_page(&key, 0, &vm_page(0x1000, &[0x03]), &zero, &strict, &mut report).is_some());
+    }
 
     #[test]
     fn relation_file_names() {
