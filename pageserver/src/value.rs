@@ -86,6 +86,10 @@ fn encode_record(rec: &WalRecord, out: &mut BytesMut) {
             put_opt_u32(out, *old_heap_blkno);
             out.put_u8(*flags);
         }
+        WalRecord::TruncateVisibilityMap { first_heap_blkno } => {
+            out.put_u8(6);
+            out.put_u32_le(*first_heap_blkno);
+        }
         WalRecord::ClogSetCommitted { xids, timestamp } => {
             out.put_u8(2);
             out.put_i64_le(*timestamp);
@@ -190,6 +194,7 @@ fn decode_record(buf: Bytes) -> Result<WalRecord, String> {
                 .collect::<Result<_, String>>()?;
             WalRecord::MultixactMembersCreate { moff, members }
         }
+        6 => WalRecord::TruncateVisibilityMap { first_heap_blkno: r.u32()? },
         t => return Err(format!("unknown WAL record kind {t}")),
     };
     Ok(rec)

@@ -406,9 +406,10 @@ async fn ingest_smgr(m: &mut DatadirModification<'_>, decoded: &DecodedRecord, i
                 let mut nblocks = blkno / VM_HEAPBLOCKS_PER_PAGE;
                 if blkno % VM_HEAPBLOCKS_PER_PAGE != 0 {
                     // Bits of the truncated heap blocks are cleared without
-                    // WAL; a zeroed VM page (nothing all-visible) is safe.
+                    // WAL (visibilitymap_prepare_truncate): do the same.
                     if m.rel_size(rel, VISIBILITYMAP_FORKNUM).await?.is_some_and(|n| nblocks < n) {
-                        m.put_image(rel_block_key(rel, VISIBILITYMAP_FORKNUM, nblocks), ZERO_PAGE.clone());
+                        let rec = WalRecord::TruncateVisibilityMap { first_heap_blkno: blkno };
+                        m.put(rel_block_key(rel, VISIBILITYMAP_FORKNUM, nblocks), Value::WalRecord(rec));
                     }
                     nblocks += 1;
                 }

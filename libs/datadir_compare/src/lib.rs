@@ -721,15 +721,6 @@ fn compare_page(
     let kind_a = kind_for(key.fork, a);
     let kind_b = kind_for(key.fork, b);
     let (mut ma, mut mb) = (a.to_vec(), b.to_vec());
-    // A visibility-map page that B holds as a new (all-zero) page has no bits
-    // set: the safe direction of `allow_vm_bits_missing_in_b`. The
-    // pageserver zeroes the partial VM page at a relation truncation instead
-    // of clearing only the bits past the new end as PostgreSQL does (without
-    // WAL) in `visibilitymap_prepare_truncate`.
-    if key.fork == VISIBILITYMAP_FORKNUM && opts.allow_vm_bits_missing_in_b && kind_b == PageKind::New {
-        report.vm_pages_fewer_bits_in_b += 1;
-        return None;
-    }
     if kind_a == kind_b {
         mask_page(kind_a, &mut ma, block as u32);
         mask_page(kind_b, &mut mb, block as u32);
@@ -1067,20 +1058,22 @@ mod tests {
     }
 
     #[test]
-    fn vm_page_zeroed_in_b_is_the_safe_direction_only() {
+    fn vm_pages_may_lose_bits_in_b_but_not_be_zeroed_or_gain_bits() {
         let key = RelFork { dir: "base/5".into(), rel: RelFileNode { spc_node: 1663, db_node: 5, rel_node: 16384 }, fork: VISIBILITYMAP_FORKNUM };
         let opts = Options::default();
         let mut report = Report::default();
         let zero = vec![0u8; BLCKSZ];
-        // B lost the page (all zero): fewer bits, accepted.
-        assert!(compare_page(&key, 0, &vm_page(0x1000, &[0x03]), &zero, &opts, &mut report).is_none());
+        // B lost bits (same header): accepted and counted.
+        assert!(compare_page(&key, 0, &vm_page(0x1000, &[0x03]), &vm_page(0x1000, &[0x01]), &opts, &mut report).is_none());
         assert_eq!(report.vm_pages_fewer_bits_in_b, 1);
+        // B zeroed the whole page (as a truncation once did in the pageserver): a difference.
+        assert!(compare_page(&key, 0, &vm_page(0x1000, &[0x03]), &zero, &opts, &mut report).is_some());
         // B has bits A lacks: a difference, whatever A's page looks like.
         assert!(compare_page(&key, 0, &zero, &vm_page(0x1000, &[0x03]), &opts, &mut report).is_some());
         assert!(compare_page(&key, 0, &vm_page(0x1000, &[0x01]), &vm_page(0x1000, &[0x03]), &opts, &mut report).is_some());
         // Not accepted when the option is off.
         let strict = Options { allow_vm_bits_missing_in_b: false, ..Options::default() };
-        assert!(compare_page(&key, 0, &vm_page(0x1000, &[0x03]), &zero, &strict, &mut report).is_some());
+        assert!(compare_page(&key, 0, &vm_page(0x1000, &[0x03]), &vm_page(0x1000, &[0x01]), &strict, &mut report).is_some());
     }
 
     #[test]

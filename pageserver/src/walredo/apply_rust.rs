@@ -33,7 +33,13 @@ pub const MULTIXACT_MEMBERS_PER_PAGE: u32 = MULTIXACT_MEMBERGROUPS_PER_PAGE * MU
 
 /// Apply a run of Rust-applied records to `base`, returning the new page.
 pub(crate) fn apply_run(key: &RedoKey, base: Option<Bytes>, records: &[(Lsn, WalRecord)]) -> Result<Bytes, String> {
-    let base = base.ok_or("Rust-applied records need a base image")?;
+    // A visibility-map page nobody wrote yet reads as new (no bits set).
+    let is_vm = matches!(key, RedoKey::Rel { forknum: VISIBILITYMAP_FORKNUM, .. });
+    let base = match base {
+        Some(base) => base,
+        None if is_vm => Bytes::from(vec![0u8; BLCKSZ]),
+        None => return Err("Rust-applied records need a base image".into()),
+    };
     if base.len() != BLCKSZ {
         return Err(format!("base image has {} bytes, expected {BLCKSZ}", base.len()));
     }
@@ -54,6 +60,7 @@ pub fn apply_record(key: &RedoKey, page: &mut [u8], record: &WalRecord) -> Resul
         WalRecord::ClearVisibilityMapFlags { new_heap_blkno, old_heap_blkno, flags } => {
             clear_vm_flags(key, page, [*new_heap_blkno, *old_heap_blkno], *flags)
         }
+        WalRecord::TruncateVisibilityMap { first_heap_blkno } => truncate_vm(key, page, *first_heap_blkno),
         WalRecord::ClogSetCommitted { xids, .. } => set_clog_status(key, page, xids, TRANSACTION_STATUS_COMMITTED),
         WalRecord::ClogSetAborted { xids } => set_clog_status(key, page, xids, TRANSACTION_STATUS_ABORTED),
         WalRecord::MultixactOffsetCreate { mid, moff, nmembers } => {
@@ -81,6 +88,24 @@ fn clear_vm_flags(key: &RedoKey, page: &mut [u8], heap_blknos: [Option<u32>; 2],
     if !matched {
         return Err(format!("no heap block of the record is covered by VM page {map_block}"));
     }
+    Ok(())
+}
+
+/// `visibilitymap_prepare_truncate`: keep the bits of heap blocks below
+/// `first_heap_blkno` on this page, clear the rest. A new (all-zero) page has
+/// no bits and stays as it is.
+fn truncate_vm(key: &RedoKey, page: &mut [u8], first_heap_blkno: u32) -> Result<(), String> {
+    let RedoKey::Rel { forknum: VISIBILITYMAP_FORKNUM, blkno: map_block, .. } = *key else {
+        return Err(format!("visibility-map truncation applied to {key}"));
+    };
+    if first_heap_blkno / VM_HEAPBLOCKS_PER_PAGE != map_block {
+        return Err(format!("truncation at heap block {first_heap_blkno} is not inside VM page {map_block}"));
+    }
+    let in_page = first_heap_blkno % VM_HEAPBLOCKS_PER_PAGE;
+    let byte = VM_HEADER_BYTES + (in_page / VM_HEAPBLOCKS_PER_BYTE) as usize;
+    let shift = (in_page % VM_HEAPBLOCKS_PER_BYTE) * VM_BITS_PER_HEAPBLOCK;
+    page[byte] &= ((1u16 << shift) - 1) as u8;
+    page[byte + 1..].fill(0);
     Ok(())
 }
 
@@ -199,6 +224,27 @@ mod tests {
         assert_eq!(page[VM_HEADER_BYTES + 1], 0b1111_0011);
         let main = RedoKey::Rel { rel, forknum: MAIN_FORKNUM, blkno: 0 };
         assert!(apply_record(&main, &mut page, &rec(5)).is_err());
+    }
+
+    #[test]
+    fn vm_truncation_keeps_only_the_bits_below_the_new_end() {
+        let rel = postgres_ffi::RelFileNode { spc_node: 1663, db_node: 5, rel_node: 16384 };
+        let key = RedoKey::Rel { rel, forknum: VISIBILITYMAP_FORKNUM, blkno: 0 };
+        let mut page = vec![0u8; BLCKSZ];
+        page[VM_HEADER_BYTES..].fill(0xFF);
+        // Heap blocks 0..6 stay: byte 0 whole, byte 1 keeps blocks 4 and 5 (bits 0..4).
+        apply_record(&key, &mut page, &WalRecord::TruncateVisibilityMap { first_heap_blkno: 6 }).unwrap();
+        assert_eq!(page[VM_HEADER_BYTES], 0xFF);
+        assert_eq!(page[VM_HEADER_BYTES + 1], 0b0000_1111);
+        assert!(page[VM_HEADER_BYTES + 2..].iter().all(|&b| b == 0));
+        // On a byte boundary nothing of the last byte survives.
+        page[VM_HEADER_BYTES..].fill(0xFF);
+        apply_record(&key, &mut page, &WalRecord::TruncateVisibilityMap { first_heap_blkno: 8 }).unwrap();
+        assert_eq!(page[VM_HEADER_BYTES + 1], 0xFF);
+        assert_eq!(page[VM_HEADER_BYTES + 2], 0);
+        // The truncation point must lie on this page.
+        let rec = WalRecord::TruncateVisibilityMap { first_heap_blkno: VM_HEAPBLOCKS_PER_PAGE };
+        assert!(apply_record(&key, &mut page, &rec).is_err());
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub enum WalRecord {
         old_heap_blkno: Option<u32>,
         flags: u8,
     },
+    /// Clear the bits of heap blocks `first_heap_blkno` and later in a VM
+    /// page, as `visibilitymap_prepare_truncate` does (without WAL) when a
+    /// relation is truncated inside the range this page covers.
+    TruncateVisibilityMap { first_heap_blkno: u32 },
     /// Mark transactions committed in a CLOG page.
     ClogSetCommitted { xids: Vec<u32>, timestamp: i64 },
     /// Mark transactions aborted in a CLOG page.
