@@ -23,6 +23,7 @@ use std::future::Future;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use postgres_ffi::controlfile::{CheckPoint, ControlFile, DbState};
 use postgres_ffi::pg_constants::BLCKSZ;
 use postgres_ffi::walgen::{encode_checkpoint_record, record_position, segment_with_record};
@@ -37,6 +38,8 @@ pub const RELSEG_SIZE_BLOCKS: u32 = 131072;
 pub const DEFAULTTABLESPACE_OID: u32 = 1663;
 pub const GLOBALTABLESPACE_OID: u32 = 1664;
 const MAIN_FORK: u8 = 0;
+/// Page reads a basebackup keeps in flight.
+const PAGES_IN_FLIGHT: usize = 16;
 /// Log progress every this many bytes of archive.
 const PROGRESS_STEP_BYTES: u64 = 256 << 20;
 const INIT_FORK: u8 = 3;
@@ -251,8 +254,16 @@ async fn write_relation<W: AsyncWrite + Unpin, S: BasebackupSource>(
         let count = nblocks.saturating_sub(first).min(RELSEG_SIZE_BLOCKS);
         let size = count as u64 * BLCKSZ as u64;
         tar.begin_file(&path, size).await?;
-        for blkno in first..first + count {
-            let page = source(|| format!("{rel} fork {from_fork} block {blkno}"), lsn, src.page(rel, from_fork, blkno, lsn)).await?;
+        // Several page reads in flight (each may wait on a layer file read or
+        // WAL redo), written in block order.
+        let mut pages = futures::stream::iter(first..first + count)
+            .map(|blkno| async move {
+                let what = || format!("{rel} fork {from_fork} block {blkno}");
+                (blkno, source(what, lsn, src.page(rel, from_fork, blkno, lsn)).await)
+            })
+            .buffered(PAGES_IN_FLIGHT);
+        while let Some((blkno, page)) = pages.next().await {
+            let page = page?;
             if page.len() != BLCKSZ {
                 return Err(BasebackupError::Invalid(format!("page {blkno} of {rel} is {} bytes", page.len())));
             }
