@@ -28,14 +28,10 @@ use utils::lsn::Lsn;
 use crate::key::*;
 use crate::timeline::{PageReconstructError, Timeline};
 use crate::value::*;
-use crate::walingest::SIZEOF_CHECKPOINT;
+use postgres_ffi::controlfile::{ControlFile, DbState};
 
 /// Blocks per relation segment file (`RELSEG_SIZE`).
 const RELSEG_SIZE: u32 = 131072;
-const PG_CONTROL_VERSION: u32 = 1300;
-/// `offsetof(ControlFileData, crc)` in PostgreSQL 15.
-const CONTROL_CRC_OFFSET: usize = 288;
-const DB_SHUTDOWNED: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -64,49 +60,28 @@ pub struct ControlInfo {
     pub raw: Bytes,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
 /// Read and check `global/pg_control` and find the end of its checkpoint
 /// record in `pg_wal`.
 pub fn read_control_info(pgdata: &Path) -> Result<ControlInfo, ImportError> {
     let path = pgdata.join("global/pg_control");
     let raw = fs::read(&path).map_err(|e| file_err(&path, e))?;
-    if raw.len() < CONTROL_CRC_OFFSET + 4 {
-        return Err(file_err(&path, "too short"));
+    let control = ControlFile::parse(&raw).map_err(|e| file_err(&path, e))?;
+    if control.state() != DbState::Shutdowned {
+        return Err(file_err(&path, format!("cluster state is {:?}, not \"shut down\"", control.state())));
     }
-    if crc32c::crc32c(&raw[..CONTROL_CRC_OFFSET]) != u32_at(&raw, CONTROL_CRC_OFFSET) {
-        return Err(file_err(&path, "CRC mismatch (not a PostgreSQL 15 control file?)"));
-    }
-    if u32_at(&raw, 8) != PG_CONTROL_VERSION {
-        return Err(file_err(&path, format!("pg_control version {} is not PostgreSQL 15's", u32_at(&raw, 8))));
-    }
-    if u32_at(&raw, 16) != DB_SHUTDOWNED {
-        return Err(file_err(&path, format!("cluster state {} is not \"shut down\"", u32_at(&raw, 16))));
-    }
-    let system_id = u64_at(&raw, 0);
-    let checkpoint_loc = Lsn(u64_at(&raw, 32));
-    let checkpoint = Bytes::copy_from_slice(&raw[40..40 + SIZEOF_CHECKPOINT]);
-    let timeline = u32_at(&raw, 48);
-    let seg = u32_at(&raw, 228) as u64;
-    let wal_seg_size = if seg.is_power_of_two() && (1 << 20..=1 << 30).contains(&seg) {
-        seg
-    } else {
+    let seg = control.wal_seg_size() as u64;
+    if !(seg.is_power_of_two() && (1 << 20..=1 << 30).contains(&seg)) {
         return Err(file_err(&path, format!("implausible WAL segment size {seg}")));
-    };
-    let checkpoint_end = checkpoint_record_end(pgdata, checkpoint_loc, timeline, wal_seg_size, system_id)?;
+    }
+    let (system_id, checkpoint_loc, checkpoint) = (control.system_identifier(), control.checkpoint_lsn(), control.checkpoint());
+    let timeline = checkpoint.this_timeline_id;
+    let checkpoint_end = checkpoint_record_end(pgdata, checkpoint_loc, timeline, seg, system_id)?;
     Ok(ControlInfo {
         system_id,
         checkpoint_loc,
         checkpoint_end,
-        checkpoint,
-        wal_seg_size,
+        checkpoint: Bytes::copy_from_slice(&checkpoint.encode()),
+        wal_seg_size: seg,
         timeline,
         raw: Bytes::from(raw),
     })
@@ -126,7 +101,8 @@ fn checkpoint_record_end(pgdata: &Path, loc: Lsn, tli: u32, seg_size: u64, syste
     }
     let offset = loc.segment_offset(seg_size) as usize;
     let mut decoder = WalStreamDecoder::new(loc, seg_size).expect_system_id(system_id);
-    decoder.feed_bytes(&buf[offset..filled]);
+    let tail = buf.get(offset..filled).ok_or_else(|| file_err(&path, format!("file ends before the checkpoint record at {loc}")))?;
+    decoder.feed_bytes(tail);
     let rec = match decoder.poll_decode() {
         Ok(Some(rec)) => rec,
         Ok(None) => return Err(file_err(&path, format!("checkpoint record at {loc} is incomplete"))),

@@ -43,14 +43,7 @@ use crate::walredo::{
     MULTIXACT_OFFSETS_PER_PAGE, VM_HEAPBLOCKS_PER_PAGE,
 };
 
-/// Size of PostgreSQL 15's `CheckPoint` struct.
-pub const SIZEOF_CHECKPOINT: usize = 88;
-const CKPT_NEXT_XID: usize = 24;
-const CKPT_NEXT_OID: usize = 32;
-const CKPT_NEXT_MULTI: usize = 36;
-const CKPT_NEXT_MULTI_OFFSET: usize = 40;
-const CKPT_OLDEST_XID: usize = 44;
-const CKPT_OLDEST_XID_DB: usize = 48;
+use postgres_ffi::controlfile::CheckPoint;
 
 /// `RELSEG_SIZE` is not needed here; FSM geometry for truncation:
 const SLOTS_PER_FSM_PAGE: u32 = 4069;
@@ -62,7 +55,7 @@ fn bad(lsn: Lsn, what: &str, e: String) -> PageReconstructError {
 
 /// Ingest state kept across records: the checkpoint being maintained.
 pub struct WalIngest {
-    checkpoint: Vec<u8>,
+    checkpoint: CheckPoint,
     checkpoint_modified: bool,
     /// Running maximum of commit times (for [`crate::commit_ts`]).
     max_commit_time: Option<i64>,
@@ -73,27 +66,24 @@ impl WalIngest {
     pub async fn new(tline: &Timeline) -> Result<WalIngest> {
         let lsn = tline.last_record_lsn();
         let checkpoint = match tline.checkpoint(lsn).await {
-            Ok(b) if b.len() >= SIZEOF_CHECKPOINT => b.to_vec(),
-            Ok(_) | Err(PageReconstructError::MissingKey { .. }) => vec![0u8; SIZEOF_CHECKPOINT],
+            Ok(b) => CheckPoint::decode(&b).unwrap_or_default(),
+            Err(PageReconstructError::MissingKey { .. }) => CheckPoint::default(),
             Err(e) => return Err(e),
         };
         let max_commit_time = crate::commit_ts::commit_ts_at(tline, lsn).await?.map(|c| c.max_time);
         Ok(WalIngest { checkpoint, checkpoint_modified: false, max_commit_time })
     }
 
-    fn ck_u32(&self, at: usize) -> u32 {
-        u32::from_le_bytes(self.checkpoint[at..at + 4].try_into().unwrap_or_default())
-    }
-    fn set_ck_u32(&mut self, at: usize, v: u32) {
-        self.checkpoint[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    /// Change the maintained checkpoint (stored with the next record).
+    fn update_checkpoint(&mut self, f: impl FnOnce(&mut CheckPoint)) {
+        f(&mut self.checkpoint);
         self.checkpoint_modified = true;
     }
     fn next_xid(&self) -> u64 {
-        u64::from_le_bytes(self.checkpoint[CKPT_NEXT_XID..CKPT_NEXT_XID + 8].try_into().unwrap_or_default())
+        self.checkpoint.next_xid
     }
     fn set_next_xid(&mut self, v: u64) {
-        self.checkpoint[CKPT_NEXT_XID..CKPT_NEXT_XID + 8].copy_from_slice(&v.to_le_bytes());
-        self.checkpoint_modified = true;
+        self.update_checkpoint(|c| c.next_xid = v);
     }
 
     /// Track `nextXid` past every xid seen.
@@ -156,7 +146,7 @@ impl WalIngest {
             m.put_rel_extend(blk.rel, blk.forknum, blk.blkno + 1).await?;
         }
         if self.checkpoint_modified {
-            m.put_image(CHECKPOINT_KEY, Bytes::copy_from_slice(&self.checkpoint));
+            m.put_image(CHECKPOINT_KEY, Bytes::copy_from_slice(&self.checkpoint.encode()));
             self.checkpoint_modified = false;
         }
         m.commit()?;
@@ -168,12 +158,9 @@ impl WalIngest {
     fn ingest_xlog(&mut self, decoded: &DecodedRecord, info: u8, lsn: Lsn) -> Result<()> {
         match info {
             XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE => {
-                let data = decoded
-                    .main_data
-                    .get(..SIZEOF_CHECKPOINT)
-                    .ok_or_else(|| bad(lsn, "checkpoint", "short".into()))?;
                 let ours = self.next_xid();
-                self.checkpoint.copy_from_slice(data);
+                self.checkpoint =
+                    CheckPoint::decode(&decoded.main_data).ok_or_else(|| bad(lsn, "checkpoint", "short".into()))?;
                 if ours > self.next_xid() {
                     self.set_next_xid(ours);
                 }
@@ -181,7 +168,7 @@ impl WalIngest {
             }
             XLOG_NEXTOID => {
                 let oid = Reader::new(&decoded.main_data).u32().map_err(|e| bad(lsn, "nextoid", e))?;
-                self.set_ck_u32(CKPT_NEXT_OID, oid);
+                self.update_checkpoint(|c| c.next_oid = oid);
             }
             _ => {}
         }
@@ -254,8 +241,7 @@ impl WalIngest {
                 let (pageno, oldest_xid, oldest_db) = parse(&mut r).map_err(|e| bad(lsn, "clog truncate", e))?;
                 let cutoff = pageno / SLRU_PAGES_PER_SEGMENT;
                 m.put_slru_truncate(SlruKind::Clog, |seg| seg < cutoff).await?;
-                self.set_ck_u32(CKPT_OLDEST_XID, oldest_xid);
-                self.set_ck_u32(CKPT_OLDEST_XID_DB, oldest_db);
+                self.update_checkpoint(|c| (c.oldest_xid, c.oldest_xid_db) = (oldest_xid, oldest_db));
             }
             _ => {}
         }
@@ -322,12 +308,12 @@ impl WalIngest {
                     self.observe_xid(x);
                 }
                 let next_multi = mid.wrapping_add(1);
-                if (next_multi.wrapping_sub(self.ck_u32(CKPT_NEXT_MULTI)) as i32) > 0 {
-                    self.set_ck_u32(CKPT_NEXT_MULTI, next_multi);
+                if (next_multi.wrapping_sub(self.checkpoint.next_multi) as i32) > 0 {
+                    self.update_checkpoint(|c| c.next_multi = next_multi);
                 }
                 let next_off = moff.wrapping_add(nmembers);
-                if (next_off.wrapping_sub(self.ck_u32(CKPT_NEXT_MULTI_OFFSET)) as i32) > 0 {
-                    self.set_ck_u32(CKPT_NEXT_MULTI_OFFSET, next_off);
+                if (next_off.wrapping_sub(self.checkpoint.next_multi_offset) as i32) > 0 {
+                    self.update_checkpoint(|c| c.next_multi_offset = next_off);
                 }
             }
             _ => {}
