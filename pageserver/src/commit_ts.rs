@@ -163,8 +163,17 @@ pub fn system_time_to_pg_timestamp(t: SystemTime) -> i64 {
     (unix_us - PG_EPOCH_UNIX_SECS as i128 * 1_000_000) as i64
 }
 
+/// RFC 3339 text of a `TimestampTz`. humantime formats only 1970..=9999
+/// (it panics before 1970 and errors after 9999); a commit time from WAL
+/// outside that range is shown as the raw number instead.
 pub fn format_pg_timestamp(ts: i64) -> String {
-    humantime::format_rfc3339_micros(pg_timestamp_to_system_time(ts)).to_string()
+    const UNIX_EPOCH_PG_US: i64 = -PG_EPOCH_UNIX_SECS * 1_000_000;
+    const YEAR_10000_PG_US: i64 = (253_402_300_800 - PG_EPOCH_UNIX_SECS) * 1_000_000;
+    if (UNIX_EPOCH_PG_US..YEAR_10000_PG_US).contains(&ts) {
+        humantime::format_rfc3339_micros(pg_timestamp_to_system_time(ts)).to_string()
+    } else {
+        format!("TimestampTz {ts} (outside 1970..9999)")
+    }
 }
 
 /// Parse an RFC 3339 timestamp into a PostgreSQL `TimestampTz`. Accepts
@@ -204,6 +213,10 @@ mod tests {
         assert!(parse_rfc3339("yesterday").is_err());
         assert!(parse_rfc3339("2000-01-01T00:00:00+2").is_err());
         assert_eq!(format_pg_timestamp(1_500_000), "2000-01-01T00:00:01.500000Z");
+        // Times a corrupt or odd commit record may carry never panic.
+        for ts in [i64::MIN, -946_684_800_000_001, i64::MAX] {
+            assert!(format_pg_timestamp(ts).contains("outside 1970..9999"), "{ts}");
+        }
         assert_eq!(parse_rfc3339(&format_pg_timestamp(-123_456_789)).unwrap(), -123_456_789);
         let c = CommitTs { lsn: Lsn(0x1_0000_0028), time: -5, max_time: 7 };
         assert_eq!(CommitTs::decode(&c.encode()).unwrap(), c);
