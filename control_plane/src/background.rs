@@ -90,7 +90,7 @@ impl Component {
             TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("{}: port {port} is in use", self.name))?;
         }
         if !self.binary.exists() {
-            bail!("{}: binary {} not found (build with `cargo build --release`)", self.name, self.binary.display());
+            bail!("{}: binary {} not found (build it: `cargo build --workspace --bins`, add `--release` for the release directory)", self.name, self.binary.display());
         }
         fs::create_dir_all(&self.dir)?;
         let log = fs::OpenOptions::new().create(true).append(true).open(log_path(&self.dir))?;

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{pageserver_http, psql, started_cluster, url_of, Repo};
@@ -21,21 +20,11 @@ fn endpoint_start(repo: &Repo, args: &[&str]) -> (String, String) {
     (args[0].to_string(), url_of(&repo.ok(&full)))
 }
 
-fn pg_bin(name: &str) -> String {
-    format!("/usr/lib/postgresql/15/bin/{name}")
-}
 
 
 /// pg_dump without 15.14+'s random `\restrict` / `\unrestrict` lines.
 fn dump(url: &str) -> String {
-    let out = Command::new(pg_bin("pg_dump")).args(["-d", url]).output().expect("run pg_dump");
-    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    pg_harness::pg_dump(url).expect("pg_dump")
 }
 
 

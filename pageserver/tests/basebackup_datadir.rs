@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use pageserver::basebackup::{send_basebackup, BasebackupSource, BasebackupTarget, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID};
 use pageserver::walredo::SlruKind;
-use pg_harness::{pg_bin, PgCluster};
+use pg_harness::PgCluster;
 use postgres_ffi::controlfile::{CheckPoint, ControlFile};
 use postgres_ffi::pg_constants::BLCKSZ;
 use postgres_ffi::wal_files::scan_wal_dir;
@@ -110,11 +110,7 @@ impl BasebackupSource for DataDirSource {
 }
 
 fn dump(pg: &PgCluster) -> anyhow::Result<String> {
-    let out = std::process::Command::new(pg_bin("pg_dump")).args(["-d", &pg.connstr("postgres")]).output()?;
-    anyhow::ensure!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
-    // pg_dump 15.14+ brackets the dump with a random \restrict key.
-    let text = String::from_utf8(out.stdout)?;
-    Ok(text.lines().filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict")).collect::<Vec<_>>().join("\n"))
+    pg_harness::pg_dump(&pg.connstr("postgres"))
 }
 
 fn assert_same_dump(a: &str, b: &str) {

@@ -40,6 +40,15 @@ pub struct PgCluster {
     postmaster: Option<Child>,
 }
 
+/// `pg_dump` of the database at `url`, comparable between servers: without
+/// the random `\restrict` / `\unrestrict` key lines pg_dump 15.14+ adds.
+pub fn pg_dump(url: &str) -> anyhow::Result<String> {
+    let out = Command::new(pg_bin("pg_dump")).args(["-d", url]).output().context("run pg_dump")?;
+    let text = check_output("pg_dump", out)?;
+    let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict")).collect();
+    Ok(kept.join("\n"))
+}
+
 /// Path of a PostgreSQL binary (`initdb`, `postgres`, `pg_waldump`, …).
 pub fn pg_bin(name: &str) -> PathBuf {
     pg_bin_dir().join(name)
