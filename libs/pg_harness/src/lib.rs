@@ -251,6 +251,21 @@ impl PgCluster {
         text.parse().with_context(|| format!("parse LSN {text:?}"))
     }
 
+    /// Make every WAL record inserted so far durable; returns the flush LSN.
+    ///
+    /// PostgreSQL flushes WAL at commit only for a transaction that wrote WAL
+    /// of its own: one that only assigned an xid (`SELECT txid_current()`) or
+    /// emitted a non-transactional message commits asynchronously, and its
+    /// WAL reaches disk whenever the WAL writer wakes. This runs a transaction
+    /// that writes WAL (a temporary table, gone with the session), whose
+    /// synchronous commit flushes everything before it.
+    pub fn flush_wal(&self) -> anyhow::Result<Lsn> {
+        let text = self.sql(
+            "CREATE TEMP TABLE pg_harness_flush(x int); SELECT pg_current_wal_flush_lsn();",
+        )?;
+        text.parse().with_context(|| format!("parse LSN {text:?}"))
+    }
+
     /// Connection string for clients (libpq URI).
     pub fn connstr(&self, db: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)

@@ -171,14 +171,16 @@ async fn streamed_wal_matches_segment_files() {
         .start_replication(Some("cmp"), start, ident.timeline)
         .await
         .unwrap();
-    // A non-transactional message plus a committing transaction, so the
-    // message is flushed (walsenders only send flushed WAL).
-    pg.sql(
-        "SELECT pg_logical_emit_message(false, 'x', repeat('y', 100000)); SELECT txid_current();",
-    )
-    .unwrap();
-    let target = lsn(&pg, "SELECT pg_current_wal_flush_lsn()");
+    // A large non-transactional message (its function returns the record's
+    // end LSN). It is not flushed by itself, and walsenders only send flushed
+    // WAL: flush_wal() commits a WAL-writing transaction after it.
+    let target = lsn(
+        &pg,
+        "SELECT pg_logical_emit_message(false, 'x', repeat('y', 100000))",
+    );
     assert!(target.0 - start.0 > 100_000);
+    let flushed = pg.flush_wal().unwrap();
+    assert!(flushed >= target, "flush {flushed} behind the message end {target}");
     let (received, end) =
         tokio::time::timeout(HANG_GUARD, receive_until(&mut stream, start, target))
             .await
