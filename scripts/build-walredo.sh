@@ -8,12 +8,14 @@
 #   PG_CONFIG           pg_config to build against (default: Debian's PG 15)
 #   STRATA_PG_USER      user the redo process runs as when we are root (postgres)
 #   STRATA_WALREDO_DIR  install directory (default: <repo>/target/walredo if
-#                       reachable by that user, else /var/lib/strata/walredo)
+#                       reachable by that user, else $STRATA_STATE_DIR/walredo)
+#   STRATA_STATE_DIR    state the Postgres user must reach (/var/lib/strata)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 PG_USER="${STRATA_PG_USER:-postgres}"
+STATE_DIR="${STRATA_STATE_DIR:-/var/lib/strata}"
 SRC="$REPO/pgxn/walredo"
 BUILD="$REPO/target/walredo-build"
 
@@ -74,10 +76,10 @@ main() {
         if [ -n "${STRATA_WALREDO_DIR:-}" ]; then
             log "$dir/walredo.so is not readable by $PG_USER"; exit 1
         fi
-        log "$dir is not reachable by $PG_USER; installing to /var/lib/strata/walredo"
-        dir=/var/lib/strata/walredo
+        log "$dir is not reachable by $PG_USER; installing to $STATE_DIR/walredo"
+        dir="$STATE_DIR/walredo"
         install_to "$dir"
-        chmod 0755 /var/lib/strata
+        chmod 0755 "$STATE_DIR"
         reachable_by_pg_user "$dir/walredo.so" || { log "$dir/walredo.so is not readable by $PG_USER"; exit 1; }
     fi
     echo "$dir/walredo.so"

@@ -1,6 +1,7 @@
 //! The components of a local cluster and the order they start and stop in:
 //! broker, safekeepers, pageserver up; the reverse down.
 
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 use crate::background::{self, Component};
@@ -13,7 +14,8 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn load(repo: &Path) -> anyhow::Result<Cluster> {
-        Ok(Cluster { repo: repo.to_path_buf(), conf: Config::load(repo)? })
+        let repo = std::path::absolute(repo).with_context(|| format!("resolve {}", repo.display()))?;
+        Ok(Cluster { conf: Config::load(&repo)?, repo })
     }
 
     pub fn broker_addr(&self) -> String {

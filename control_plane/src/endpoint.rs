@@ -3,15 +3,17 @@
 //! standbys.
 //!
 //! Each endpoint has a directory `<repo>/endpoints/<name>/` with its
-//! `endpoint.toml` and log; its data directory lives there too when the
-//! unprivileged Postgres user can reach the repository, otherwise under
-//! `/var/lib/strata/endpoints/<repo hash>/<name>` (CI checkouts under
-//! `/root` are not reachable). Postgres runs as that user via `pg_ctl`.
+//! `endpoint.toml`; its data directory, log and socket live there too when
+//! the unprivileged Postgres user can reach the repository, otherwise in a
+//! directory under `/var/lib/strata/by-path/` named after that path
+//! (repositories under `/root` are not reachable). All paths are absolute.
+//! Postgres runs as that user via `pg_ctl`.
 //!
 //! Invariants: one running endpoint per branch (checked by the caller
 //! against `endpoint.toml` files and live postmasters); the data directory is
 //! replaced wholesale at every start, since the pageserver holds the truth.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -32,21 +34,23 @@ pub struct Endpoint {
     pub pgdata: PathBuf,
     /// LSN of the basebackup the endpoint last started from.
     pub start_lsn: Option<String>,
+    /// The user's PostgreSQL settings (`-c KEY=VALUE`), applied at every start.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 pub fn endpoints_dir(repo: &Path) -> PathBuf {
     repo.join("endpoints")
 }
 
-/// Where the data directory of endpoint `name` goes.
+/// Where the data directory of endpoint `name` goes: in
+/// `<repo>/endpoints/<name>/` when the Postgres user can reach it, else in a
+/// directory under the state root (see [`PgUser::reachable_dir`]). Its log
+/// and socket live beside it, since the postmaster writes both.
 pub fn pgdata_dir(repo: &Path, name: &str, user: &PgUser) -> anyhow::Result<PathBuf> {
-    let local = endpoints_dir(repo).join(name).join("pgdata");
-    let repo_abs = fs::canonicalize(repo).with_context(|| format!("resolve {}", repo.display()))?;
-    if user.can_traverse(&repo_abs) {
-        return Ok(local);
-    }
-    let hash = crc32c::crc32c(repo_abs.to_string_lossy().as_bytes());
-    Ok(PathBuf::from(format!("/var/lib/strata/endpoints/{hash:08x}/{name}/pgdata")))
+    let preferred = endpoints_dir(repo).join(name);
+    let dir = user.reachable_dir(&preferred).with_context(|| format!("a directory for endpoint {name}"))?;
+    Ok(dir.join("pgdata"))
 }
 
 impl Endpoint {
@@ -83,8 +87,15 @@ impl Endpoint {
         Ok(())
     }
 
-    pub fn log_path(&self, repo: &Path) -> PathBuf {
-        Self::dir(repo, &self.name).join("postgres.log")
+    /// The postmaster's log, beside the data directory (reachable by the
+    /// Postgres user wherever the repository is).
+    pub fn log_path(&self) -> PathBuf {
+        self.runtime_dir().join("postgres.log")
+    }
+
+    /// Directory of the data directory, log and Unix socket.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.pgdata.parent().map(Path::to_path_buf).unwrap_or_else(|| self.pgdata.clone())
     }
 
     pub fn url(&self) -> String {
@@ -99,20 +110,27 @@ impl Endpoint {
         (alive && !crate::background::is_zombie(pid)).then_some(pid)
     }
 
-    /// Write the compute's configuration: local port, the safekeepers as
-    /// synchronous standbys, and trust authentication on loopback.
+    /// Write the compute's configuration: defaults sized to the machine,
+    /// then the user's settings, then what Strata manages (local port, the
+    /// safekeepers as synchronous standbys), and trust authentication on
+    /// loopback.
     pub fn write_config(&self, standby_names: &[String], quorum: usize) -> anyhow::Result<()> {
-        let socket_dir = self.pgdata.parent().context("pgdata has a parent")?;
         let sync = format!("ANY {quorum} ({})", standby_names.join(", "));
         let conf = format!(
-            "# Written by strata: changes are lost at the next `strata endpoint start`.\n\
+            "# Written by strata at every `strata endpoint start`: change settings\n\
+             # with `strata endpoint start {name} -c KEY=VALUE` (kept in endpoint.toml).\n\
+             # Defaults for this machine:\n{defaults}\
+             # Settings of this endpoint:\n{user}\
+             # Managed by strata:\n\
              listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{sock}'\n\
              wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
              synchronous_standby_names = '{sync}'\nsynchronous_commit = on\n\
-             wal_sender_timeout = 10s\nfull_page_writes = on\nmax_prepared_transactions = 10\n\
-             logging_collector = off\n",
+             full_page_writes = on\nwal_compression = off\nlogging_collector = off\n",
+            name = self.name,
+            defaults = crate::settings::render(&crate::settings::machine_defaults()),
+            user = crate::settings::render(&self.settings),
             port = self.port,
-            sock = socket_dir.display(),
+            sock = self.runtime_dir().display(),
         );
         fs::write(self.pgdata.join("postgresql.conf"), conf)?;
         fs::write(self.pgdata.join("postgresql.auto.conf"), "")?;
@@ -122,9 +140,9 @@ impl Endpoint {
         Ok(())
     }
 
-    fn pg_ctl(&self, repo: &Path, args: &[&str]) -> anyhow::Result<()> {
+    fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
         let user = PgUser::from_env()?;
-        let log = self.log_path(repo);
+        let log = self.log_path();
         if !log.exists() {
             fs::write(&log, "")?;
         }
@@ -152,20 +170,20 @@ impl Endpoint {
     }
 
     /// Start the postmaster in the background and wait until it accepts connections.
-    pub fn start_postgres(&self, repo: &Path) -> anyhow::Result<()> {
+    pub fn start_postgres(&self) -> anyhow::Result<()> {
         let user = PgUser::from_env()?;
         let parent = self.pgdata.parent().context("pgdata has a parent")?;
         user.chown(parent)?;
         fs::set_permissions(&self.pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        self.pg_ctl(repo, &["-w", "-t", "60", "start"])
+        self.pg_ctl(&["-w", "-t", "60", "start"])
     }
 
     /// Fast shutdown (the safekeepers receive the shutdown checkpoint).
-    pub fn stop_postgres(&self, repo: &Path) -> anyhow::Result<()> {
+    pub fn stop_postgres(&self) -> anyhow::Result<()> {
         if self.running_pid().is_none() {
             return Ok(());
         }
-        self.pg_ctl(repo, &["-w", "-t", "60", "-m", "fast", "stop"])
+        self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "stop"])
     }
 }
 

@@ -8,4 +8,5 @@ pub mod cluster;
 pub mod config;
 pub mod endpoint;
 pub mod ops;
+pub mod settings;
 pub mod state;

@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control_plane::cluster::Cluster;
 use control_plane::config::Config;
 use control_plane::endpoint::Endpoint;
 use control_plane::ops::BranchPoint;
+use control_plane::settings::SettingsChange;
 use control_plane::state::{Branch, State};
 use utils::id::TenantId;
 use utils::lsn::Lsn;
@@ -102,6 +104,14 @@ enum EndpointCmd {
         branch_name: Option<String>,
         #[arg(long)]
         tenant_id: Option<TenantId>,
+        /// A PostgreSQL setting for this endpoint, kept for later starts
+        /// (repeatable), e.g. `-c work_mem=64MB`. Settings that Strata needs
+        /// (port, replication, synchronous standbys) are refused.
+        #[arg(short = 'c', value_name = "KEY=VALUE", value_parser = control_plane::settings::parse_setting)]
+        setting: Vec<(String, String)>,
+        /// Drop a setting given earlier with -c (back to the default; repeatable).
+        #[arg(long, value_name = "KEY")]
+        reset: Vec<String>,
     },
     /// Stop a compute (fast shutdown; committed data stays in the cluster).
     Stop { name: String },
@@ -129,10 +139,11 @@ fn print_tree(branches: &[Branch], parent: Option<&str>, depth: usize) {
 
 async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
     match cmd {
-        EndpointCmd::Start { name, branch_name, tenant_id } => {
+        EndpointCmd::Start { name, branch_name, tenant_id, setting, reset } => {
             let cluster = Cluster::load(repo)?;
             let tenant = State::load(repo)?.tenant(tenant_id)?;
-            let ep = cluster.endpoint_start(tenant, &name, branch_name.as_deref()).await?;
+            let change = SettingsChange { set: setting, reset };
+            let ep = cluster.endpoint_start(tenant, &name, branch_name.as_deref(), &change).await?;
             println!("endpoint {} on branch {} (timeline {}) at LSN {}", ep.name, ep.branch, ep.timeline_id, ep.start_lsn.as_deref().unwrap_or("?"));
             println!("connect with: psql {}", ep.url());
         }
@@ -162,7 +173,10 @@ async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let repo = cli.repo_dir.as_path();
+    // Absolute from here on: paths reach other processes (postgres runs in
+    // its data directory, components in their own).
+    let repo_dir = std::path::absolute(&cli.repo_dir).with_context(|| format!("resolve {}", cli.repo_dir.display()))?;
+    let repo = repo_dir.as_path();
     match cli.command {
         Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port } => {
             anyhow::ensure!(safekeepers >= 1, "a cluster needs at least one safekeeper");
@@ -175,7 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Stop => {
             let cluster = Cluster::load(repo)?;
             for ep in Endpoint::list(repo)?.iter().filter(|e| e.running_pid().is_some()) {
-                ep.stop_postgres(repo)?;
+                ep.stop_postgres()?;
                 println!("{:<14} stopped", format!("endpoint {}", ep.name));
             }
             cluster.stop().await?

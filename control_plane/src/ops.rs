@@ -13,6 +13,7 @@ use utils::pg_user::PgUser;
 use crate::api::{field, Api};
 use crate::cluster::Cluster;
 use crate::endpoint::{self, Endpoint};
+use crate::settings::SettingsChange;
 use crate::state::{Branch, State};
 
 /// Where on its ancestor a new branch starts.
@@ -167,7 +168,7 @@ impl Cluster {
     }
 
     /// `strata endpoint start`.
-    pub async fn endpoint_start(&self, t: TenantId, name: &str, branch: Option<&str>) -> anyhow::Result<Endpoint> {
+    pub async fn endpoint_start(&self, t: TenantId, name: &str, branch: Option<&str>, change: &SettingsChange) -> anyhow::Result<Endpoint> {
         let api = Api::default();
         let state = State::load(&self.repo)?;
         let existing = Endpoint::load(&self.repo, name)?;
@@ -197,11 +198,17 @@ impl Cluster {
             port,
             pgdata,
             start_lsn: Some(lsn.to_string()),
+            settings: change.apply(&existing.as_ref().map(|e| e.settings.clone()).unwrap_or_default()),
         };
         self.fetch_basebackup(&api, &ep, lsn, prev).await?;
         ep.write_config(&self.conf.safekeepers.iter().map(|s| format!("sk_{}", s.id)).collect::<Vec<_>>(), self.quorum())?;
         ep.save(&self.repo)?;
-        ep.start_postgres(&self.repo)?;
+        if let Err(e) = ep.start_postgres() {
+            // Settings that keep postgres from starting are not kept.
+            let previous = existing.as_ref().map(|e| e.settings.clone()).unwrap_or_default();
+            Endpoint { settings: previous, ..ep.clone() }.save(&self.repo)?;
+            return Err(e);
+        }
         let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
         let spec = json!({ "conninfo": conninfo, "term": term + 1, "start_lsn": lsn });
         for sk in &self.conf.safekeepers {
@@ -230,7 +237,7 @@ impl Cluster {
     /// `strata endpoint stop`.
     pub async fn endpoint_stop(&self, name: &str) -> anyhow::Result<()> {
         let ep = Endpoint::load(&self.repo, name)?.with_context(|| format!("no endpoint named {name:?}"))?;
-        ep.stop_postgres(&self.repo)
+        ep.stop_postgres()
     }
 }
 
@@ -277,7 +284,7 @@ impl Cluster {
         let api = Api::default();
         let ep = Endpoint::load(&self.repo, name)?.with_context(|| format!("no endpoint named {name:?}"))?;
         if ep.running_pid().is_some() {
-            ep.stop_postgres(&self.repo)?;
+            ep.stop_postgres()?;
         }
         let (commit, _) = self.safekeeper_positions(&api, ep.tenant_id, ep.timeline_id).await?;
         let (lsn, prev) = self.caught_up_lsn(&api, ep.tenant_id, ep.timeline_id, commit).await?;

@@ -8,28 +8,54 @@ use std::process::{Command, Output};
 pub struct Repo {
     _dir: tempfile::TempDir,
     pub path: PathBuf,
+    /// Extra environment of every `strata` run (and so of the components).
+    pub envs: Vec<(String, String)>,
+    /// Run `strata` in this directory without `--repo-dir` (the default
+    /// relative repo dir `.strata`), as the README's commands do.
+    pub cwd: Option<PathBuf>,
+}
+
+/// A temporary directory of mode 0700 (only root may enter it).
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
 }
 
 impl Repo {
+    /// A repository in a fresh temporary directory of mode 0700, which the
+    /// unprivileged Postgres user cannot enter (like a clone under /root).
     pub fn new() -> Repo {
         // The pageserver's redo processes load the walredo extension.
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-walredo.sh");
         let built = Command::new(script).output().expect("run build-walredo.sh");
         assert!(built.status.success(), "build-walredo.sh: {}", String::from_utf8_lossy(&built.stderr));
-        let dir = tempfile::tempdir().unwrap();
-        // Computes' data directories live in the repo: the Postgres user must reach it.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let dir = private_tempdir();
         let path = dir.path().join("repo");
-        Repo { _dir: dir, path }
+        Repo { _dir: dir, path, envs: Vec::new(), cwd: None }
+    }
+
+    /// A repository at `<dir>/.strata`, driven from `<dir>` with no
+    /// `--repo-dir` and no `STRATA_REPO_DIR`.
+    pub fn in_cwd() -> Repo {
+        let mut repo = Repo::new();
+        let cwd = repo._dir.path().to_path_buf();
+        repo.path = cwd.join(".strata");
+        repo.cwd = Some(cwd);
+        repo
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
         let bin = Path::new(env!("CARGO_BIN_EXE_strata"));
-        Command::new(bin)
-            .arg("--repo-dir")
-            .arg(&self.path)
-            .args(args)
+        let mut cmd = Command::new(bin);
+        match &self.cwd {
+            Some(cwd) => cmd.current_dir(cwd).env_remove("STRATA_REPO_DIR"),
+            None => cmd.arg("--repo-dir").arg(&self.path),
+        };
+        cmd.args(args)
             .env("STRATA_BIN_DIR", bin.parent().unwrap())
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run strata")
     }
@@ -78,7 +104,11 @@ pub fn free_ports() -> (u16, u16, u16) {
 
 /// A started cluster with `safekeepers` safekeepers and a default tenant.
 pub fn started_cluster(safekeepers: u64) -> Repo {
-    let repo = Repo::new();
+    start_cluster(Repo::new(), safekeepers)
+}
+
+/// `strata init` with free ports, `start`, and a default tenant, in `repo`.
+pub fn start_cluster(repo: Repo, safekeepers: u64) -> Repo {
     let (base, ps, endpoints) = free_ports();
     let n = safekeepers.to_string();
     repo.ok(&[
@@ -94,4 +124,26 @@ pub fn started_cluster(safekeepers: u64) -> Repo {
 pub fn pageserver_http(repo: &Repo) -> String {
     let conf = control_plane::config::Config::load(&repo.path).expect("repository config");
     format!("http://127.0.0.1:{}", conf.pageserver.http_port)
+}
+
+/// `GET http://127.0.0.1:{port}{path}` (HTTP/1.0, whole body).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// The value of an unlabelled Prometheus sample `name` in `metrics`; `None`
+/// when absent (a lazily registered metric that was never touched).
+pub fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `pgbench` with `args` against `url`; panics with its output on failure.
+pub fn pgbench(url: &str, args: &[&str]) {
+    let out = Command::new("/usr/lib/postgresql/15/bin/pgbench").args(args).arg(url).output().expect("run pgbench");
+    assert!(out.status.success(), "pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }

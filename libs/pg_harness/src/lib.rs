@@ -67,6 +67,8 @@ pub fn pg_owned_tempdir(user: &PgUser, prefix: &str) -> anyhow::Result<tempfile:
     let base = std::env::var_os("STRATA_TEST_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    // Postgres processes run in `/`: hand them absolute paths only.
+    let base = std::path::absolute(&base).with_context(|| format!("resolve {}", base.display()))?;
     fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
     let dir = tempfile::Builder::new()
         .prefix(prefix)

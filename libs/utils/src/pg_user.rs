@@ -8,7 +8,10 @@
 //! The user comes from `STRATA_PG_USER` (default `postgres`, the user Debian's
 //! `postgresql-15` package creates). Paths such a process touches must be
 //! owned by, or at least reachable for, that user: [`PgUser::chown`] hands a
-//! directory over.
+//! directory over, and [`PgUser::reachable_dir`] picks a directory the user
+//! can reach, falling back to [`state_root`] when the preferred one (say, in
+//! a checkout under `/root`) is not. Reachability is asked of the system as
+//! the user (`test -r` / `test -x`), never judged from permission bits as root.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,8 +27,33 @@ pub fn pg_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN_DIR))
 }
 
+/// Where state that PostgreSQL processes must reach goes when the
+/// repository or checkout is not reachable by them: `STRATA_STATE_DIR`, by
+/// default `/var/lib/strata`.
+pub fn state_root() -> PathBuf {
+    std::env::var_os("STRATA_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/strata"))
+}
+
+/// Create `dir` (and its parents) if missing; a directory created here is
+/// left traversable by everyone (0755), so that a user-owned directory
+/// inside it is reachable.
+fn ensure_public_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PgUserError {
+    #[error("create {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not reachable by the unprivileged user {user} (set STRATA_STATE_DIR to a directory it can enter)")]
+    Unreachable { path: PathBuf, user: String },
     #[error("running as root and the unprivileged user {0:?} does not exist (set STRATA_PG_USER or run scripts/setup.sh)")]
     NoSuchUser(String),
     #[error("looking up user {name:?}: {source}")]
@@ -76,24 +104,84 @@ impl PgUser {
         }
     }
 
-    /// A command for `program` that runs as this user, with `HOME` and locale
+    /// A command for `program` that runs as this user, in `/`, with locale
     /// settings that do not depend on the caller.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
         if let Some((name, uid, gid)) = &self.switch_to {
-            cmd.uid(*uid).gid(*gid).env("USER", name);
+            // Our working directory may be one the user cannot enter (a
+            // checkout under /root): every path handed over is absolute.
+            cmd.uid(*uid).gid(*gid).env("USER", name).current_dir("/");
         }
         cmd.env("LC_ALL", "C.UTF-8").env_remove("PGDATA");
         cmd
     }
 
-    /// Whether this user can reach `dir`: every existing ancestor is owned by
-    /// the user or searchable by others. Always true when not switching.
-    pub fn can_traverse(&self, dir: &Path) -> bool {
-        let Some((_, uid, _)) = &self.switch_to else { return true };
-        dir.ancestors().filter(|a| a.exists()).all(|a| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(a).map(|m| m.uid() == *uid || m.mode() & 0o001 != 0).unwrap_or(false)
+    /// Whether this user can read `path` (and traverse every directory above
+    /// it), asked the only exact way: `test -r` run as the user. Always true
+    /// when not switching.
+    pub fn can_read(&self, path: &Path) -> bool {
+        self.test_as_user("-r", path)
+    }
+
+    /// Whether this user can enter `dir`, or, when it does not exist yet, its
+    /// nearest existing ancestor (so that a directory created there and
+    /// handed over with [`PgUser::chown`] is reachable).
+    pub fn can_enter(&self, dir: &Path) -> bool {
+        match dir.ancestors().find(|a| a.exists()) {
+            Some(existing) => self.test_as_user("-x", existing),
+            None => false,
+        }
+    }
+
+    fn test_as_user(&self, flag: &str, path: &Path) -> bool {
+        if self.switch_to.is_none() {
+            return true;
+        }
+        self.command("test")
+            .arg(flag)
+            .arg(path)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// A directory for files that processes of this user must reach (data
+    /// directories, logs, sockets, scratch clusters): `preferred` when the
+    /// user can enter it, otherwise a directory under [`state_root`] named
+    /// after `preferred`'s absolute path (stable across runs, distinct per
+    /// path). A checkout or repository under `/root` (mode 0700) takes the
+    /// second branch. The directory is created and owned by the user.
+    pub fn reachable_dir(&self, preferred: &Path) -> Result<PathBuf, PgUserError> {
+        let fail = |path: &Path, source| PgUserError::Dir { path: path.to_path_buf(), source };
+        let absolute = std::path::absolute(preferred).map_err(|e| fail(preferred, e))?;
+        let chosen = if self.can_enter(&absolute) {
+            absolute
+        } else {
+            let root = state_root();
+            ensure_public_dir(&root).map_err(|e| fail(&root, e))?;
+            if !self.can_enter(&root) {
+                return Err(PgUserError::Unreachable { path: root, user: self.name() });
+            }
+            let hash = crc32c::crc32c(absolute.to_string_lossy().as_bytes());
+            let base = absolute.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            root.join("by-path").join(format!("{hash:08x}-{base}"))
+        };
+        if let Some(parent) = chosen.parent() {
+            ensure_public_dir(parent).map_err(|e| fail(parent, e))?;
+        }
+        std::fs::create_dir_all(&chosen).map_err(|e| fail(&chosen, e))?;
+        self.chown_one(&chosen)?;
+        Ok(chosen)
+    }
+
+    fn chown_one(&self, path: &Path) -> Result<(), PgUserError> {
+        let Some((name, uid, gid)) = &self.switch_to else { return Ok(()) };
+        std::os::unix::fs::lchown(path, Some(*uid), Some(*gid)).map_err(|source| PgUserError::Chown {
+            path: path.to_path_buf(),
+            user: name.clone(),
+            source,
         })
     }
 

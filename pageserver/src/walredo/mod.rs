@@ -156,7 +156,14 @@ impl PostgresRedoManager {
     /// tokio runtime, a background task stops idle processes.
     pub fn new(conf: WalRedoConfig) -> Result<PostgresRedoManager, WalRedoError> {
         let user = PgUser::from_env().map_err(|e| WalRedoError::Launch(e.to_string()))?;
-        let lib = scratch::locate_walredo_lib(conf.lib_path.as_deref()).map_err(WalRedoError::Launch)?;
+        let lib = scratch::locate_walredo_lib(conf.lib_path.as_deref(), &user).map_err(WalRedoError::Launch)?;
+        let mut conf = conf;
+        // Scratch clusters must be reachable by the redo user wherever the
+        // pageserver's workdir is (a checkout under /root is not).
+        conf.work_dir = user.reachable_dir(&conf.work_dir).map_err(|e| WalRedoError::Launch(e.to_string()))?;
+        if let Some(t) = conf.template_dir.take() {
+            conf.template_dir = Some(user.reachable_dir(&t).map_err(|e| WalRedoError::Launch(e.to_string()))?);
+        }
         let lib_dir = lib.parent().map(PathBuf::from).unwrap_or_default();
         if lib.file_name().and_then(|n| n.to_str()) != Some(scratch::LIB_FILE) {
             return Err(WalRedoError::Launch(format!("{} must be named {}", lib.display(), scratch::LIB_FILE)));

@@ -1,6 +1,7 @@
 //! Where redo processes run: the built extension and the scratch clusters.
 //!
-//! Owns: locating `walredo.so` ([`locate_walredo_lib`]), the shared template
+//! Owns: locating `walredo.so` where the redo user can load it
+//! ([`locate_walredo_lib`]), the shared template
 //! cluster (`initdb` once, with `walredo_main()` created in its catalog) and
 //! one copy of it per pool slot (`<work_dir>/slot-N`), since a single-user
 //! postgres locks its data directory.
@@ -19,9 +20,6 @@ use utils::pg_user::PgUser;
 pub const LIB_FILE: &str = "walredo.so";
 /// Environment variable naming the built `walredo.so` (or its directory).
 pub const LIB_ENV: &str = "STRATA_WALREDO_LIB";
-/// Where `scripts/build-walredo.sh` installs when the checkout is not
-/// reachable by the Postgres user.
-pub const FALLBACK_LIB_DIR: &str = "/var/lib/strata/walredo";
 
 const FUNCTION_SQL: &str =
     "CREATE FUNCTION walredo_main() RETURNS void AS 'walredo', 'walredo_main' LANGUAGE C;\n";
@@ -30,24 +28,52 @@ const FUNCTION_SQL: &str =
 static TEMPLATE_LOCK: Mutex<()> = Mutex::new(());
 
 /// Find `walredo.so`: `explicit`, else `$STRATA_WALREDO_LIB`, else the build
-/// script's known output paths.
-pub fn locate_walredo_lib(explicit: Option<&Path>) -> Result<PathBuf, String> {
+/// script's known output paths; the first that exists wins. The redo
+/// processes run as `user` and must be able to load it: a library `user`
+/// cannot read (a checkout under `/root`) is copied to
+/// `<state root>/walredo/` first, and that copy is returned.
+pub fn locate_walredo_lib(explicit: Option<&Path>, user: &PgUser) -> Result<PathBuf, String> {
     let from_env = std::env::var_os(LIB_ENV).map(PathBuf::from);
     let candidates: Vec<PathBuf> = match explicit.map(Path::to_path_buf).or(from_env) {
         Some(given) if given.is_dir() => vec![given.join(LIB_FILE)],
         Some(given) => vec![given],
         None => vec![
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/walredo").join(LIB_FILE),
-            Path::new(FALLBACK_LIB_DIR).join(LIB_FILE),
+            utils::pg_user::state_root().join("walredo").join(LIB_FILE),
         ],
     };
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()))
-        .ok_or_else(|| {
-            format!("{LIB_FILE} not found (looked at {candidates:?}); run scripts/build-walredo.sh or set {LIB_ENV}")
-        })
+    let found = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
+        format!("{LIB_FILE} not found (looked at {candidates:?}); run scripts/build-walredo.sh or set {LIB_ENV}")
+    })?;
+    let found = found.canonicalize().map_err(|e| format!("resolve {}: {e}", found.display()))?;
+    if user.can_read(&found) {
+        return Ok(found);
+    }
+    copy_reachable(&found, user)
+}
+
+/// Copy `lib` to `<state root>/walredo/walredo.so` (atomically, mode 0644)
+/// unless an identical copy is there; check that `user` can read it.
+fn copy_reachable(lib: &Path, user: &PgUser) -> Result<PathBuf, String> {
+    let dir = utils::pg_user::state_root().join("walredo");
+    let dest = dir.join(LIB_FILE);
+    let bytes = std::fs::read(lib).map_err(|e| format!("read {}: {e}", lib.display()))?;
+    if std::fs::read(&dest).ok().as_deref() != Some(&bytes[..]) {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [dir.parent().unwrap_or(&dir), &dir] {
+            std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", d.display()))?;
+        }
+        let tmp = dir.join(format!("{LIB_FILE}.tmp.{}", std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &dest).map_err(|e| format!("install {}: {e}", dest.display()))?;
+    }
+    if !user.can_read(&dest) {
+        return Err(format!("{} is not readable by {} (set STRATA_STATE_DIR or {LIB_ENV})", dest.display(), user.name()));
+    }
+    tracing::info!(from = %lib.display(), to = %dest.display(), "walredo.so copied where the redo user can load it");
+    Ok(dest)
 }
 
 /// Run `scripts/build-walredo.sh` (idempotent) and return the installed
