@@ -7,6 +7,7 @@ pub mod background;
 pub mod cluster;
 pub mod config;
 pub mod endpoint;
+pub mod import;
 pub mod ops;
 pub mod settings;
 pub mod state;

@@ -66,6 +66,18 @@ enum TenantCmd {
         #[arg(long)]
         set_default: bool,
     },
+    /// Import a stopped PostgreSQL 15 data directory as a new tenant (its
+    /// `main` branch); the directory is read, not changed. For a database
+    /// on a running server, or another major version, use
+    /// `pg_dump URL | psql ENDPOINT_URL` into a new tenant instead.
+    Import {
+        /// The data directory (cleanly shut down, no user tablespaces).
+        #[arg(long)]
+        pgdata: PathBuf,
+        /// Make it the tenant commands use when --tenant-id is not given.
+        #[arg(long)]
+        set_default: bool,
+    },
     /// List the pageserver's tenants.
     List,
 }
@@ -206,6 +218,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Tenant(TenantCmd::Create { set_default }) => {
             let t = Cluster::load(repo)?.tenant_create(set_default).await?;
             println!("created tenant {t} with branch main{}", if set_default { " (default)" } else { "" });
+        }
+        Cmd::Tenant(TenantCmd::Import { pgdata, set_default }) => {
+            let t = Cluster::load(repo)?.tenant_import(&pgdata, set_default).await?;
+            println!("imported tenant {t} with branch main{}", if set_default { " (default)" } else { "" });
         }
         Cmd::Tenant(TenantCmd::List) => {
             let cluster = Cluster::load(repo)?;

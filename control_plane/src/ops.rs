@@ -59,13 +59,35 @@ impl Cluster {
 
     /// `strata tenant create`: a tenant whose `main` branch is a fresh initdb.
     pub async fn tenant_create(&self, set_default: bool) -> anyhow::Result<TenantId> {
+        self.tenant_create_from(json!({ "initdb": true }), set_default).await
+    }
+
+    /// `strata tenant import --pgdata DIR`: a tenant whose `main` branch is a
+    /// stopped PostgreSQL 15 data directory (checked first: nothing is
+    /// created when it is refused).
+    pub async fn tenant_import(&self, pgdata: &std::path::Path, set_default: bool) -> anyhow::Result<TenantId> {
+        let checked = crate::import::check_pgdata(pgdata)?;
+        let mb = checked.size_bytes as f64 / (1 << 20) as f64;
+        eprintln!("importing {} ({mb:.1} MiB, system id {})…", checked.path.display(), checked.system_id);
+        let started = Instant::now();
+        let t = self.tenant_create_from(json!({ "import_pgdata": checked.path }), set_default).await?;
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("imported {mb:.1} MiB in {secs:.1} s ({:.0} MiB/s)", mb / secs.max(0.001));
+        Ok(t)
+    }
+
+    /// A new tenant whose first timeline (`main`) the pageserver makes from
+    /// `source` (the `initdb` or `import_pgdata` field of its API).
+    async fn tenant_create_from(&self, source: serde_json::Value, set_default: bool) -> anyhow::Result<TenantId> {
         let api = Api::default();
         let mut state = State::load(&self.repo)?;
         let created = api.post(&self.ps("/v1/tenant"), &json!({})).await?;
         let t: TenantId = field(&created, "tenant_id")?;
         let tl = TimelineId::generate();
         let url = self.ps(&format!("/v1/tenant/{t}/timeline"));
-        let detail = api.post(&url, &json!({ "new_timeline_id": tl, "initdb": true })).await?;
+        let mut body = source;
+        body["new_timeline_id"] = json!(tl);
+        let detail = api.post(&url, &body).await?;
         let start: Lsn = field(&detail, "last_record_lsn")?;
         self.attach_wal(&api, t, tl, start).await?;
         state.branches.push(Branch { name: "main".into(), tenant_id: t, timeline_id: tl, ancestor: None, ancestor_lsn: None });
