@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod endpoint;
 pub mod import;
+pub mod logs;
 pub mod ops;
 pub mod settings;
 pub mod state;

@@ -15,7 +15,7 @@ use utils::id::TenantId;
 use utils::lsn::Lsn;
 
 #[derive(Parser)]
-#[command(name = "strata", about = "Run a local Strata cluster: serverless PostgreSQL storage on stock PostgreSQL 15")]
+#[command(name = "strata", version, about = "Run a local Strata cluster: serverless PostgreSQL storage on stock PostgreSQL 15")]
 struct Cli {
     /// Repository directory holding the cluster's config, data and logs.
     #[arg(long, global = true, env = "STRATA_REPO_DIR", default_value = ".strata")]
@@ -47,6 +47,17 @@ enum Cmd {
     Stop,
     /// Show each component's pid, health and ports, and the branches' LSNs.
     Status,
+    /// Print a component's log (broker, safekeeper_N, pageserver) or an endpoint's.
+    Logs {
+        /// Component or endpoint name.
+        name: String,
+        /// Number of lines from the end.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing what is appended (Ctrl-C to stop).
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Tenants: one PostgreSQL cluster each, with its branches.
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -249,6 +260,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_tree(&branches, None, 0);
         }
         Cmd::Endpoint(cmd) => run_endpoint(repo, cmd).await?,
+        Cmd::Logs { name, lines, follow } => {
+            let path = control_plane::logs::log_file(&Cluster::load(repo)?, &name)?;
+            print!("{}", control_plane::logs::tail(&path, lines)?);
+            if follow {
+                tokio::task::spawn_blocking(move || control_plane::logs::follow(&path, &mut std::io::stdout())).await??;
+            }
+        }
     }
     Ok(())
 }

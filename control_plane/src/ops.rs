@@ -274,7 +274,9 @@ impl Cluster {
         }).collect()
     }
 
-    /// One line per branch: name, pageserver LSNs, safekeeper commit LSN.
+    /// One line per branch: pageserver LSNs, safekeeper commit LSN, how far
+    /// ingest lags behind it, the database size at the last record, and the
+    /// layer files' size; then the pageserver's whole size on disk.
     pub async fn timeline_status_lines(&self) -> anyhow::Result<Vec<String>> {
         let api = Api::default();
         let state = State::load(&self.repo)?;
@@ -283,19 +285,45 @@ impl Cluster {
             return Ok(lines);
         }
         lines.push(String::new());
-        lines.push(format!("{:<16} {:<34} {:>14} {:>14} {:>14}", "BRANCH", "TIMELINE", "LAST_RECORD", "DISK_CONS", "SK_COMMIT"));
+        lines.push(format!(
+            "{:<16} {:<34} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
+            "BRANCH", "TIMELINE", "LAST_RECORD", "DISK_CONS", "SK_COMMIT", "LAG", "DB_SIZE", "LAYERS"
+        ));
         for b in &state.branches {
-            let detail = api.get(&self.ps(&Self::timeline_path(b.tenant_id, b.timeline_id))).await.ok();
+            let url = format!("{}?include_size=true", self.ps(&Self::timeline_path(b.tenant_id, b.timeline_id)));
+            let detail = api.get(&url).await.ok();
             let get = |name: &str| detail.as_ref().and_then(|d| d[name].as_str().map(str::to_string)).unwrap_or_else(|| "-".into());
-            let commit = self
-                .safekeeper_positions(&api, b.tenant_id, b.timeline_id)
-                .await
-                .map(|(c, _)| c.to_string())
-                .unwrap_or_else(|_| "-".into());
-            lines.push(format!("{:<16} {:<34} {:>14} {:>14} {:>14}", b.name, b.timeline_id.to_string(), get("last_record_lsn"), get("disk_consistent_lsn"), commit));
+            let commit = self.safekeeper_positions(&api, b.tenant_id, b.timeline_id).await.ok().map(|(c, _)| c);
+            let last: Option<Lsn> = get("last_record_lsn").parse().ok();
+            let lag = match (commit, last) {
+                (Some(c), Some(l)) => human_bytes(c.0.saturating_sub(l.0)),
+                _ => "-".into(),
+            };
+            let size = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_u64()).map(human_bytes).unwrap_or_else(|| "-".into());
+            let db_size = size(detail.as_ref().map(|d| &d["logical_size"]));
+            let layers = size(detail.as_ref().map(|d| &d["layers"]["bytes_on_disk"]));
+            let commit = commit.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+            lines.push(format!(
+                "{:<16} {:<34} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
+                b.name, b.timeline_id.to_string(), get("last_record_lsn"), get("disk_consistent_lsn"), commit, lag, db_size, layers
+            ));
         }
+        let on_disk = crate::import::dir_size(&self.repo.join("pageserver/data"));
+        lines.push(String::new());
+        lines.push(format!("pageserver on disk: {}", human_bytes(on_disk)));
         Ok(lines)
     }
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut unit) = (n as f64, 0);
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
 impl Cluster {
