@@ -30,7 +30,7 @@ private_checkout_tests() {
     git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$root/strata"
     echo "test: from a private checkout in $root/strata" >&2
     (cd "$root/strata" && env -u STRATA_WALREDO_LIB CARGO_TARGET_DIR="$root/strata/target" \
-        cargo test -p control_plane --test private_paths --test durability)
+        sh -c 'cargo build --workspace --bins && cargo test -p control_plane --test private_paths --test durability')
 }
 if [ $# -eq 0 ]; then private_checkout_tests; fi
 echo "test: all green in $(( $(date +%s) - started )) s" >&2
