@@ -3,7 +3,7 @@
 //!
 //! Owns: the [`LayerMap`], `last_record_lsn` (a [`SeqWait`]: the end LSN of
 //! the last ingested record, what readers wait for), `disk_consistent_lsn`
-//! (everything at or below it is in layer files and the metadata says so),
+//! (everything at or below it is in layer files and the index says so),
 //! and the walreceiver state.
 //!
 //! Invariants:
