@@ -14,7 +14,7 @@
 //! User tablespaces (`pg_tblspc`) are not imported.
 //!
 //! Cancellation: file reading runs in `spawn_blocking`; dropping the import
-//! leaves an unfinished timeline directory without metadata.
+//! leaves an unfinished timeline directory without an index.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
@@ -226,7 +226,7 @@ fn import_slru(out: &mut Vec<(Key, Bytes)>, kind: crate::walredo::SlruKind, dir:
 }
 
 /// Import `pgdata` into the empty timeline `tl` at `control.checkpoint_end`
-/// and flush it to a layer file (which also writes the metadata).
+/// and flush it to a layer file (which also writes the index).
 pub async fn import_datadir(tl: &Timeline, pgdata: &Path, control: &ControlInfo) -> Result<Lsn, ImportError> {
     let lsn = control.checkpoint_end;
     let (dir, c) = (pgdata.to_path_buf(), control.clone());

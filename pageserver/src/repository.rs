@@ -1,52 +1,52 @@
 //! The repository: tenants and their timelines on local disk, under
 //! `<workdir>/tenants/<tenant_id>/timelines/<timeline_id>/`, each timeline
-//! directory holding a `metadata` file and its layer files.
+//! directory holding its index file (`index.json`, see
+//! [`crate::layers::index`]) and its layer files.
 //!
-//! Owns: the in-memory registry of tenants and timelines, the shared WAL
-//! redo manager, and the on-disk layout.
+//! Owns: the in-memory registry of tenants and timelines (and of timelines
+//! that failed to load, with the reason), the shared WAL redo manager, and
+//! the on-disk layout.
 //!
 //! Invariants:
-//! * `metadata` is written atomically (temporary file, fsync, rename, fsync
-//!   of the directory) and carries a CRC-32C; a timeline directory without
-//!   metadata is an unfinished creation and is ignored (and reported).
-//! * On load, layer files above `disk_consistent_lsn` and temporary files
-//!   are removed: ingest resumes at `disk_consistent_lsn` and writes that
-//!   WAL again, so nothing is stored twice.
+//! * A timeline is what its index says: startup loads the index, not a
+//!   directory scan. Layer files the index does not name, and temporary
+//!   files, are crash leftovers and are deleted (each logged). An index
+//!   naming a missing or short file, or a damaged index, fails that
+//!   timeline's load (and its branches'); the other timelines are served
+//!   and [`Repository::get_timeline`] reports the reason.
+//! * A timeline directory with neither index nor `metadata` is an
+//!   unfinished creation and is ignored (and reported).
+//! * Migration: a directory from before the index (a `metadata` file) is
+//!   scanned once — temporary files and layers above `disk_consistent_lsn`
+//!   removed, the rest kept under their old names as generation 1 — then
+//!   the index is written and only then `metadata` removed.
 //! * Ancestors are loaded before their branches; a timeline with branches
 //!   cannot be deleted.
 //!
 //! Cancellation: the async methods do their file work in `spawn_blocking`;
 //! dropping one part-way leaves at worst an unfinished timeline directory
-//! without metadata, ignored on the next load.
+//! without an index, ignored on the next load.
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 
 use crate::layers::file::LayerFile;
+use crate::layers::index::{self, IndexError, IndexLayer, IndexPart};
 use crate::layers::layer_map::LayerMap;
-use crate::layers::LayerDesc;
+use crate::layers::{LayerDesc, FIRST_GENERATION};
 use crate::timeline::{PageReconstructError, Timeline, TimelineConf};
 use crate::walredo::{PostgresRedoManager, WalRedoConfig, WalRedoError};
 
-/// Durable description of a timeline.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelineMetadata {
-    pub disk_consistent_lsn: Lsn,
-    pub ancestor_timeline: Option<TimelineId>,
-    pub ancestor_lsn: Lsn,
-    pub pg_version: u32,
-    pub system_id: u64,
-    pub initdb_lsn: Lsn,
-    pub wal_seg_size: u64,
-}
+pub use crate::layers::index::TimelineMetadata;
 
+/// The per-timeline metadata file of repositories from before the index;
+/// read only to migrate them.
 const METADATA_FILE: &str = "metadata";
 
 /// Errors of repository operations.
@@ -69,6 +69,10 @@ pub enum RepoError {
     #[error("metadata file {path} is corrupt: {reason}")]
     CorruptMetadata { path: PathBuf, reason: String },
     #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("timeline {1} of tenant {0} failed to load: {2}")]
+    TimelineBroken(TenantId, TimelineId, String),
+    #[error(transparent)]
     Page(#[from] PageReconstructError),
     #[error("WAL redo manager: {0}")]
     WalRedo(#[from] WalRedoError),
@@ -83,7 +87,8 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// Write `md` to `<dir>/metadata` atomically.
+/// Write `md` to `<dir>/metadata` atomically (the format before the index;
+/// kept to test migration).
 pub fn save_metadata(dir: &Path, md: &TimelineMetadata) -> std::io::Result<()> {
     let body = serde_json::to_vec_pretty(md).map_err(std::io::Error::other)?;
     let tmp = dir.join("metadata.tmp");
@@ -131,6 +136,8 @@ pub struct Tenant {
     pub tenant_id: TenantId,
     pub path: PathBuf,
     timelines: Mutex<HashMap<TimelineId, Arc<Timeline>>>,
+    /// Timelines that failed to load, with the reason.
+    broken: Mutex<HashMap<TimelineId, String>>,
 }
 
 impl Tenant {
@@ -142,6 +149,16 @@ impl Tenant {
 
     fn get(&self, id: TimelineId) -> Option<Arc<Timeline>> {
         self.timelines.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    }
+
+    /// Why a timeline failed to load, if it did.
+    pub fn broken_reason(&self, id: TimelineId) -> Option<String> {
+        self.broken.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    }
+
+    fn set_broken(&self, id: TimelineId, reason: String) {
+        warn!(tenant_id = %self.tenant_id, timeline_id = %id, "timeline not loaded: {reason}");
+        self.broken.lock().unwrap_or_else(|e| e.into_inner()).insert(id, reason);
     }
 }
 
@@ -165,35 +182,57 @@ impl Repository {
             .map_err(|e| RepoError::Import(e.to_string()))??;
         for (tenant_id, timelines) in found {
             let tenant = repo.insert_tenant(tenant_id);
-            // Load ancestors first.
-            let mut pending = timelines;
-            while !pending.is_empty() {
-                let before = pending.len();
-                let mut rest = Vec::new();
-                for (id, md) in pending {
-                    let ancestor = match md.ancestor_timeline {
-                        Some(a) => match tenant.get(a) {
-                            Some(a) => Some(a),
-                            None => {
-                                rest.push((id, md));
-                                continue;
-                            }
-                        },
-                        None => None,
-                    };
-                    let tl = repo.load_timeline(&tenant, id, md, ancestor).await?;
-                    info!(%tenant_id, timeline_id = %id, disk_consistent_lsn = %tl.disk_consistent_lsn(), "loaded timeline");
+            let mut loaded = Vec::new();
+            for id in timelines {
+                let d = repo.timeline_dir(tenant_id, id);
+                let result = tokio::task::spawn_blocking(move || load_timeline_dir(&d))
+                    .await
+                    .map_err(|e| RepoError::Import(e.to_string()))?;
+                match result {
+                    Ok(Some((index, layers))) => loaded.push((id, index, layers)),
+                    Ok(None) => {}
+                    Err(e) => tenant.set_broken(id, e.to_string()),
                 }
-                if rest.len() == before {
-                    for (id, md) in &rest {
-                        warn!(%tenant_id, timeline_id = %id, ancestor = ?md.ancestor_timeline, "ancestor missing; timeline not loaded");
-                    }
-                    break;
-                }
-                pending = rest;
             }
+            repo.load_in_ancestor_order(&tenant, loaded).await?;
         }
         Ok(repo)
+    }
+
+    /// Register loaded timelines, ancestors first; a timeline whose
+    /// ancestor is broken or missing is broken too.
+    async fn load_in_ancestor_order(&self, tenant: &Arc<Tenant>, mut pending: Vec<LoadedTimeline>) -> Result<(), RepoError> {
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for (id, index, layers) in pending {
+                let ancestor = match index.metadata.ancestor_timeline {
+                    Some(a) => match (tenant.get(a), tenant.broken_reason(a)) {
+                        (Some(a), _) => Some(a),
+                        (None, Some(_)) => {
+                            tenant.set_broken(id, format!("its ancestor timeline {a} failed to load"));
+                            continue;
+                        }
+                        (None, None) => {
+                            rest.push((id, index, layers));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                let tl = self.load_timeline(tenant, id, &index, layers, ancestor).await;
+                info!(tenant_id = %tenant.tenant_id, timeline_id = %id, disk_consistent_lsn = %tl.disk_consistent_lsn(), "loaded timeline");
+            }
+            if rest.len() == before {
+                for (id, index, _) in &rest {
+                    let reason = format!("ancestor {:?} missing", index.metadata.ancestor_timeline);
+                    tenant.set_broken(*id, reason);
+                }
+                break;
+            }
+            pending = rest;
+        }
+        Ok(())
     }
 
     fn insert_tenant(&self, tenant_id: TenantId) -> Arc<Tenant> {
@@ -203,6 +242,7 @@ impl Repository {
                 tenant_id,
                 path: self.conf.workdir.join("tenants").join(tenant_id.to_string()),
                 timelines: Mutex::new(HashMap::new()),
+                broken: Mutex::new(HashMap::new()),
             })
         }))
     }
@@ -215,21 +255,18 @@ impl Repository {
         &self,
         tenant: &Arc<Tenant>,
         timeline_id: TimelineId,
-        md: TimelineMetadata,
+        index: &IndexPart,
+        layers: LayerMap,
         ancestor: Option<Arc<Timeline>>,
-    ) -> Result<Arc<Timeline>, RepoError> {
+    ) -> Arc<Timeline> {
         let dir = self.timeline_dir(tenant.tenant_id, timeline_id);
-        let (d, dcl) = (dir.clone(), md.disk_consistent_lsn);
-        let layers = tokio::task::spawn_blocking(move || load_layers(&d, dcl))
-            .await
-            .map_err(|e| RepoError::Import(e.to_string()))??;
         let tl = Arc::new(Timeline::new(
             tenant.tenant_id,
             timeline_id,
             dir,
             self.conf.timeline.clone(),
             ancestor,
-            &md,
+            index,
             layers,
             Arc::clone(&self.walredo),
         ));
@@ -237,7 +274,7 @@ impl Repository {
         if let Some(source) = crate::walreceiver::persisted_source(&tl) {
             crate::walreceiver::start(&tl, source).await;
         }
-        Ok(tl)
+        tl
     }
 
     /// Create a tenant (no timelines yet).
@@ -269,19 +306,26 @@ impl Repository {
     }
 
     pub fn get_timeline(&self, tenant_id: TenantId, timeline_id: TimelineId) -> Result<Arc<Timeline>, RepoError> {
-        self.get_tenant(tenant_id)?.get(timeline_id).ok_or(RepoError::TimelineNotFound(tenant_id, timeline_id))
+        let tenant = self.get_tenant(tenant_id)?;
+        if let Some(tl) = tenant.get(timeline_id) {
+            return Ok(tl);
+        }
+        match tenant.broken_reason(timeline_id) {
+            Some(reason) => Err(RepoError::TimelineBroken(tenant_id, timeline_id, reason)),
+            None => Err(RepoError::TimelineNotFound(tenant_id, timeline_id)),
+        }
     }
 
     fn check_new_timeline(&self, tenant: &Tenant, id: TimelineId) -> Result<PathBuf, RepoError> {
         let dir = self.timeline_dir(tenant.tenant_id, id);
-        if tenant.get(id).is_some() || dir.exists() {
+        if tenant.get(id).is_some() || tenant.broken_reason(id).is_some() || dir.exists() {
             return Err(RepoError::AlreadyExists(format!("timeline {id}")));
         }
         Ok(dir)
     }
 
     /// Create a branch of `ancestor_id` at `lsn` (default: its last record
-    /// LSN). O(1): only a metadata file is written.
+    /// LSN). O(1): only an index without layers is written.
     pub async fn branch_timeline(
         &self,
         tenant_id: TenantId,
@@ -311,16 +355,17 @@ impl Repository {
             initdb_lsn: ancestor.initdb_lsn,
             wal_seg_size: ancestor.wal_seg_size,
         };
-        let (d, m) = (dir.clone(), md.clone());
+        let index = IndexPart::new(FIRST_GENERATION, md, Vec::new());
+        let (d, i) = (dir.clone(), index.clone());
         tokio::task::spawn_blocking(move || {
             fs::create_dir_all(&d)?;
-            save_metadata(&d, &m)
+            index::save(&d, &i)
         })
         .await
         .map_err(|e| RepoError::Import(e.to_string()))?
         .map_err(io_err(&dir))?;
         info!(%tenant_id, timeline_id = %new_id, %ancestor_id, %lsn, "created branch");
-        self.load_timeline(&tenant, new_id, md, Some(ancestor)).await
+        Ok(self.load_timeline(&tenant, new_id, &index, LayerMap::default(), Some(ancestor)).await)
     }
 
     /// Create a root timeline by importing a cleanly shut down PostgreSQL
@@ -355,7 +400,7 @@ impl Repository {
             dir.clone(),
             self.conf.timeline.clone(),
             None,
-            &md,
+            &IndexPart::new(FIRST_GENERATION, md, Vec::new()),
             LayerMap::default(),
             Arc::clone(&self.walredo),
         ));
@@ -416,8 +461,10 @@ impl Repository {
     }
 }
 
-type ScannedTenants = Vec<(TenantId, Vec<(TimelineId, TimelineMetadata)>)>;
+type ScannedTenants = Vec<(TenantId, Vec<TimelineId>)>;
+type LoadedTimeline = (TimelineId, IndexPart, LayerMap);
 
+/// The tenants and their timeline directories.
 fn scan_tenants(dir: &Path) -> Result<ScannedTenants, RepoError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -430,24 +477,85 @@ fn scan_tenants(dir: &Path) -> Result<ScannedTenants, RepoError> {
         if tl_dir.exists() {
             for tl in fs::read_dir(&tl_dir).map_err(io_err(&tl_dir))? {
                 let tl = tl.map_err(io_err(&tl_dir))?;
-                let Some(id) = tl.file_name().to_str().and_then(|n| n.parse::<TimelineId>().ok()) else {
-                    continue;
-                };
-                if !tl.path().join(METADATA_FILE).exists() {
-                    warn!(%tenant_id, timeline_id = %id, "timeline directory without metadata (unfinished creation); skipped");
-                    continue;
+                if let Some(id) = tl.file_name().to_str().and_then(|n| n.parse::<TimelineId>().ok()) {
+                    timelines.push(id);
                 }
-                timelines.push((id, load_metadata(&tl.path())?));
             }
         }
+        timelines.sort();
         out.push((tenant_id, timelines));
     }
     Ok(out)
 }
 
-/// The layer files of a timeline directory; removes temporary files and
-/// layers above `disk_consistent_lsn`.
-fn load_layers(dir: &Path, disk_consistent_lsn: Lsn) -> Result<LayerMap, RepoError> {
+/// Load one timeline directory: from its index, or by migrating a
+/// directory from before the index; `None` for an unfinished creation.
+/// Blocking.
+pub fn load_timeline_dir(dir: &Path) -> Result<Option<(IndexPart, LayerMap)>, RepoError> {
+    if index::exists(dir) {
+        let index = index::load(dir)?;
+        index::check_layer_files(dir, &index)?;
+        remove_leftovers(dir, &index)?;
+        let layers = layer_map_of(dir, &index)?;
+        return Ok(Some((index, layers)));
+    }
+    if dir.join(METADATA_FILE).exists() {
+        return migrate(dir).map(Some);
+    }
+    warn!(dir = %dir.display(), "timeline directory without index (unfinished creation); skipped");
+    Ok(None)
+}
+
+/// The layer map of the layers an (already checked) index names.
+fn layer_map_of(dir: &Path, index: &IndexPart) -> Result<LayerMap, RepoError> {
+    let descs = index.layer_descs().map_err(|reason| {
+        RepoError::Index(IndexError::Corrupt { path: dir.join(index::INDEX_FILE), reason })
+    })?;
+    let mut map = LayerMap::default();
+    for (layer, desc) in index.layers.iter().zip(descs) {
+        map.insert(Arc::new(LayerFile::new(dir.join(&layer.name), desc, layer.size_bytes)));
+    }
+    Ok(map)
+}
+
+/// Delete temporary files and layer files the index does not name.
+fn remove_leftovers(dir: &Path, index: &IndexPart) -> Result<(), RepoError> {
+    let named: std::collections::HashSet<&str> = index.layers.iter().map(|l| l.name.as_str()).collect();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let leftover = name.ends_with(".tmp")
+            || (LayerDesc::parse_file_name(&name).is_some() && !named.contains(name.as_str()));
+        if leftover {
+            warn!(file = %entry.path().display(), "removing a file the index does not name (crash leftover)");
+            fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Turn a directory from before the index (`metadata` + layer files) into
+/// an indexed one: scan once, write the index, then remove `metadata`.
+fn migrate(dir: &Path) -> Result<(IndexPart, LayerMap), RepoError> {
+    let md = load_metadata(dir)?;
+    let map = scan_layers(dir, md.disk_consistent_lsn)?;
+    let layers = map.historic().map(|l| IndexLayer::new(file_name_of(&l.path), &l.desc, l.size_bytes)).collect();
+    let index = IndexPart::new(FIRST_GENERATION, md, layers);
+    index::save(dir, &index).map_err(io_err(&dir.join(index::INDEX_FILE)))?;
+    let md_path = dir.join(METADATA_FILE);
+    fs::remove_file(&md_path).map_err(io_err(&md_path))?;
+    fsync_dir(dir).map_err(io_err(dir))?;
+    info!(dir = %dir.display(), layers = index.layers.len(), "migrated timeline to an index file");
+    Ok((index, map))
+}
+
+fn file_name_of(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The layer files of a timeline directory from before the index; removes
+/// temporary files and layers above `disk_consistent_lsn`.
+fn scan_layers(dir: &Path, disk_consistent_lsn: Lsn) -> Result<LayerMap, RepoError> {
     let mut map = LayerMap::default();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
@@ -464,7 +572,7 @@ fn load_layers(dir: &Path, disk_consistent_lsn: Lsn) -> Result<LayerMap, RepoErr
             continue;
         }
         let size = entry.metadata().map_err(io_err(&path))?.len();
-        map.historic.push(Arc::new(LayerFile::new(path, desc, size)));
+        map.insert(Arc::new(LayerFile::new(path, desc, size)));
     }
     Ok(map)
 }

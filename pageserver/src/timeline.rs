@@ -3,7 +3,7 @@
 //!
 //! Owns: the [`LayerMap`], `last_record_lsn` (a [`SeqWait`]: the end LSN of
 //! the last ingested record, what readers wait for), `disk_consistent_lsn`
-//! (everything at or below it is in layer files and the metadata says so),
+//! (everything at or below it is in layer files and the index says so),
 //! and the walreceiver state.
 //!
 //! Invariants:
@@ -11,17 +11,23 @@
 //!   the open in-memory layer *before* `last_record_lsn` advances past it,
 //!   so a reader that waited for LSN X sees every value at or below X.
 //! * Freezing happens under `write_lock`, so a frozen layer never receives
-//!   writes; flushing happens under `flush_lock`, oldest frozen layer first,
-//!   and `disk_consistent_lsn` advances (and the metadata is written) only
-//!   after the delta file is durable.
+//!   writes; flushing happens under `flush_lock`, oldest frozen layer first.
+//! * Layer files become part of the timeline in this order: the file is
+//!   written and made durable; the index (`index.json`, naming it and the
+//!   new `disk_consistent_lsn`) is replaced durably under `index_lock`; only
+//!   then the layer map and `disk_consistent_lsn` change. So the index never
+//!   names a file that is not complete, and the map never holds a file that
+//!   a restart would not find.
 //! * A branch's own layers hold only LSNs above `ancestor_lsn`; reads below
 //!   that continue in the ancestor at `ancestor_lsn`.
 //!
 //! Cancellation: reads are cancel-safe (dropping them leaves no state
 //! behind; a blocking file read that was started completes on its own
 //! thread). Dropping `flush_frozen_layers` after a file was written but
-//! before it was added to the map leaves a file that the next flush
-//! overwrites or the next restart removes (it is above disk_consistent_lsn).
+//! before the index named it leaves a file that the next flush overwrites
+//! or the next restart removes (the index does not name it); dropping it
+//! after the index was written leaves the frozen layer in the map, and the
+//! next flush writes the same file and index again.
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::PathBuf;
@@ -38,12 +44,12 @@ use utils::lsn::Lsn;
 use utils::seqwait::SeqWait;
 
 use crate::key::*;
-use crate::layers::file::{LayerFileError, LayerFileWriter};
+use crate::layers::file::{LayerFile, LayerFileError, LayerFileWriter};
+use crate::layers::index::{self, IndexLayer, IndexPart, TimelineMetadata};
 use crate::layers::inmemory::InMemoryLayer;
 use crate::layers::layer_map::{LayerMap, SearchLayer};
 use crate::layers::{LayerDesc, ReconstructResult, ValueReconstructState};
 use crate::metrics;
-use crate::repository::TimelineMetadata;
 use crate::value::*;
 use crate::walreceiver::WalReceiverState;
 use crate::walredo::{PostgresRedoManager, SlruKind};
@@ -122,6 +128,10 @@ pub struct Timeline {
     /// LSN of the import (root timelines) or the branch point.
     pub initdb_lsn: Lsn,
     pub wal_seg_size: u64,
+    /// Generation of this attachment: new layer files carry it.
+    pub generation: u32,
+    /// Reads below this LSN are not guaranteed (GC; Lsn(0) for now).
+    pub gc_cutoff_lsn: Lsn,
     layers: RwLock<LayerMap>,
     last_record_lsn: SeqWait,
     disk_consistent_lsn: AtomicU64,
@@ -130,6 +140,8 @@ pub struct Timeline {
     prev_record_lsn: AtomicU64,
     pub(crate) write_lock: tokio::sync::Mutex<()>,
     flush_lock: tokio::sync::Mutex<()>,
+    /// Serialises index writes with the layer-map changes they announce.
+    index_lock: tokio::sync::Mutex<()>,
     /// Latest relation sizes, for ingest (valid at last_record_lsn).
     rel_size_cache: RwLock<HashMap<(RelFileNode, u8), u32>>,
     pub(crate) walredo: Arc<PostgresRedoManager>,
@@ -155,10 +167,11 @@ impl Timeline {
         path: PathBuf,
         conf: TimelineConf,
         ancestor: Option<Arc<Timeline>>,
-        md: &TimelineMetadata,
+        index: &IndexPart,
         layers: LayerMap,
         walredo: Arc<PostgresRedoManager>,
     ) -> Timeline {
+        let md = &index.metadata;
         Timeline {
             tenant_id,
             timeline_id,
@@ -170,12 +183,15 @@ impl Timeline {
             system_id: md.system_id,
             initdb_lsn: md.initdb_lsn,
             wal_seg_size: md.wal_seg_size,
+            generation: index.generation,
+            gc_cutoff_lsn: index.gc_cutoff_lsn,
             layers: RwLock::new(layers),
             last_record_lsn: SeqWait::new(md.disk_consistent_lsn),
             disk_consistent_lsn: AtomicU64::new(md.disk_consistent_lsn.0),
             prev_record_lsn: AtomicU64::new(0),
             write_lock: tokio::sync::Mutex::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
+            index_lock: tokio::sync::Mutex::new(()),
             rel_size_cache: RwLock::new(HashMap::new()),
             walredo,
             walreceiver: Mutex::new(WalReceiverState::default()),
@@ -241,14 +257,14 @@ impl Timeline {
     /// (number of delta files, image files, in-memory layers, bytes on disk).
     pub fn layer_stats(&self) -> (usize, usize, usize, u64) {
         let map = self.read_layers();
-        let images = map.historic.iter().filter(|l| l.desc.is_image).count();
-        let bytes = map.historic.iter().map(|l| l.size_bytes).sum();
-        (map.historic.len() - images, images, map.frozen.len() + map.open.is_some() as usize, bytes)
+        let images = map.historic().filter(|l| l.desc.is_image).count();
+        let bytes = map.historic().map(|l| l.size_bytes).sum();
+        (map.historic_len() - images, images, map.frozen.len() + map.open.is_some() as usize, bytes)
     }
 
     /// Paths of the layer files (for tests and the HTTP API).
     pub fn layer_files(&self) -> Vec<(LayerDesc, PathBuf)> {
-        self.read_layers().historic.iter().map(|l| (l.desc.clone(), l.path.clone())).collect()
+        self.read_layers().historic().map(|l| (l.desc.clone(), l.path.clone())).collect()
     }
 
     // ---------------------------------------------------------------------
@@ -571,6 +587,7 @@ impl Timeline {
                         key_range: min..max.next(),
                         lsn_range: frozen.start_lsn..end,
                         is_image: false,
+                        generation: self.generation,
                     };
                     let (dir, layer) = (self.path.clone(), Arc::clone(&frozen));
                     let file = tokio::task::spawn_blocking(move || {
@@ -585,15 +602,7 @@ impl Timeline {
                 }
                 None => None,
             };
-            {
-                let mut map = self.write_layers();
-                map.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
-                if let Some(file) = &file {
-                    map.historic.push(Arc::clone(file));
-                }
-            }
-            self.disk_consistent_lsn.fetch_max(end.0 - 1, Ordering::AcqRel);
-            self.save_metadata().await?;
+            self.commit_layers(file.iter().cloned().collect(), Some((&frozen, Lsn(end.0 - 1)))).await?;
             metrics::LAYER_FLUSH_TIME.observe(started.elapsed().as_secs_f64());
             if let Some(file) = file {
                 info!(layer = %file.desc, bytes = file.size_bytes, "flushed in-memory layer");
@@ -606,12 +615,46 @@ impl Timeline {
         Ok(())
     }
 
-    async fn save_metadata(&self) -> Result<()> {
-        let (md, path) = (self.metadata(), self.path.clone());
-        tokio::task::spawn_blocking(move || crate::repository::save_metadata(&path, &md))
+    /// Make new layer files part of the timeline (and, for a flush, drop
+    /// the frozen layer and advance `disk_consistent_lsn` to the given LSN):
+    /// the index naming them is made durable first, then the map changes.
+    async fn commit_layers(
+        &self,
+        files: Vec<Arc<LayerFile>>,
+        flushed: Option<(&Arc<InMemoryLayer>, Lsn)>,
+    ) -> Result<()> {
+        let _i = self.index_lock.lock().await;
+        let dcl = flushed.map_or(Lsn(0), |(_, lsn)| lsn).max(self.disk_consistent_lsn());
+        let index = self.index_with(&files, dcl);
+        let dir = self.path.clone();
+        tokio::task::spawn_blocking(move || index::save(&dir, &index))
             .await
             .map_err(other)?
-            .map_err(|e| other(format!("writing metadata: {e}")))
+            .map_err(|e| other(format!("writing {}: {e}", self.path.join(index::INDEX_FILE).display())))?;
+        {
+            let mut map = self.write_layers();
+            for file in files {
+                map.insert(file);
+            }
+            if let Some((frozen, _)) = flushed {
+                map.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
+            }
+        }
+        self.disk_consistent_lsn.fetch_max(dcl.0, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The index of the current layers plus `new` (replacing layers with
+    /// the same ranges), at `disk_consistent_lsn`.
+    fn index_with(&self, new: &[Arc<LayerFile>], disk_consistent_lsn: Lsn) -> IndexPart {
+        let same = |a: &LayerDesc, b: &LayerDesc| {
+            a.key_range == b.key_range && a.lsn_range == b.lsn_range && a.is_image == b.is_image
+        };
+        let map = self.read_layers();
+        let current = map.historic().filter(|l| !new.iter().any(|n| same(&n.desc, &l.desc)));
+        let layers = current.chain(new).map(|l| index_entry(l)).collect();
+        let metadata = TimelineMetadata { disk_consistent_lsn, ..self.metadata() };
+        IndexPart { gc_cutoff_lsn: self.gc_cutoff_lsn, ..IndexPart::new(self.generation, metadata, layers) }
     }
 
     /// Every key that exists at `lsn`, sorted: directories, sizes, blocks.
@@ -653,6 +696,7 @@ impl Timeline {
         let keys = self.collect_keyspace(lsn).await?;
         let chunks: Vec<&[Key]> = keys.chunks(self.conf.image_layer_keys.max(1)).collect();
         let mut created = 0;
+        let mut files = Vec::with_capacity(chunks.len());
         for (i, chunk) in chunks.iter().enumerate() {
             let end = chunks.get(i + 1).map_or_else(|| chunk[chunk.len() - 1].next(), |c| c[0]);
             let mut values = Vec::with_capacity(chunk.len());
@@ -666,7 +710,8 @@ impl Timeline {
                     Err(e) => return Err(e),
                 }
             }
-            let desc = LayerDesc { key_range: chunk[0]..end, lsn_range: lsn..lsn + 1, is_image: true };
+            let generation = self.generation;
+            let desc = LayerDesc { key_range: chunk[0]..end, lsn_range: lsn..lsn + 1, is_image: true, generation };
             let dir = self.path.clone();
             let file = tokio::task::spawn_blocking(move || {
                 let mut w = LayerFileWriter::new(&dir, desc)?;
@@ -678,9 +723,10 @@ impl Timeline {
             .await
             .map_err(other)?
             .map_err(|e| other(format!("writing image layer: {e}")))?;
-            self.write_layers().historic.push(Arc::new(file));
+            files.push(Arc::new(file));
             created += 1;
         }
+        self.commit_layers(files, None).await?;
         info!(layers = created, keys = keys.len(), elapsed_ms = started.elapsed().as_millis() as u64, "created image layers");
         Ok(created)
     }
@@ -690,4 +736,11 @@ impl Timeline {
         let start = if self.ancestor.is_some() { self.ancestor_lsn } else { self.initdb_lsn };
         start..self.last_record_lsn() + 1
     }
+}
+
+/// The index entry of a layer file, under its actual file name (which may
+/// be a name from before generations).
+fn index_entry(layer: &LayerFile) -> IndexLayer {
+    let name = layer.path.file_name().map_or_else(|| layer.desc.file_name(), |n| n.to_string_lossy().into_owned());
+    IndexLayer::new(name, &layer.desc, layer.size_bytes)
 }

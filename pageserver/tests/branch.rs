@@ -31,7 +31,7 @@ async fn branches_are_isolated_copy_on_write() -> anyhow::Result<()> {
 
     let branch = repo.branch_timeline(tenant, main.timeline_id, None, Some(x)).await?;
     let files: Vec<_> = std::fs::read_dir(&branch.path)?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
-    assert_eq!(files, vec![std::ffi::OsString::from("metadata")], "a branch copies no data");
+    assert_eq!(files, vec![std::ffi::OsString::from("index.json")], "a branch copies no data");
     let at_x = main.get_rel_page_at_lsn(rel, 0, 0, x).await?;
     assert_eq!(branch.get_rel_page_at_lsn(rel, 0, 0, x).await?, at_x);
     assert_eq!(branch.get_rel_size_at_lsn(rel, 0, x).await?, 1);
@@ -182,28 +182,28 @@ async fn bad_input_gives_clear_errors() -> anyhow::Result<()> {
         }
     }
     let _ = page;
-    // Truncated file: clear error as well.
+    // Truncated file: clear error as well (the index records its size, so
+    // the timeline's load fails naming the file).
     std::fs::write(&path, &data[..100])?;
     drop(tl);
     repo.shutdown(false).await;
     drop(repo);
     let repo = Repository::open(conf(dir.path(), short_wait)).await?;
-    let tl = repo.get_timeline(tenant, tl_id)?;
-    let err = tl.get_rel_page_at_lsn(rel, fork, 0, lsn).await.unwrap_err();
-    assert!(err.to_string().contains(&name) && err.to_string().contains("too short"), "{err}");
+    let err = repo.get_timeline(tenant, tl_id).unwrap_err();
+    assert!(matches!(err, RepoError::TimelineBroken(..)), "{err}");
+    assert!(err.to_string().contains(&name) && err.to_string().contains("100"), "{err}");
     eprintln!("value corruption was detected by {failures} reads");
-    drop(tl);
     repo.shutdown(false).await;
     drop(repo);
-    // Corrupt metadata: opening the repository names the file.
-    let md = path.parent().unwrap().join("metadata");
-    let mut m = std::fs::read(&md)?;
+    // Corrupt index: that timeline fails to load, naming the file.
+    let index = path.parent().unwrap().join("index.json");
+    let mut m = std::fs::read(&index)?;
     m[10] ^= 0xFF;
-    std::fs::write(&md, &m)?;
-    let err = match Repository::open(conf(dir.path(), short_wait)).await {
-        Ok(_) => panic!("opened with corrupt metadata"),
-        Err(e) => e,
-    };
-    assert!(err.to_string().contains("metadata") && err.to_string().contains("checksum"), "{err}");
+    std::fs::write(&index, &m)?;
+    let repo = Repository::open(conf(dir.path(), short_wait)).await?;
+    let err = repo.get_timeline(tenant, tl_id).unwrap_err();
+    assert!(matches!(err, RepoError::TimelineBroken(..)), "{err}");
+    assert!(err.to_string().contains("index.json") && err.to_string().contains("damaged"), "{err}");
+    repo.shutdown(false).await;
     Ok(())
 }

@@ -207,6 +207,7 @@ impl LayerFile {
             key_range: key_at(&header, 16)..key_at(&header, 34),
             lsn_range: Lsn(u64_at(&header, 52))..Lsn(u64_at(&header, 60)),
             is_image: header[12] != 0,
+            generation: self.desc.generation,
         };
         if desc != self.desc {
             return Err(format!("header describes {desc}, the name says {}", self.desc));
