@@ -21,6 +21,9 @@ use utils::id::{TenantId, TimelineId};
 use utils::pg_user::{pg_bin_dir, PgUser};
 
 pub const ENDPOINT_FILE: &str = "endpoint.toml";
+/// WAL a compute keeps for an absent safekeeper's slot; one further behind
+/// catches up from its peers instead.
+pub const MAX_SLOT_WAL_KEEP_SIZE: &str = "1GB";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Endpoint {
@@ -110,9 +113,11 @@ impl Endpoint {
              wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
              synchronous_standby_names = '{sync}'\nsynchronous_commit = on\n\
              wal_sender_timeout = 10s\nfull_page_writes = on\nmax_prepared_transactions = 10\n\
-             logging_collector = off\n",
+             logging_collector = off\n\
+             max_slot_wal_keep_size = {keep}\n",
             port = self.port,
             sock = socket_dir.display(),
+            keep = MAX_SLOT_WAL_KEEP_SIZE,
         );
         fs::write(self.pgdata.join("postgresql.conf"), conf)?;
         fs::write(self.pgdata.join("postgresql.auto.conf"), "")?;
