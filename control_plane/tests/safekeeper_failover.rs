@@ -196,3 +196,135 @@ fn the_pageserver_switches_source_when_its_safekeeper_dies() {
     let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
     assert_eq!(psql(&main, "SELECT count(*) FROM c"), "51000");
 }
+
+/// Bank transfers in a psql session fed from stdin; an id is acknowledged
+/// only once the `\echo C` after its COMMIT is printed (ON_ERROR_STOP: a
+/// failed commit ends the session before that).
+fn transfer_session(url: &str, seed: u64, acked: std::sync::Arc<std::sync::Mutex<Vec<i64>>>) -> std::process::Child {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new("/usr/lib/postgresql/15/bin/psql")
+        .args(["-X", "-At", "-q", "-v", "ON_ERROR_STOP=1", url, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let mut x = seed | 1;
+        for _ in 0..10_000_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (a, b, amount) = (x % ACCOUNTS + 1, (x >> 20) % ACCOUNTS + 1, (x >> 40) % 50 + 1);
+            if a == b {
+                continue;
+            }
+            let sql = format!(
+                "BEGIN;\nUPDATE acc SET bal = bal + CASE id WHEN {a} THEN -{amount} ELSE {amount} END WHERE id IN ({a}, {b});\n\
+                 INSERT INTO xfer(a, b, amount) VALUES ({a}, {b}, {amount}) RETURNING id;\nCOMMIT;\n\\echo C\n"
+            );
+            if stdin.write_all(sql.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut pending = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            match line.trim() {
+                "C" => acked.lock().unwrap().extend(pending.take()),
+                id => pending = id.parse::<i64>().ok().or(pending),
+            }
+        }
+    });
+    child
+}
+
+const ACCOUNTS: u64 = 20;
+const INITIAL_BALANCE: i64 = 1000;
+
+/// Transfers keep running (sessions restarted when the compute goes away)
+/// until `stop` is set.
+fn transfer_load(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>, acked: std::sync::Arc<std::sync::Mutex<Vec<i64>>>, seed: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut round = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            round += 1;
+            let mut child = transfer_session(&url, seed.wrapping_mul(31).wrapping_add(round), acked.clone());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+}
+
+/// Chaos: kill -9 one random safekeeper at a time and restart it, restart
+/// the compute once, under a bank-transfer load. `STRATA_CHAOS_SECS` makes
+/// it run longer (default 25 s of chaos).
+#[test]
+fn chaos_bank_transfers_survive_safekeeper_kills_and_a_compute_restart() {
+    let secs: u64 = std::env::var("STRATA_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("chaos seed {seed}, {secs} s");
+    let repo = started_cluster(3);
+    let cl = Cl::new(&repo);
+    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    psql(&main, "CREATE TABLE acc(id int primary key, bal bigint); CREATE TABLE xfer(id bigserial primary key, a int, b int, amount int)");
+    psql(&main, &format!("INSERT INTO acc SELECT g, {INITIAL_BALANCE} FROM generate_series(1, {ACCOUNTS}) g"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let loads: Vec<_> = (0..2).map(|i| transfer_load(main.clone(), stop.clone(), acked.clone(), seed + i)).collect();
+    let started = Instant::now();
+    let (mut rng, mut kills, mut compute_restarted) = (seed | 1, 0, false);
+    while started.elapsed() < Duration::from_secs(secs) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let victim = rng % 3 + 1;
+        cl.kill9_sk(victim);
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(300 + rng % 1200));
+        cl.restart_missing();
+        if !compute_restarted && started.elapsed() > Duration::from_secs(secs / 2) {
+            repo.ok(&["endpoint", "stop", "main"]);
+            repo.ok(&["endpoint", "start", "main"]);
+            compute_restarted = true;
+        }
+        // The restarted safekeeper catches up before the next kill.
+        let end: Lsn = psql(&main, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
+        wait_for("the restarted safekeeper to catch up", Duration::from_secs(60), || {
+            cl.sk_status(victim).is_some_and(|s| lsn(&s, "flush_lsn") >= end)
+        });
+    }
+    if !compute_restarted {
+        repo.ok(&["endpoint", "stop", "main"]);
+        repo.ok(&["endpoint", "start", "main"]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loads {
+        l.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 50, "only {} transfers acknowledged", acked.len());
+    let list = acked.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let found: usize = psql(&main, &format!("SELECT count(*) FROM xfer WHERE id = ANY('{{{list}}}'::bigint[])")).parse().unwrap();
+    assert_eq!(found, acked.len(), "acknowledged transfers were lost");
+    let total: i64 = psql(&main, "SELECT sum(bal) FROM acc").parse().unwrap();
+    assert_eq!(total, ACCOUNTS as i64 * INITIAL_BALANCE, "money was created or destroyed");
+    // Every transfer row matches the balances: replaying them gives the same accounts.
+    let replayed = psql(&main, &format!(
+        "SELECT count(*) FROM acc JOIN (SELECT id, {INITIAL_BALANCE} + coalesce((SELECT sum(amount) FROM xfer WHERE b = acc.id), 0) \
+         - coalesce((SELECT sum(amount) FROM xfer WHERE a = acc.id), 0) AS want FROM acc) w USING (id) WHERE bal <> want"
+    ));
+    assert_eq!(replayed, "0", "balances do not match the transfers");
+    let end: Lsn = psql(&main, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
+    cl.wait_commit_everywhere(end);
+    cl.assert_wal_identical();
+    println!("chaos figures: {} s, {kills} safekeeper kills, {} transfers acknowledged ({:.0}/s), compute restarted once",
+        started.elapsed().as_secs(), acked.len(), acked.len() as f64 / started.elapsed().as_secs_f64());
+}
