@@ -51,8 +51,6 @@ pub enum TimelineError {
     Storage(#[from] WalStorageError),
     #[error("term {requested} is not newer than current term {current}")]
     OldTerm { requested: u64, current: u64 },
-    #[error("this safekeeper has WAL only up to {flush_lsn}, the compute starts at {start_lsn}; it cannot serve this term")]
-    Lagging { flush_lsn: Lsn, start_lsn: Lsn },
     #[error("compute has system id {got}, timeline has {expected}")]
     SystemIdMismatch { expected: u64, got: u64 },
     #[error("timeline was deleted or the safekeeper is shutting down")]
