@@ -1,6 +1,13 @@
 //! What the `strata` subcommands do, across pageserver, safekeepers and
 //! computes. Every operation validates names and state first and only then
 //! changes anything, so bad input leaves nothing half-created.
+//!
+//! `endpoint start` takes its start LSN and new term from a quorum of
+//! safekeepers ([`crate::election`]), writes the term, then waits for the
+//! pageserver (which streams from any safekeeper) to reach exactly that LSN
+//! before the basebackup. Branch points and `endpoint compare` still wait
+//! for the pageserver to reach the safekeepers' commit LSN
+//! (`caught_up_lsn`).
 
 use std::time::{Duration, Instant};
 
