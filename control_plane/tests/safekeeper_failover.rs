@@ -144,7 +144,11 @@ fn acknowledged_commits_survive_compute_restart_with_a_safekeeper_down() {
     cl.wait_commit_everywhere(end);
     cl.assert_wal_identical();
     let status = repo.ok(&["status"]);
-    assert!(status.contains("STREAMS_FROM") || status.contains("streams from"), "{status}");
+    println!("{status}");
+    assert!(status.contains("STREAMS_FROM sk_"), "{status}");
+    for id in 1..=3 {
+        assert!(status.contains(&format!("sk_{id:<4} term 2")), "safekeeper {id} not on the second term: {status}");
+    }
 }
 
 #[test]
