@@ -332,3 +332,22 @@ fn chaos_bank_transfers_survive_safekeeper_kills_and_a_compute_restart() {
     println!("chaos figures: {} s, {kills} safekeeper kills, {} transfers acknowledged ({:.0}/s), compute restarted once",
         started.elapsed().as_secs(), acked.len(), acked.len() as f64 / started.elapsed().as_secs_f64());
 }
+
+#[test]
+fn without_a_quorum_of_safekeepers_the_compute_does_not_start_and_nothing_changes() {
+    let repo = started_cluster(3);
+    let cl = Cl::new(&repo);
+    repo.ok(&["endpoint", "start", "main"]);
+    repo.ok(&["endpoint", "stop", "main"]);
+    let term_before = cl.sk_status(3).unwrap()["term"].clone();
+    cl.kill9_sk(1);
+    cl.kill9_sk(2);
+    let out = repo.run(&["endpoint", "start", "main"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without a quorum");
+    assert!(err.contains("only 1 of 3 safekeepers answer") && err.contains("safekeeper 1") && err.contains("safekeeper 2"), "{err}");
+    assert_eq!(cl.sk_status(3).unwrap()["term"], term_before, "a failed election changed the term");
+    cl.restart_missing();
+    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    psql(&main, "SELECT 1");
+}
