@@ -44,10 +44,8 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// How long a safekeeper of a multi-safekeeper timeline waits for the first
-/// broker view before following its compute (it must learn whether a peer
-/// holds a newer term first).
-const FIRST_VIEW_WAIT: Duration = Duration::from_secs(3);
+/// How often a safekeeper waiting for its first broker view says so.
+const FIRST_VIEW_WARN_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Acquire WAL for the timeline until it is cancelled: from peers when
 /// behind (see [`recovery`]), otherwise from the compute.
@@ -103,14 +101,24 @@ pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
     }
 }
 
+/// A safekeeper of a multi-safekeeper timeline follows no compute before it
+/// has seen its peers once: one of them may hold a newer term, whose compute
+/// may even listen at the same address as the old one. Safety over
+/// availability: without a broker it waits (the other safekeepers still
+/// serve the compute).
 async fn wait_first_view(tl: &Timeline, conf: &SafekeeperConf) {
     if tl.persistent().peers.len() <= 1 || conf.broker_endpoint.is_none() {
         return;
     }
     let mut view = tl.subscribe_peer_view();
-    let got = tokio::time::timeout(FIRST_VIEW_WAIT, view.wait_for(|v| v.is_some())).await;
-    if got.is_err() {
-        tracing::warn!("no broker view after {FIRST_VIEW_WAIT:?}; following the compute without knowing the peers' terms");
+    loop {
+        tokio::select! {
+            got = tokio::time::timeout(FIRST_VIEW_WARN_INTERVAL, view.wait_for(|v| v.is_some())) => match got {
+                Ok(_) => return,
+                Err(_) => tracing::warn!("no broker view yet: not following the compute until the peers' terms are known"),
+            },
+            _ = tl.cancel.cancelled() => return,
+        }
     }
 }
 
