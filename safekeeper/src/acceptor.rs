@@ -68,7 +68,8 @@ pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
             Some(spec) => tokio::select! {
                 r = follow(&tl, &conf, &spec) => r,
                 _ = compute_rx.changed() => continue,
-                _ = recovery_rx.changed() => continue,
+                _ = recovery_rx.wait_for(Option::is_some) => continue,
+                _ = newer_term_seen(&tl, spec.term) => continue,
                 _ = tl.cancel.cancelled() => return,
             },
         };
@@ -87,14 +88,14 @@ pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = compute_rx.changed() => {}
-            _ = recovery_rx.changed() => {}
+            _ = recovery_rx.wait_for(Option::is_some) => {}
             _ = tl.cancel.cancelled() => return,
         }
         if compute_rx.borrow().is_none() && tl.persistent().peers.len() <= 1 {
             // Nothing to follow yet: wait for the control plane.
             tokio::select! {
                 _ = compute_rx.changed() => {}
-                _ = recovery_rx.changed() => {}
+                _ = recovery_rx.wait_for(Option::is_some) => {}
                 _ = tl.cancel.cancelled() => return,
             }
         }
@@ -136,6 +137,16 @@ async fn run_recovery(tl: &Timeline, conf: &SafekeeperConf, target: &RecoveryTar
         METRICS.recovery_errors.inc();
         tracing::warn!(peer = target.peer_id, "peer recovery: {e:#}");
         tl.set_acceptor_status(|s| s.last_error = Some(format!("peer recovery from safekeeper {}: {e:#}", target.peer_id)));
+    }
+}
+
+/// Resolves once the broker shows a peer on a term newer than `term`: this
+/// safekeeper is fenced from its compute and must take the peer's history.
+async fn newer_term_seen(tl: &Timeline, term: u64) {
+    let mut view = tl.subscribe_peer_view();
+    let _ = view.wait_for(|v| v.as_ref().is_some_and(|v| v.iter().any(|i| i.term > term))).await;
+    if view.has_changed().is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -15,13 +15,15 @@
 //!   recovery has brought its WAL up to that start LSN;
 //! * `last_record_lsn` is always a record boundary at or below `flush_lsn`.
 //!
-//! Locking: `state` is a std mutex held only for field updates; `storage` is
+//! Locking: `state` is a std mutex held only for field updates; control
+//! file writes are serialized by `persist_lock` and write the newest state; `storage` is
 //! a std mutex taken only inside `spawn_blocking` (file I/O). Neither is ever
 //! held across an `.await`.
 //!
 //! Cancellation: `append_and_flush` runs its I/O on the blocking pool; if the
-//! caller is dropped the write still completes (and the flush position is
-//! published), so a cancelled caller never leaves a half-recorded flush.
+//! caller is dropped the write still completes, but its flush position is
+//! not published (the next writer, which waits for the storage lock, sees
+//! the durable end), so a cancelled caller never publishes a stale flush.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -112,6 +114,12 @@ pub struct Timeline {
     peer_view: watch::Sender<Option<Vec<SafekeeperTimelineInfo>>>,
     /// Peer recovery asked for by the control plane.
     recovery: watch::Sender<Option<RecoveryTarget>>,
+    /// Held by every WAL change as a whole (append + publish, term change,
+    /// adopt, resume cut), so a term change never interleaves with a batch
+    /// of the acceptor or of peer recovery.
+    writer: tokio::sync::Mutex<()>,
+    /// Serializes control file writes (see [`Timeline::persist`]).
+    persist_lock: Arc<tokio::sync::Mutex<()>>,
     /// Cancelled when the timeline is deleted or the safekeeper stops.
     pub cancel: CancellationToken,
 }
@@ -165,6 +173,8 @@ impl Timeline {
             compute: watch::Sender::new(state.compute.clone()),
             peer_view: watch::Sender::new(None),
             recovery: watch::Sender::new(None),
+            persist_lock: Arc::new(tokio::sync::Mutex::new(())),
+            writer: tokio::sync::Mutex::new(()),
             state: Mutex::new(Volatile { persistent: state, last_record_end: flush, last_persist: Instant::now(), acceptor: AcceptorStatus::default(), last_received: None }),
             storage: Arc::new(Mutex::new(storage)),
             cancel: CancellationToken::new(),
@@ -249,6 +259,7 @@ impl Timeline {
     /// `record_end` is the end of the last complete record in it (for the
     /// control file). Returns the new flush LSN.
     pub async fn append_and_flush(&self, term: u64, start: Lsn, data: bytes::Bytes, record_end: Lsn) -> Result<Lsn, TimelineError> {
+        let _writer = self.writer.lock().await;
         let len = data.len() as u64;
         let started = Instant::now();
         let flush = self
@@ -281,11 +292,22 @@ impl Timeline {
         None
     }
 
-    async fn persist(&self, state: TimelinePersistentState) -> Result<(), TimelineError> {
+    /// Write the control file. Persists are serialized and each writes the
+    /// state current when its turn comes (`changed` or newer), so an older
+    /// snapshot can never overwrite a newer term on disk. The lock guard
+    /// moves into the blocking task: a dropped caller cannot let a second
+    /// writer in while the file is being replaced.
+    async fn persist(&self, changed: TimelinePersistentState) -> Result<(), TimelineError> {
+        let guard = self.persist_lock.clone().lock_owned().await;
+        let state = self.lock().persistent.clone();
+        debug_assert!(state.term >= changed.term);
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || control_file::persist(&dir, &state))
-            .await
-            .map_err(|e| TimelineError::Join(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            control_file::persist(&dir, &state)
+        })
+        .await
+        .map_err(|e| TimelineError::Join(e.to_string()))??;
         Ok(())
     }
 
@@ -308,6 +330,7 @@ impl Timeline {
     /// A safekeeper whose WAL ends before the start LSN takes the term
     /// without cutting anything and catches up from peers later.
     pub async fn set_compute(&self, spec: ComputeSpec) -> Result<(), TimelineError> {
+        let _writer = self.writer.lock().await;
         let (current, flush) = {
             let st = self.lock();
             (st.persistent.clone(), self.flush_lsn())
@@ -319,20 +342,22 @@ impl Timeline {
             return Err(TimelineError::OldTerm { requested: spec.term, current: current.term });
         }
         let empty = flush == current.timeline_start_lsn;
-        let lagging = flush < spec.start_lsn && !empty;
         let (start, term) = (spec.start_lsn, spec.term);
-        self.with_storage(move |s| {
-            s.term = term;
-            if empty && start > s.start_lsn() {
-                s.reset_start(start)
-            } else if lagging {
-                Ok(())
-            } else {
-                s.truncate(start)
-            }
-        })
-        .await?;
-        let cut = if lagging { flush } else { start };
+        // Decided under the storage lock, on the durable end of WAL.
+        let lagging_at = self
+            .with_storage(move |s| {
+                s.term = term;
+                if empty && start > s.start_lsn() {
+                    s.reset_start(start).map(|_| None)
+                } else if s.flush_lsn() < start && !empty {
+                    Ok(Some(s.flush_lsn()))
+                } else {
+                    s.truncate(start).map(|_| None)
+                }
+            })
+            .await?;
+        let lagging = lagging_at.is_some();
+        let cut = lagging_at.unwrap_or(start);
         let snapshot = {
             let mut st = self.lock();
             if empty {
@@ -359,6 +384,7 @@ impl Timeline {
     /// Take a peer's newer term, history and compute (peer recovery): WAL
     /// past the common prefix of the two histories is cut first.
     pub async fn adopt(&self, term: u64, history: TermHistory, compute: Option<ComputeSpec>) -> Result<Lsn, TimelineError> {
+        let _writer = self.writer.lock().await;
         let current = self.persistent();
         if term < current.term {
             return Err(TimelineError::OldTerm { requested: term, current: current.term });
@@ -394,6 +420,7 @@ impl Timeline {
     /// the last complete record. WAL past it (part of a record cut by a
     /// disconnect) is removed first, so the resent bytes append contiguously.
     pub async fn resume_position(&self, term: u64) -> Result<Lsn, TimelineError> {
+        let _writer = self.writer.lock().await;
         let resume = self.lock().last_record_end;
         self.with_storage(move |s| {
             if s.term != term {
