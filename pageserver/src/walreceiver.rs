@@ -409,3 +409,21 @@ async fn stream_once(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_and_list_forms_of_a_wal_source() {
+        let old: WalSource = serde_json::from_str(r#"{"kind":"safekeeper","conninfo":"host=a port=1"}"#).unwrap();
+        assert_eq!(old.all(), vec!["host=a port=1".to_string()]);
+        let list: WalSource = serde_json::from_str(r#"{"kind":"safekeeper","conninfos":["host=a port=1","host=b port=2","host=a port=1"]}"#).unwrap();
+        assert_eq!(list.all(), vec!["host=a port=1".to_string(), "host=b port=2".to_string()]);
+        // What is persisted reads back the same.
+        let back: WalSource = serde_json::from_slice(&serde_json::to_vec(&list).unwrap()).unwrap();
+        assert_eq!(back, list);
+        let empty: WalSource = serde_json::from_str(r#"{"kind":"primary"}"#).unwrap();
+        assert!(empty.all().is_empty());
+    }
+}
