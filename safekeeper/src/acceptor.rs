@@ -44,6 +44,14 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Why the acceptor does not follow its compute for now.
+#[derive(Debug, thiserror::Error)]
+#[error("WAL ends at {wal_end}, the compute starts at {start_lsn}, or a peer holds a newer term: waiting for peer recovery")]
+struct WaitingForRecovery {
+    wal_end: Lsn,
+    start_lsn: Lsn,
+}
+
 /// How often a safekeeper waiting for its first broker view says so.
 const FIRST_VIEW_WARN_INTERVAL: Duration = Duration::from_secs(3);
 
@@ -64,7 +72,7 @@ pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
         let spec = compute_rx.borrow_and_update().clone();
         let result = match spec {
             None => Ok(()),
-            Some(spec) if !can_follow(&tl, &spec) => Err(anyhow::anyhow!("WAL ends at {}, before the compute's start {}, or a peer holds a newer term: waiting for peer recovery", tl.last_record_lsn(), spec.start_lsn)),
+            Some(spec) if !can_follow(&tl, &spec) => Err(anyhow::Error::new(WaitingForRecovery { wal_end: tl.last_record_lsn(), start_lsn: spec.start_lsn })),
             Some(spec) => tokio::select! {
                 r = follow(&tl, &conf, &spec) => r,
                 _ = compute_rx.changed() => continue,
@@ -79,7 +87,9 @@ pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
             Ok(()) if compute_rx.borrow().is_none() => backoff = Duration::from_secs(1),
             Ok(()) => backoff = MIN_BACKOFF,
             Err(e) => {
-                METRICS.compute_connection_errors.inc();
+                if !e.is::<WaitingForRecovery>() {
+                    METRICS.compute_connection_errors.inc();
+                }
                 tracing::warn!("compute connection: {e:#}");
                 tl.set_acceptor_status(|s| s.last_error = Some(format!("{e:#}")));
                 backoff = if connected { MIN_BACKOFF } else { (backoff * 2).min(MAX_BACKOFF) };
