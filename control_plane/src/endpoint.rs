@@ -23,6 +23,9 @@ use utils::id::{TenantId, TimelineId};
 use utils::pg_user::{pg_bin_dir, PgUser};
 
 pub const ENDPOINT_FILE: &str = "endpoint.toml";
+/// WAL a compute keeps for an absent safekeeper's slot; one further behind
+/// catches up from its peers instead.
+pub const MAX_SLOT_WAL_KEEP_SIZE: &str = "1GB";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Endpoint {

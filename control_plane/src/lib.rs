@@ -1,11 +1,13 @@
 //! The `strata` command's library: a local Strata cluster in a repository
 //! directory — its configuration ([`config`]) and its components run as
-//! background processes ([`background`], [`cluster`]).
+//! background processes ([`background`], [`cluster`]); where a compute
+//! starts is decided from the safekeepers ([`election`]).
 
 pub mod api;
 pub mod background;
 pub mod cluster;
 pub mod config;
+pub mod election;
 pub mod endpoint;
 pub mod import;
 pub mod logs;

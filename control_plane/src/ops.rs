@@ -1,6 +1,13 @@
 //! What the `strata` subcommands do, across pageserver, safekeepers and
 //! computes. Every operation validates names and state first and only then
 //! changes anything, so bad input leaves nothing half-created.
+//!
+//! `endpoint start` takes its start LSN and new term from a quorum of
+//! safekeepers ([`crate::election`]), writes the term, then waits for the
+//! pageserver (which streams from any safekeeper) to reach exactly that LSN
+//! before the basebackup. Branch points and `endpoint compare` still wait
+//! for the pageserver to reach the safekeepers' commit LSN
+//! (`caught_up_lsn`).
 
 use std::time::{Duration, Instant};
 
@@ -42,7 +49,7 @@ impl Cluster {
     }
 
     /// Create the timeline on every safekeeper and point the pageserver's
-    /// walreceiver at the first one.
+    /// walreceiver at all of them (it streams from the most advanced).
     async fn attach_wal(&self, api: &Api, t: TenantId, tl: TimelineId, start: Lsn) -> anyhow::Result<()> {
         let peers: Vec<u64> = self.conf.safekeepers.iter().map(|s| s.id).collect();
         for sk in &self.conf.safekeepers {
@@ -50,10 +57,15 @@ impl Cluster {
             let body = json!({ "timeline_id": tl, "start_lsn": start, "peers": peers, "quorum": self.quorum() });
             api.post(&url, &body).await.with_context(|| format!("create timeline on safekeeper {}", sk.id))?;
         }
-        let sk = self.conf.safekeepers.first().context("no safekeepers configured")?;
-        let conninfo = format!("host=127.0.0.1 port={} user=strata options='-c tenant_id={t} -c timeline_id={tl}'", sk.pg_port);
+        anyhow::ensure!(!self.conf.safekeepers.is_empty(), "no safekeepers configured");
+        let conninfos: Vec<String> = self
+            .conf
+            .safekeepers
+            .iter()
+            .map(|sk| format!("host=127.0.0.1 port={} user=strata options='-c tenant_id={t} -c timeline_id={tl}'", sk.pg_port))
+            .collect();
         let url = self.ps(&format!("{}/wal_source", Self::timeline_path(t, tl)));
-        api.put(&url, &json!({ "kind": "safekeeper", "conninfo": conninfo })).await?;
+        api.put(&url, &json!({ "kind": "safekeeper", "conninfos": conninfos })).await?;
         Ok(())
     }
 
@@ -209,8 +221,13 @@ impl Cluster {
             Some(e) => e.port,
             None => endpoint::free_port(self.conf.endpoint_base_port, &taken)?,
         };
-        let (commit, term) = self.safekeeper_positions(&api, t, branch.timeline_id).await?;
-        let (lsn, prev) = self.caught_up_lsn(&api, t, branch.timeline_id, commit).await?;
+        // The start LSN and the new term come from a quorum of safekeepers;
+        // the term is written before the compute exists, fencing older ones.
+        let election = self.elect(&api, t, branch.timeline_id).await?;
+        let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+        self.establish_term(&api, t, branch.timeline_id, &election, &conninfo).await?;
+        let lsn = election.start_lsn;
+        let prev = self.pageserver_at(&api, t, branch.timeline_id, lsn).await?;
         let pgdata = endpoint::pgdata_dir(&self.repo, name, &PgUser::from_env()?)?;
         let ep = Endpoint {
             name: name.into(),
@@ -231,15 +248,28 @@ impl Cluster {
             Endpoint { settings: previous, ..ep.clone() }.save(&self.repo)?;
             return Err(e);
         }
-        let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
-        let spec = json!({ "conninfo": conninfo, "term": term + 1, "start_lsn": lsn });
-        for sk in &self.conf.safekeepers {
-            let url = format!("http://127.0.0.1:{}{}/compute", sk.http_port, Self::timeline_path(t, branch.timeline_id));
-            if let Err(e) = api.put(&url, &spec).await {
-                eprintln!("warning: safekeeper {}: {e:#}", sk.id);
-            }
-        }
         Ok(ep)
+    }
+
+    /// Wait until the pageserver's last record ends exactly at `lsn` (the
+    /// elected start); returns the start of that record.
+    async fn pageserver_at(&self, api: &Api, t: TenantId, tl: TimelineId, lsn: Lsn) -> anyhow::Result<Option<Lsn>> {
+        let url = self.ps(&Self::timeline_path(t, tl));
+        let started = Instant::now();
+        loop {
+            let detail = api.get(&url).await?;
+            let last: Lsn = field(&detail, "last_record_lsn")?;
+            if last == lsn {
+                return Ok(field(&detail, "prev_record_lsn").ok());
+            }
+            if last > lsn {
+                bail!("the pageserver ingested WAL up to {last}, past the start LSN {lsn} the safekeepers elected");
+            }
+            if started.elapsed() > CATCH_UP_TIMEOUT {
+                bail!("pageserver is at {last}, the compute starts at {lsn}; not caught up after {CATCH_UP_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn fetch_basebackup(&self, api: &Api, ep: &Endpoint, lsn: Lsn, prev: Option<Lsn>) -> anyhow::Result<()> {
@@ -307,11 +337,35 @@ impl Cluster {
                 "{:<16} {:<34} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
                 b.name, b.timeline_id.to_string(), get("last_record_lsn"), get("disk_consistent_lsn"), commit, lag, db_size, layers
             ));
+            lines.extend(self.safekeeper_lines(&api, b, detail.as_ref()).await);
         }
         let on_disk = crate::import::dir_size(&self.repo.join("pageserver/data"));
         lines.push(String::new());
         lines.push(format!("pageserver on disk: {}", human_bytes(on_disk)));
         Ok(lines)
+    }
+
+    /// Per safekeeper of a branch: term, flush and commit LSN; and which one
+    /// the pageserver streams from.
+    async fn safekeeper_lines(&self, api: &Api, b: &Branch, detail: Option<&serde_json::Value>) -> Vec<String> {
+        let (answers, _) = self.ask_safekeepers(api, b.tenant_id, b.timeline_id).await;
+        let source = detail.and_then(|d| d["walreceiver"]["source"]["conninfo"].as_str()).unwrap_or("");
+        let connected = detail.and_then(|d| d["walreceiver"]["connected"].as_bool()).unwrap_or(false);
+        let mut lines = Vec::new();
+        let mut streams_from = "-".to_string();
+        for sk in &self.conf.safekeepers {
+            let is_source = source.contains(&format!("port={}", sk.pg_port));
+            if is_source {
+                streams_from = format!("sk_{}{}", sk.id, if connected { "" } else { " (connecting)" });
+            }
+            let line = match answers.iter().find(|a| a.id == sk.id) {
+                Some(a) => format!("  sk_{:<4} term {:<4} last_log_term {:<4} flush {:>12} commit {:>12}", sk.id, a.term, a.last_log_term, a.flush_lsn.to_string(), a.commit_lsn.to_string()),
+                None => format!("  sk_{:<4} not answering", sk.id),
+            };
+            lines.push(line);
+        }
+        lines.push(format!("  STREAMS_FROM {streams_from}"));
+        lines
     }
 }
 

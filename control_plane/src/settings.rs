@@ -63,6 +63,7 @@ pub fn machine_defaults() -> BTreeMap<String, String> {
         ("max_connections".to_string(), "100".to_string()),
         ("max_prepared_transactions".to_string(), "10".to_string()),
         ("wal_sender_timeout".to_string(), "10s".to_string()),
+        ("max_slot_wal_keep_size".to_string(), crate::endpoint::MAX_SLOT_WAL_KEEP_SIZE.to_string()),
     ])
 }
 

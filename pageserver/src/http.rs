@@ -9,6 +9,7 @@
 //! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}[?include_size=true]` — detail
 //! * `DELETE /v1/tenant/{tenant_id}/timeline/{timeline_id}`
 //! * `PUT    /v1/tenant/{tenant_id}/timeline/{timeline_id}/wal_source` — [`WalSource`]
+//!   (`conninfo`, or `conninfos`: several sources, the most advanced is used)
 //!   `{"kind": "safekeeper"|"primary", "conninfo": "..."}`; `DELETE` stops it
 //! * `POST   /v1/tenant/{tenant_id}/timeline/{timeline_id}/checkpoint[?image_layers=true]`
 //!   — freeze and flush the in-memory layer (and create image layers)
@@ -237,8 +238,13 @@ async fn set_wal_source(
     Json(source): Json<WalSource>,
 ) -> ApiResult<Json<WalReceiverStatus>> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
-    if let Err(e) = source.conninfo.parse::<pq_proto::ConnConfig>() {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("conninfo: {e}")));
+    if source.all().is_empty() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "give conninfo or conninfos".into()));
+    }
+    for conninfo in source.all() {
+        if let Err(e) = conninfo.parse::<pq_proto::ConnConfig>() {
+            return Err(ApiError(StatusCode::BAD_REQUEST, format!("conninfo {conninfo:?}: {e}")));
+        }
     }
     let persisted = tokio::task::spawn_blocking({
         let (tl, source) = (Arc::clone(&tl), source.clone());

@@ -70,5 +70,7 @@ pub static WAL_INGEST_RECORDS: LazyLock<IntCounter> =
     LazyLock::new(|| counter("strata_pageserver_wal_ingest_records_total", "WAL records ingested"));
 
 /// WAL bytes received by walreceivers.
+pub static WALRECEIVER_SOURCE_SWITCHES: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_pageserver_walreceiver_source_switches_total", "Walreceiver connections made to a different WAL source than the previous one"));
 pub static WAL_RECEIVED_BYTES: LazyLock<IntCounter> =
     LazyLock::new(|| counter("strata_pageserver_wal_received_bytes_total", "WAL bytes received"));

@@ -12,6 +12,14 @@
 //! last ingested LSN as written, flushed and applied (the primary keeps the
 //! WAL; disk_consistent_lsn is reported to safekeepers, which may trim).
 //!
+//! Several sources: a [`WalSource`] may list several conninfos (the
+//! timeline's safekeepers). Each connection goes to the most advanced one
+//! that answers `IDENTIFY_SYSTEM` (its xlogpos is its commit LSN); while
+//! streaming, when nothing has arrived for [`SOURCE_IDLE_PROBE`], the others
+//! are asked too, and the walreceiver reconnects to one that is ahead. Every
+//! connection resumes at `last_record_lsn`, so a switch leaves no gap and
+//! ingests no record twice.
+//!
 //! Owns: the task and its [`WalReceiverStatus`] (kept in the timeline).
 //! Invariants: WAL is ingested strictly in order from `last_record_lsn`;
 //! a gap or decode error ends the connection and the next one restarts
@@ -42,17 +50,48 @@ pub enum WalSourceKind {
     Primary,
 }
 
+/// Probe the other sources when the current one sent no WAL for this long.
+const SOURCE_IDLE_PROBE: Duration = Duration::from_secs(2);
+/// Bound on connecting to and identifying one source.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalSource {
     pub kind: WalSourceKind,
-    /// libpq `key=value` string or `postgresql://` URI.
+    /// libpq `key=value` string or `postgresql://` URI (the single form; in
+    /// the status: the source currently streamed from).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub conninfo: String,
+    /// All sources to choose from (e.g. every safekeeper of the timeline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conninfos: Vec<String>,
+}
+
+impl WalSource {
+    /// Every conninfo given, in order, without duplicates.
+    pub fn all(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for c in std::iter::once(&self.conninfo).chain(&self.conninfos) {
+            if !c.is_empty() && !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+        out
+    }
+
+    fn single(&self, conninfo: &str) -> WalSource {
+        WalSource { kind: self.kind, conninfo: conninfo.to_string(), conninfos: Vec::new() }
+    }
 }
 
 /// What the HTTP API shows of a walreceiver.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WalReceiverStatus {
+    /// The source streamed from (or last tried).
     pub source: Option<WalSource>,
+    /// Every configured source.
+    pub sources: Vec<String>,
+    pub source_switches: u64,
     pub connected: bool,
     pub last_update_unix_ms: Option<u64>,
     /// The sender's end of WAL (commit LSN for a safekeeper).
@@ -125,7 +164,8 @@ pub async fn start(tl: &Arc<Timeline>, source: WalSource) {
     let span = info_span!("walreceiver", tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id);
     let handle = tokio::spawn(run(Arc::clone(tl), source.clone(), cancel.clone()).instrument(span));
     let mut st = tl.walreceiver.lock().unwrap_or_else(|e| e.into_inner());
-    st.status = WalReceiverStatus { source: Some(source), ..Default::default() };
+    let all = source.all();
+    st.status = WalReceiverStatus { source: all.first().map(|c| source.single(c)), sources: all, ..Default::default() };
     st.task = Some((cancel, handle));
 }
 
@@ -141,9 +181,19 @@ pub async fn stop(tl: &Timeline) {
 
 async fn run(tl: Arc<Timeline>, source: WalSource, cancel: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
+    let mut previous: Option<String> = None;
     loop {
         update(&tl, |s| s.connection_attempts += 1);
-        let result = stream_once(&tl, &source, &cancel).await;
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            picked = pick_source(&tl, &source) => match picked {
+                Ok((conninfo, client, ident)) => {
+                    note_source(&tl, &source, &conninfo, &mut previous);
+                    stream_once(&tl, &source, &conninfo, client, ident, &cancel).await
+                }
+                Err(e) => Err(e),
+            },
+        };
         update(&tl, |s| {
             s.connected = false;
             if let Err(e) = &result {
@@ -163,6 +213,60 @@ async fn run(tl: Arc<Timeline>, source: WalSource, cancel: CancellationToken) {
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+fn note_source(tl: &Timeline, source: &WalSource, conninfo: &str, previous: &mut Option<String>) {
+    let switched = previous.as_deref().is_some_and(|p| p != conninfo);
+    if switched {
+        crate::metrics::WALRECEIVER_SOURCE_SWITCHES.inc();
+        info!(from = previous.as_deref().unwrap_or(""), to = conninfo, "switching WAL source");
+    }
+    *previous = Some(conninfo.to_string());
+    update(tl, |s| {
+        s.source = Some(source.single(conninfo));
+        s.source_switches += u64::from(switched);
+    });
+}
+
+/// Connect to `conninfo` and identify it, within [`PROBE_TIMEOUT`].
+async fn connect_source(tl: &Timeline, kind: WalSourceKind, conninfo: &str) -> Result<(ReplicationClient, pq_proto::IdentifySystem), String> {
+    let mut conf: ConnConfig = conninfo.parse().map_err(|e| format!("conninfo: {e}"))?;
+    if kind == WalSourceKind::Safekeeper && conf.options.is_none() {
+        conf.options = Some(format!("-c tenant_id={} -c timeline_id={}", tl.tenant_id, tl.timeline_id));
+    }
+    conf.application_name = Some("pageserver".into());
+    let attempt = async {
+        let mut client = ReplicationClient::connect_config(&conf).await.map_err(|e| format!("connect: {e}"))?;
+        let ident = client.identify_system().await.map_err(|e| format!("IDENTIFY_SYSTEM: {e}"))?;
+        if ident.system_id != 0 && ident.system_id != tl.system_id {
+            return Err(format!("system id {} of the source is not the timeline's {}", ident.system_id, tl.system_id));
+        }
+        Ok((client, ident))
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt).await.map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
+}
+
+/// The most advanced source that answers (first listed on ties).
+async fn pick_source(tl: &Timeline, source: &WalSource) -> Result<(String, ReplicationClient, pq_proto::IdentifySystem), String> {
+    let all = source.all();
+    let probes = futures::future::join_all(all.iter().map(|c| connect_source(tl, source.kind, c))).await;
+    let mut best: Option<(String, ReplicationClient, pq_proto::IdentifySystem)> = None;
+    let mut errors = Vec::new();
+    for (conninfo, probe) in all.iter().zip(probes) {
+        match probe {
+            Ok((client, ident)) if best.as_ref().is_none_or(|b| ident.xlogpos > b.2.xlogpos) => best = Some((conninfo.clone(), client, ident)),
+            Ok(_) => {}
+            Err(e) => errors.push(format!("{conninfo}: {e}")),
+        }
+    }
+    best.ok_or_else(|| format!("no WAL source answers: {}", errors.join("; ")))
+}
+
+/// Whether another source is ahead of `current_end` (what the current one has).
+async fn other_source_ahead(tl: &Timeline, source: &WalSource, current: &str, current_end: Lsn) -> Option<String> {
+    let others: Vec<String> = source.all().into_iter().filter(|c| c != current).collect();
+    let probes = futures::future::join_all(others.iter().map(|c| connect_source(tl, source.kind, c))).await;
+    others.into_iter().zip(probes).find_map(|(c, p)| p.ok().filter(|(_, ident)| ident.xlogpos > current_end).map(|_| c))
 }
 
 async fn send_feedback(tl: &Timeline, kind: WalSourceKind, stream: &mut ReplicationStream) -> Result<(), String> {
@@ -210,26 +314,21 @@ fn spawn_flush(tl: &Arc<Timeline>) {
 
 /// One connection. `Ok(true)` when cancelled, `Ok(false)` when the server
 /// ended the stream.
-async fn stream_once(tl: &Arc<Timeline>, source: &WalSource, cancel: &CancellationToken) -> Result<bool, String> {
-    let mut conf: ConnConfig = source.conninfo.parse().map_err(|e| format!("conninfo: {e}"))?;
-    if source.kind == WalSourceKind::Safekeeper && conf.options.is_none() {
-        conf.options = Some(format!("-c tenant_id={} -c timeline_id={}", tl.tenant_id, tl.timeline_id));
-    }
-    conf.application_name = Some("pageserver".into());
-    let mut client = tokio::select! {
-        _ = cancel.cancelled() => return Ok(true),
-        c = ReplicationClient::connect_config(&conf) => c.map_err(|e| format!("connect: {e}"))?,
-    };
-    let ident = client.identify_system().await.map_err(|e| format!("IDENTIFY_SYSTEM: {e}"))?;
-    if ident.system_id != 0 && ident.system_id != tl.system_id {
-        return Err(format!("system id {} of the source is not the timeline's {}", ident.system_id, tl.system_id));
-    }
+async fn stream_once(
+    tl: &Arc<Timeline>,
+    source: &WalSource,
+    conninfo: &str,
+    client: ReplicationClient,
+    ident: pq_proto::IdentifySystem,
+    cancel: &CancellationToken,
+) -> Result<bool, String> {
     let start = tl.last_record_lsn();
     let mut stream = client
         .start_replication(None, start, ident.timeline.max(1))
         .await
         .map_err(|e| format!("START_REPLICATION at {start}: {e}"))?;
-    info!(%start, kind = ?source.kind, "streaming WAL");
+    info!(%start, kind = ?source.kind, conninfo, "streaming WAL");
+    let (mut source_end, mut last_data) = (ident.xlogpos, std::time::Instant::now());
     update(tl, |s| {
         s.connected = true;
         s.last_error = None;
@@ -248,6 +347,12 @@ async fn stream_once(tl: &Arc<Timeline>, source: &WalSource, cancel: &Cancellati
                     spawn_flush(tl);
                 }
                 send_feedback(tl, source.kind, &mut stream).await?;
+                if last_data.elapsed() >= SOURCE_IDLE_PROBE {
+                    last_data = std::time::Instant::now();
+                    if let Some(other) = other_source_ahead(tl, source, conninfo, source_end.max(tl.last_record_lsn())).await {
+                        return Err(format!("source is behind {other}; reconnecting to the most advanced"));
+                    }
+                }
                 continue;
             }
             msg = stream.next() => msg.map_err(|e| format!("reading the stream: {e}"))?,
@@ -284,6 +389,7 @@ async fn stream_once(tl: &Arc<Timeline>, source: &WalSource, cancel: &Cancellati
                     spawn_flush(tl);
                 }
                 let end = d.end_lsn();
+                (source_end, last_data) = (d.wal_end.max(end), std::time::Instant::now());
                 update(tl, |s| {
                     s.last_received_lsn = Some(end);
                     s.commit_lsn = Some(d.wal_end.max(end));
@@ -291,6 +397,7 @@ async fn stream_once(tl: &Arc<Timeline>, source: &WalSource, cancel: &Cancellati
                 });
             }
             Some(ReplicationMessage::PrimaryKeepalive(k)) => {
+                source_end = source_end.max(k.wal_end);
                 update(tl, |s| {
                     s.commit_lsn = Some(k.wal_end);
                     s.last_update_unix_ms = Some(now_ms());
@@ -300,5 +407,23 @@ async fn stream_once(tl: &Arc<Timeline>, source: &WalSource, cancel: &Cancellati
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_and_list_forms_of_a_wal_source() {
+        let old: WalSource = serde_json::from_str(r#"{"kind":"safekeeper","conninfo":"host=a port=1"}"#).unwrap();
+        assert_eq!(old.all(), vec!["host=a port=1".to_string()]);
+        let list: WalSource = serde_json::from_str(r#"{"kind":"safekeeper","conninfos":["host=a port=1","host=b port=2","host=a port=1"]}"#).unwrap();
+        assert_eq!(list.all(), vec!["host=a port=1".to_string(), "host=b port=2".to_string()]);
+        // What is persisted reads back the same.
+        let back: WalSource = serde_json::from_slice(&serde_json::to_vec(&list).unwrap()).unwrap();
+        assert_eq!(back, list);
+        let empty: WalSource = serde_json::from_str(r#"{"kind":"primary"}"#).unwrap();
+        assert!(empty.all().is_empty());
     }
 }

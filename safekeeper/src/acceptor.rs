@@ -9,6 +9,10 @@
 //! A stream decoder runs over the received WAL: it rejects damaged WAL and
 //! tells where records end, which is where a later connection resumes.
 //!
+//! Before each connection the acceptor checks whether it must first catch
+//! up from a peer ([`recovery`]); it never follows a compute whose start LSN
+//! is beyond its own WAL, nor one of an older term than a peer shows.
+//!
 //! Reconnects with exponential backoff when the compute goes away. A new
 //! compute (higher term) cancels the current connection at once; the term
 //! is re-checked under the storage lock on every write, so a cancelled
@@ -31,6 +35,7 @@ use utils::lsn::Lsn;
 
 use crate::control_file::ComputeSpec;
 use crate::metrics::METRICS;
+use crate::recovery::{self, RecoveryTarget};
 use crate::timeline::Timeline;
 use crate::SafekeeperConf;
 
@@ -39,26 +44,52 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Follow the timeline's compute until the timeline is cancelled.
+/// Why the acceptor does not follow its compute for now.
+#[derive(Debug, thiserror::Error)]
+#[error("WAL ends at {wal_end}, the compute starts at {start_lsn}, or a peer holds a newer term: waiting for peer recovery")]
+struct WaitingForRecovery {
+    wal_end: Lsn,
+    start_lsn: Lsn,
+}
+
+/// How often a safekeeper waiting for its first broker view says so.
+const FIRST_VIEW_WARN_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Acquire WAL for the timeline until it is cancelled: from peers when
+/// behind (see [`recovery`]), otherwise from the compute.
 pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
     let mut compute_rx = tl.subscribe_compute();
+    let mut recovery_rx = tl.subscribe_recovery();
     let mut backoff = MIN_BACKOFF;
+    wait_first_view(&tl, &conf).await;
     loop {
+        if let Some(target) = next_recovery(&tl) {
+            tokio::select! {
+                _ = run_recovery(&tl, &conf, &target) => {}
+                _ = tl.cancel.cancelled() => return,
+            }
+        }
         let spec = compute_rx.borrow_and_update().clone();
         let result = match spec {
             None => Ok(()),
+            Some(spec) if !can_follow(&tl, &spec) => Err(anyhow::Error::new(WaitingForRecovery { wal_end: tl.last_record_lsn(), start_lsn: spec.start_lsn })),
             Some(spec) => tokio::select! {
                 r = follow(&tl, &conf, &spec) => r,
                 _ = compute_rx.changed() => continue,
+                _ = recovery_rx.wait_for(Option::is_some) => continue,
+                _ = newer_term_seen(&tl, spec.term) => continue,
                 _ = tl.cancel.cancelled() => return,
             },
         };
         let connected = tl.acceptor_status().connected;
         tl.set_acceptor_status(|s| s.connected = false);
         match result {
+            Ok(()) if compute_rx.borrow().is_none() => backoff = Duration::from_secs(1),
             Ok(()) => backoff = MIN_BACKOFF,
             Err(e) => {
-                METRICS.compute_connection_errors.inc();
+                if !e.is::<WaitingForRecovery>() {
+                    METRICS.compute_connection_errors.inc();
+                }
                 tracing::warn!("compute connection: {e:#}");
                 tl.set_acceptor_status(|s| s.last_error = Some(format!("{e:#}")));
                 backoff = if connected { MIN_BACKOFF } else { (backoff * 2).min(MAX_BACKOFF) };
@@ -67,16 +98,72 @@ pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = compute_rx.changed() => {}
+            _ = recovery_rx.wait_for(Option::is_some) => {}
             _ = tl.cancel.cancelled() => return,
         }
-        if compute_rx.borrow().is_none() {
+        if compute_rx.borrow().is_none() && tl.persistent().peers.len() <= 1 {
             // Nothing to follow yet: wait for the control plane.
             tokio::select! {
                 _ = compute_rx.changed() => {}
+                _ = recovery_rx.wait_for(Option::is_some) => {}
                 _ = tl.cancel.cancelled() => return,
             }
         }
     }
+}
+
+/// A safekeeper of a multi-safekeeper timeline follows no compute before it
+/// has seen its peers once: one of them may hold a newer term, whose compute
+/// may even listen at the same address as the old one. Safety over
+/// availability: without a broker it waits (the other safekeepers still
+/// serve the compute).
+async fn wait_first_view(tl: &Timeline, conf: &SafekeeperConf) {
+    if tl.persistent().peers.len() <= 1 || conf.broker_endpoint.is_none() {
+        return;
+    }
+    let mut view = tl.subscribe_peer_view();
+    loop {
+        tokio::select! {
+            got = tokio::time::timeout(FIRST_VIEW_WARN_INTERVAL, view.wait_for(|v| v.is_some())) => match got {
+                Ok(_) => return,
+                Err(_) => tracing::warn!("no broker view yet: not following the compute until the peers' terms are known"),
+            },
+            _ = tl.cancel.cancelled() => return,
+        }
+    }
+}
+
+/// A recovery the control plane asked for, else one the broker view calls for.
+fn next_recovery(tl: &Timeline) -> Option<RecoveryTarget> {
+    if let Some(requested) = tl.take_recovery_request() {
+        return Some(requested);
+    }
+    let view = tl.subscribe_peer_view().borrow().clone()?;
+    recovery::auto_target(tl, &view)
+}
+
+async fn run_recovery(tl: &Timeline, conf: &SafekeeperConf, target: &RecoveryTarget) {
+    if let Err(e) = recovery::recover(tl, conf.id, target).await {
+        METRICS.recovery_errors.inc();
+        tracing::warn!(peer = target.peer_id, "peer recovery: {e:#}");
+        tl.set_acceptor_status(|s| s.last_error = Some(format!("peer recovery from safekeeper {}: {e:#}", target.peer_id)));
+    }
+}
+
+/// Resolves once the broker shows a peer on a term newer than `term`: this
+/// safekeeper is fenced from its compute and must take the peer's history.
+async fn newer_term_seen(tl: &Timeline, term: u64) {
+    let mut view = tl.subscribe_peer_view();
+    let _ = view.wait_for(|v| v.as_ref().is_some_and(|v| v.iter().any(|i| i.term > term))).await;
+    if view.has_changed().is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The compute's WAL continues ours, and no peer shows a newer term.
+fn can_follow(tl: &Timeline, spec: &ComputeSpec) -> bool {
+    let fenced = tl.subscribe_peer_view().borrow().as_ref().is_some_and(|v| v.iter().any(|i| i.term > spec.term));
+    spec.term == tl.term() && tl.last_record_lsn() >= spec.start_lsn && !fenced
 }
 
 /// One connection to the compute, streaming until it ends or fails.

@@ -6,6 +6,10 @@
 //! read locally, never from the broker). With a single peer it is simply the
 //! local flush LSN and no broker is needed.
 //!
+//! The fresh part of every view is also kept in the timeline
+//! ([`Timeline::set_peer_view`]): the acceptor decides on peer recovery and
+//! fencing from it.
+//!
 //! Cancellation: the task ends when the timeline's cancellation token fires;
 //! every await in it is a broker request or a timer, safe to drop.
 
@@ -52,6 +56,16 @@ fn commit_from_view(tl: &Timeline, view: &TimelineView) -> Option<Lsn> {
         }
     }
     quorum_lsn(flushes, state.quorum)
+}
+
+/// Infos of the other peers of the timeline that published recently.
+fn fresh_peers(tl: &Timeline, view: &TimelineView) -> Vec<SafekeeperTimelineInfo> {
+    let peers = tl.persistent().peers;
+    view.safekeepers
+        .iter()
+        .filter(|p| p.age_ms < PEER_STALE_MS && p.info.safekeeper_id != tl.safekeeper_id && peers.contains(&p.info.safekeeper_id))
+        .map(|p| p.info.clone())
+        .collect()
 }
 
 fn own_info(tl: &Timeline, conf: &SafekeeperConf) -> SafekeeperTimelineInfo {
@@ -138,6 +152,7 @@ async fn subscribe_loop(tl: Arc<Timeline>, client: BrokerClient) {
         match client.poll(tl.tenant_id, tl.timeline_id, version, POLL_TIMEOUT).await {
             Ok(view) => {
                 version = Some(view.version);
+                tl.set_peer_view(fresh_peers(&tl, &view));
                 if let Some(candidate) = commit_from_view(&tl, &view) {
                     tl.advance_commit_lsn(candidate);
                 }

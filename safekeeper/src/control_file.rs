@@ -7,6 +7,10 @@
 //! fsynced, renamed over the old one, and the directory fsynced. A torn or
 //! damaged file is an error naming the file, never a silently default state.
 //!
+//! Format versions: 1 had no term history; 2 adds `term_history`. A version
+//! 1 file loads with a history synthesized from its compute spec (or its
+//! timeline start), and is rewritten as version 2 at the next persist.
+//!
 //! `flush_lsn` here is a lower bound: the true end of durable WAL is found at
 //! start by scanning the WAL from it (see `wal_storage`), so the control
 //! file needs no rewrite on every fsync.
@@ -21,7 +25,8 @@ use utils::lsn::Lsn;
 
 pub const CONTROL_FILE_NAME: &str = "safekeeper.control";
 const MAGIC: &[u8; 4] = b"SKCF";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+const OLDEST_FORMAT_VERSION: u32 = 1;
 const HEADER_SIZE_BYTES: usize = 12;
 const CRC_SIZE_BYTES: usize = 4;
 
@@ -34,6 +39,47 @@ pub struct ComputeSpec {
     pub term: u64,
     /// The compute's first WAL position: WAL past it from older terms is gone.
     pub start_lsn: Lsn,
+}
+
+/// One entry of a term history: the compute of `term` wrote WAL from `start_lsn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermEntry {
+    pub term: u64,
+    pub start_lsn: Lsn,
+}
+
+/// The terms whose WAL a safekeeper's WAL is made of, oldest first; start
+/// LSNs never decrease. WAL at LSN x belongs to the last entry starting at or
+/// below x.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermHistory(pub Vec<TermEntry>);
+
+impl TermHistory {
+    /// Term of the WAL just below `flush_lsn` (0 when no term wrote any).
+    pub fn last_log_term(&self, flush_lsn: Lsn) -> u64 {
+        self.0.iter().rev().find(|e| e.start_lsn <= flush_lsn).map_or(0, |e| e.term)
+    }
+
+    /// Add a term starting at `start_lsn`, dropping entries it supersedes
+    /// (those starting above it: their WAL was cut).
+    pub fn push(&mut self, term: u64, start_lsn: Lsn) {
+        self.0.retain(|e| e.start_lsn <= start_lsn && e.term < term);
+        self.0.push(TermEntry { term, start_lsn });
+    }
+
+    /// Up to where WAL of ours (ending at `our_flush`) is also WAL of
+    /// `theirs`: the end of the common prefix of the two histories.
+    pub fn common_prefix_end(&self, theirs: &TermHistory, our_flush: Lsn) -> Lsn {
+        let mut end = Lsn(0);
+        for (i, (a, b)) in self.0.iter().zip(&theirs.0).enumerate() {
+            if a != b {
+                break;
+            }
+            let next = |h: &TermHistory| h.0.get(i + 1).map_or(Lsn(u64::MAX), |e| e.start_lsn);
+            end = next(self).min(next(theirs));
+        }
+        end.min(our_flush)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +105,19 @@ pub struct TimelinePersistentState {
     pub peers: Vec<u64>,
     /// How many of `peers` must have WAL for it to be committed.
     pub quorum: usize,
+    /// Terms of the WAL held (format version 2).
+    #[serde(default)]
+    pub term_history: TermHistory,
+}
+
+impl TimelinePersistentState {
+    /// A version 1 state has no history: its WAL is of its current term.
+    fn fill_history(&mut self) {
+        if self.term_history.0.is_empty() && self.term > 0 {
+            let start = self.compute.as_ref().map_or(self.timeline_start_lsn, |c| c.start_lsn.min(self.timeline_start_lsn));
+            self.term_history.push(self.term, start);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +156,8 @@ pub fn decode(path: &Path, buf: &[u8]) -> Result<TimelinePersistentState, Contro
         return Err(corrupt("bad magic".into()));
     }
     let version = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if version != FORMAT_VERSION {
-        return Err(corrupt(format!("format version {version}, expected {FORMAT_VERSION}")));
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+        return Err(corrupt(format!("format version {version}, expected {OLDEST_FORMAT_VERSION}..={FORMAT_VERSION}")));
     }
     let body_len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
     if buf.len() != HEADER_SIZE_BYTES + body_len + CRC_SIZE_BYTES {
@@ -110,7 +169,10 @@ pub fn decode(path: &Path, buf: &[u8]) -> Result<TimelinePersistentState, Contro
     if stored != actual {
         return Err(corrupt(format!("CRC mismatch: stored {stored:08x}, computed {actual:08x}")));
     }
-    serde_json::from_slice(&content[HEADER_SIZE_BYTES..]).map_err(|e| corrupt(format!("body: {e}")))
+    let mut state: TimelinePersistentState =
+        serde_json::from_slice(&content[HEADER_SIZE_BYTES..]).map_err(|e| corrupt(format!("body: {e}")))?;
+    state.fill_history();
+    Ok(state)
 }
 
 /// Read the control file of the timeline directory `dir`.
@@ -156,7 +218,40 @@ mod tests {
             remote_consistent_lsn: Lsn(0),
             peers: vec![1, 2, 3],
             quorum: 2,
+            term_history: TermHistory(vec![TermEntry { term: 3, start_lsn: Lsn(0x1000000) }]),
         }
+    }
+
+    #[test]
+    fn version_1_files_load_with_a_history() {
+        let mut state = sample();
+        state.term_history = TermHistory::default();
+        let body = serde_json::to_vec(&state).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v.as_object_mut().unwrap().remove("term_history");
+        let body = serde_json::to_vec(&v).unwrap();
+        let mut buf = Vec::new();
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&1u32.to_le_bytes());
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&body);
+        let crc = crc32c::crc32c(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        let loaded = decode(Path::new("old"), &buf).unwrap();
+        assert_eq!(loaded.term_history, sample().term_history);
+    }
+
+    #[test]
+    fn term_history_prefix_and_last_log_term() {
+        let e = |term, lsn| TermEntry { term, start_lsn: Lsn(lsn) };
+        let mut ours = TermHistory(vec![e(1, 100), e(2, 500)]);
+        assert_eq!(ours.last_log_term(Lsn(400)), 1);
+        assert_eq!(ours.last_log_term(Lsn(500)), 2);
+        let theirs = TermHistory(vec![e(1, 100), e(3, 300)]);
+        assert_eq!(ours.common_prefix_end(&theirs, Lsn(900)), Lsn(300));
+        assert_eq!(ours.common_prefix_end(&ours.clone(), Lsn(900)), Lsn(900));
+        ours.push(4, Lsn(300));
+        assert_eq!(ours.0, vec![e(1, 100), e(4, 300)]);
     }
 
     #[test]

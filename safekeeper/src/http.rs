@@ -3,7 +3,11 @@
 //! * `POST   /v1/tenant/{tenant_id}/timeline` — create ([`CreateTimelineRequest`])
 //! * `PUT    /v1/tenant/{tenant_id}/timeline/{timeline_id}/compute` — follow a
 //!   compute ([`ComputeSpec`]: conninfo, term, start LSN)
-//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}` — status
+//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}` — status (term,
+//!   term history, last log term, flush/commit/last record LSNs, …)
+//! * `POST   /v1/tenant/{tenant_id}/timeline/{timeline_id}/recover` — catch up
+//!   from a peer ([`RecoveryTarget`]); answers once flushed up to `up_to`
+//!   (504 after [`RECOVER_WAIT`] otherwise)
 //! * `DELETE /v1/tenant/{tenant_id}/timeline/{timeline_id}`
 //! * `GET    /v1/status` — this safekeeper and its timelines
 //! * `GET    /metrics` — Prometheus
@@ -21,7 +25,8 @@ use serde::Serialize;
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 
-use crate::control_file::ComputeSpec;
+use crate::control_file::{ComputeSpec, TermHistory};
+use crate::recovery::RecoveryTarget;
 use crate::timeline::{AcceptorStatus, CreateTimelineRequest, Timeline, TimelineError};
 use crate::timelines::{Timelines, TimelinesError};
 use crate::walsender::ReplicaStatus;
@@ -51,7 +56,7 @@ struct TimelineErrorRef<'a>(&'a TimelineError);
 impl From<TimelineErrorRef<'_>> for ApiError {
     fn from(e: TimelineErrorRef<'_>) -> Self {
         let code = match e.0 {
-            TimelineError::OldTerm { .. } | TimelineError::Lagging { .. } | TimelineError::SystemIdMismatch { .. } => StatusCode::CONFLICT,
+            TimelineError::OldTerm { .. } | TimelineError::SystemIdMismatch { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.0.to_string())
@@ -71,8 +76,13 @@ pub struct TimelineStatus {
     pub safekeeper_id: u64,
     pub system_id: u64,
     pub term: u64,
+    /// Term of the last WAL held.
+    pub last_log_term: u64,
+    pub term_history: TermHistory,
     pub timeline_start_lsn: Lsn,
     pub flush_lsn: Lsn,
+    /// End of the last complete record held (a record boundary <= flush_lsn).
+    pub last_record_lsn: Lsn,
     pub commit_lsn: Lsn,
     pub remote_consistent_lsn: Lsn,
     pub peers: Vec<u64>,
@@ -90,8 +100,11 @@ fn status_of(tl: &Timeline) -> TimelineStatus {
         safekeeper_id: tl.safekeeper_id,
         system_id: p.system_id,
         term: p.term,
+        last_log_term: tl.last_log_term(),
+        term_history: p.term_history,
         timeline_start_lsn: p.timeline_start_lsn,
         flush_lsn: tl.flush_lsn(),
+        last_record_lsn: tl.last_record_lsn(),
         commit_lsn: tl.commit_lsn(),
         remote_consistent_lsn: p.remote_consistent_lsn,
         peers: p.peers,
@@ -129,6 +142,29 @@ async fn set_compute(
     Ok(Json(status_of(&tl)))
 }
 
+/// How long `POST .../recover` waits for the WAL to arrive.
+pub const RECOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn recover(
+    State(tls): State<Arc<Timelines>>,
+    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    Json(target): Json<RecoveryTarget>,
+) -> ApiResult<Json<TimelineStatus>> {
+    let tl = tls.get(tenant_id, timeline_id)?;
+    let up_to = target.up_to;
+    tl.request_recovery(target);
+    let Some(up_to) = up_to else { return Ok(Json(status_of(&tl))) };
+    let mut flush = tl.subscribe_flush();
+    let reached = tokio::time::timeout(RECOVER_WAIT, flush.wait_for(|f| *f >= up_to)).await;
+    match reached {
+        Ok(Ok(_)) => Ok(Json(status_of(&tl))),
+        _ => {
+            let error = tl.acceptor_status().last_error.unwrap_or_default();
+            Err(ApiError(StatusCode::GATEWAY_TIMEOUT, format!("WAL not recovered up to {up_to} (at {}): {error}", tl.flush_lsn())))
+        }
+    }
+}
+
 async fn timeline_status(
     State(tls): State<Arc<Timelines>>,
     Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
@@ -159,6 +195,7 @@ pub fn router(timelines: Arc<Timelines>) -> Router {
         .route("/v1/tenant/{tenant_id}/timeline", post(create))
         .route("/v1/tenant/{tenant_id}/timeline/{timeline_id}", get(timeline_status).delete(delete))
         .route("/v1/tenant/{tenant_id}/timeline/{timeline_id}/compute", put(set_compute))
+        .route("/v1/tenant/{tenant_id}/timeline/{timeline_id}/recover", post(recover))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(timelines)

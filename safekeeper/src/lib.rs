@@ -7,6 +7,7 @@
 //! once q safekeepers hold it. Safekeepers share their flush positions
 //! through the broker ([`broker_sync`]) to agree on `commit_lsn`, and serve
 //! WAL up to it to pageservers and any replication client ([`walsender`]).
+//! A safekeeper that is behind catches up from a peer ([`recovery`]).
 //! Per-timeline state survives restarts in a control file ([`control_file`]);
 //! the control plane drives timelines through the HTTP API ([`http`]).
 
@@ -15,6 +16,7 @@ pub mod broker_sync;
 pub mod control_file;
 pub mod http;
 pub mod metrics;
+pub mod recovery;
 pub mod timeline;
 pub mod timelines;
 pub mod wal_storage;

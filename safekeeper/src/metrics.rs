@@ -14,6 +14,9 @@ pub struct Metrics {
     pub replica_connections: IntGauge,
     pub protocol_errors: IntCounter,
     pub broker_publish_errors: IntCounter,
+    pub recoveries: IntCounter,
+    pub recovery_errors: IntCounter,
+    pub recovery_bytes: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -30,6 +33,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     replica_connections: register_int_gauge!("safekeeper_replica_connections", "Connected replication clients").expect("metric"),
     protocol_errors: register_int_counter!("safekeeper_protocol_errors_total", "Client connections closed for protocol errors").expect("metric"),
     broker_publish_errors: register_int_counter!("safekeeper_broker_publish_errors_total", "Failed publishes to the broker").expect("metric"),
+    recoveries: register_int_counter!("safekeeper_recoveries_total", "Peer recoveries started").expect("metric"),
+    recovery_errors: register_int_counter!("safekeeper_recovery_errors_total", "Peer recoveries that failed").expect("metric"),
+    recovery_bytes: register_int_counter!("safekeeper_recovery_bytes_total", "WAL bytes received from peers").expect("metric"),
 });
 
 /// All metrics of the default registry in the text format.

@@ -8,15 +8,22 @@
 //! * `commit_lsn <= flush_lsn`, and it never decreases within a term;
 //! * the term only grows; a new term truncates WAL past the new compute's
 //!   start LSN *before* the term and compute are persisted and announced, so
-//!   no acceptor of the old term can append after the cut.
+//!   no acceptor of the old term can append after the cut;
+//! * the term history (control file) names the term of every WAL byte held;
+//!   a safekeeper behind a new term's start LSN takes the term (it is fenced
+//!   from the old compute) but follows the new compute only once peer
+//!   recovery has brought its WAL up to that start LSN;
+//! * `last_record_lsn` is always a record boundary at or below `flush_lsn`.
 //!
-//! Locking: `state` is a std mutex held only for field updates; `storage` is
+//! Locking: `state` is a std mutex held only for field updates; control
+//! file writes are serialized by `persist_lock` and write the newest state; `storage` is
 //! a std mutex taken only inside `spawn_blocking` (file I/O). Neither is ever
 //! held across an `.await`.
 //!
 //! Cancellation: `append_and_flush` runs its I/O on the blocking pool; if the
-//! caller is dropped the write still completes (and the flush position is
-//! published), so a cancelled caller never leaves a half-recorded flush.
+//! caller is dropped the write still completes, but its flush position is
+//! not published (the next writer, which waits for the storage lock, sees
+//! the durable end), so a cancelled caller never publishes a stale flush.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,7 +35,10 @@ use tokio_util::sync::CancellationToken;
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 
-use crate::control_file::{self, ComputeSpec, ControlFileError, TimelinePersistentState};
+use broker::SafekeeperTimelineInfo;
+
+use crate::control_file::{self, ComputeSpec, ControlFileError, TermHistory, TimelinePersistentState};
+use crate::recovery::RecoveryTarget;
 use crate::metrics::METRICS;
 use crate::wal_storage::{WalStorage, WalStorageError};
 
@@ -43,8 +53,6 @@ pub enum TimelineError {
     Storage(#[from] WalStorageError),
     #[error("term {requested} is not newer than current term {current}")]
     OldTerm { requested: u64, current: u64 },
-    #[error("this safekeeper has WAL only up to {flush_lsn}, the compute starts at {start_lsn}; it cannot serve this term")]
-    Lagging { flush_lsn: Lsn, start_lsn: Lsn },
     #[error("compute has system id {got}, timeline has {expected}")]
     SystemIdMismatch { expected: u64, got: u64 },
     #[error("timeline was deleted or the safekeeper is shutting down")]
@@ -102,6 +110,16 @@ pub struct Timeline {
     flush_lsn: watch::Sender<Lsn>,
     commit_lsn: watch::Sender<Lsn>,
     compute: watch::Sender<Option<ComputeSpec>>,
+    /// Fresh broker infos of the other peers (None until the first view).
+    peer_view: watch::Sender<Option<Vec<SafekeeperTimelineInfo>>>,
+    /// Peer recovery asked for by the control plane.
+    recovery: watch::Sender<Option<RecoveryTarget>>,
+    /// Held by every WAL change as a whole (append + publish, term change,
+    /// adopt, resume cut), so a term change never interleaves with a batch
+    /// of the acceptor or of peer recovery.
+    writer: tokio::sync::Mutex<()>,
+    /// Serializes control file writes (see [`Timeline::persist`]).
+    persist_lock: Arc<tokio::sync::Mutex<()>>,
     /// Cancelled when the timeline is deleted or the safekeeper stops.
     pub cancel: CancellationToken,
 }
@@ -125,6 +143,7 @@ impl Timeline {
             remote_consistent_lsn: Lsn(0),
             peers,
             quorum,
+            term_history: TermHistory::default(),
         };
         std::fs::create_dir_all(dir).map_err(|source| ControlFileError::Io { path: dir.to_path_buf(), source })?;
         control_file::persist(dir, &state)?;
@@ -152,6 +171,10 @@ impl Timeline {
             flush_lsn: watch::Sender::new(flush),
             commit_lsn: watch::Sender::new(commit),
             compute: watch::Sender::new(state.compute.clone()),
+            peer_view: watch::Sender::new(None),
+            recovery: watch::Sender::new(None),
+            persist_lock: Arc::new(tokio::sync::Mutex::new(())),
+            writer: tokio::sync::Mutex::new(()),
             state: Mutex::new(Volatile { persistent: state, last_record_end: flush, last_persist: Instant::now(), acceptor: AcceptorStatus::default(), last_received: None }),
             storage: Arc::new(Mutex::new(storage)),
             cancel: CancellationToken::new(),
@@ -189,6 +212,36 @@ impl Timeline {
     pub fn subscribe_compute(&self) -> watch::Receiver<Option<ComputeSpec>> {
         self.compute.subscribe()
     }
+    pub fn term(&self) -> u64 {
+        self.lock().persistent.term
+    }
+    /// End of the last complete record held (a record boundary).
+    pub fn last_record_lsn(&self) -> Lsn {
+        self.lock().last_record_end.min(self.flush_lsn())
+    }
+    /// Term of the last WAL held.
+    pub fn last_log_term(&self) -> u64 {
+        self.lock().persistent.term_history.last_log_term(self.flush_lsn())
+    }
+    pub fn set_peer_view(&self, infos: Vec<SafekeeperTimelineInfo>) {
+        self.peer_view.send_replace(Some(infos));
+    }
+    pub fn subscribe_peer_view(&self) -> watch::Receiver<Option<Vec<SafekeeperTimelineInfo>>> {
+        self.peer_view.subscribe()
+    }
+    pub fn request_recovery(&self, target: RecoveryTarget) {
+        self.recovery.send_replace(Some(target));
+    }
+    /// The pending recovery request, removing it.
+    pub fn take_recovery_request(&self) -> Option<RecoveryTarget> {
+        if self.recovery.borrow().is_none() {
+            return None;
+        }
+        self.recovery.send_replace(None)
+    }
+    pub fn subscribe_recovery(&self) -> watch::Receiver<Option<RecoveryTarget>> {
+        self.recovery.subscribe()
+    }
 
     /// Run `f` on the WAL storage in the blocking pool.
     async fn with_storage<T: Send + 'static>(
@@ -206,6 +259,7 @@ impl Timeline {
     /// `record_end` is the end of the last complete record in it (for the
     /// control file). Returns the new flush LSN.
     pub async fn append_and_flush(&self, term: u64, start: Lsn, data: bytes::Bytes, record_end: Lsn) -> Result<Lsn, TimelineError> {
+        let _writer = self.writer.lock().await;
         let len = data.len() as u64;
         let started = Instant::now();
         let flush = self
@@ -238,11 +292,22 @@ impl Timeline {
         None
     }
 
-    async fn persist(&self, state: TimelinePersistentState) -> Result<(), TimelineError> {
+    /// Write the control file. Persists are serialized and each writes the
+    /// state current when its turn comes (`changed` or newer), so an older
+    /// snapshot can never overwrite a newer term on disk. The lock guard
+    /// moves into the blocking task: a dropped caller cannot let a second
+    /// writer in while the file is being replaced.
+    async fn persist(&self, changed: TimelinePersistentState) -> Result<(), TimelineError> {
+        let guard = self.persist_lock.clone().lock_owned().await;
+        let state = self.lock().persistent.clone();
+        debug_assert!(state.term >= changed.term);
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || control_file::persist(&dir, &state))
-            .await
-            .map_err(|e| TimelineError::Join(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            control_file::persist(&dir, &state)
+        })
+        .await
+        .map_err(|e| TimelineError::Join(e.to_string()))??;
         Ok(())
     }
 
@@ -262,7 +327,10 @@ impl Timeline {
 
     /// Switch to a new compute. A higher term truncates WAL past its start
     /// LSN, then persists and announces it; the same spec again is a no-op.
+    /// A safekeeper whose WAL ends before the start LSN takes the term
+    /// without cutting anything and catches up from peers later.
     pub async fn set_compute(&self, spec: ComputeSpec) -> Result<(), TimelineError> {
+        let _writer = self.writer.lock().await;
         let (current, flush) = {
             let st = self.lock();
             (st.persistent.clone(), self.flush_lsn())
@@ -274,43 +342,85 @@ impl Timeline {
             return Err(TimelineError::OldTerm { requested: spec.term, current: current.term });
         }
         let empty = flush == current.timeline_start_lsn;
-        if flush < spec.start_lsn && !empty {
-            return Err(TimelineError::Lagging { flush_lsn: flush, start_lsn: spec.start_lsn });
-        }
-        let (cut, term) = (spec.start_lsn, spec.term);
-        self.with_storage(move |s| {
-            s.term = term;
-            if empty && cut > s.start_lsn() {
-                s.reset_start(cut)
-            } else {
-                s.truncate(cut)
-            }
-        })
-        .await?;
+        let (start, term) = (spec.start_lsn, spec.term);
+        // Decided under the storage lock, on the durable end of WAL.
+        let lagging_at = self
+            .with_storage(move |s| {
+                s.term = term;
+                if empty && start > s.start_lsn() {
+                    s.reset_start(start).map(|_| None)
+                } else if s.flush_lsn() < start && !empty {
+                    Ok(Some(s.flush_lsn()))
+                } else {
+                    s.truncate(start).map(|_| None)
+                }
+            })
+            .await?;
+        let lagging = lagging_at.is_some();
+        let cut = lagging_at.unwrap_or(start);
         let snapshot = {
             let mut st = self.lock();
             if empty {
-                st.persistent.timeline_start_lsn = st.persistent.timeline_start_lsn.max(cut);
+                st.persistent.timeline_start_lsn = st.persistent.timeline_start_lsn.max(start);
             }
             st.persistent.term = spec.term;
-            st.last_record_end = cut;
+            st.persistent.term_history.push(spec.term, start);
+            if !lagging {
+                st.last_record_end = start;
+            }
             st.persistent.compute = Some(spec.clone());
-            st.persistent.flush_lsn = cut;
+            st.persistent.flush_lsn = st.persistent.flush_lsn.min(cut);
             st.persistent.commit_lsn = st.persistent.commit_lsn.min(cut);
             st.persistent.clone()
         };
         self.persist(snapshot).await?;
         self.flush_lsn.send_replace(cut);
         self.commit_lsn.send_modify(|c| *c = (*c).min(cut));
-        tracing::info!(term = spec.term, start_lsn = %cut, conninfo = %spec.conninfo, "new compute");
+        tracing::info!(term = spec.term, start_lsn = %start, lagging, conninfo = %spec.conninfo, "new compute");
         self.compute.send_replace(Some(spec));
         Ok(())
+    }
+
+    /// Take a peer's newer term, history and compute (peer recovery): WAL
+    /// past the common prefix of the two histories is cut first.
+    pub async fn adopt(&self, term: u64, history: TermHistory, compute: Option<ComputeSpec>) -> Result<Lsn, TimelineError> {
+        let _writer = self.writer.lock().await;
+        let current = self.persistent();
+        if term < current.term {
+            return Err(TimelineError::OldTerm { requested: term, current: current.term });
+        }
+        let cut = current.term_history.common_prefix_end(&history, self.last_record_lsn()).max(current.timeline_start_lsn);
+        self.with_storage(move |s| {
+            s.term = term;
+            if s.write_lsn() > cut {
+                s.truncate(cut)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let snapshot = {
+            let mut st = self.lock();
+            st.persistent.term = term;
+            st.persistent.term_history = history;
+            st.persistent.compute = compute.clone();
+            st.last_record_end = st.last_record_end.min(cut);
+            st.persistent.flush_lsn = st.persistent.flush_lsn.min(cut);
+            st.persistent.commit_lsn = st.persistent.commit_lsn.min(cut);
+            st.persistent.clone()
+        };
+        self.persist(snapshot).await?;
+        self.flush_lsn.send_modify(|f| *f = (*f).min(cut));
+        self.commit_lsn.send_modify(|c| *c = (*c).min(cut));
+        tracing::info!(term, %cut, "adopted a peer's term history");
+        self.compute.send_replace(compute);
+        Ok(cut)
     }
 
     /// Where a new connection of the compute of `term` starts: the end of
     /// the last complete record. WAL past it (part of a record cut by a
     /// disconnect) is removed first, so the resent bytes append contiguously.
     pub async fn resume_position(&self, term: u64) -> Result<Lsn, TimelineError> {
+        let _writer = self.writer.lock().await;
         let resume = self.lock().last_record_end;
         self.with_storage(move |s| {
             if s.term != term {

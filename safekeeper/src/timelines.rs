@@ -5,8 +5,9 @@
 //! loaded; a directory that fails to load is reported and skipped, so one
 //! damaged timeline does not stop the others.
 //!
-//! Each loaded timeline runs two tasks (acceptor, broker sync), stopped by
-//! the timeline's cancellation token on delete or shutdown.
+//! Each loaded timeline runs two tasks (acceptor — WAL from the compute or,
+//! when behind, from a peer — and broker sync), stopped by the timeline's
+//! cancellation token on delete or shutdown.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

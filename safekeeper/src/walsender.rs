@@ -8,7 +8,8 @@
 //! [TIMELINE 1]`. Slots are accepted and ignored.
 //!
 //! Invariants: only WAL below the timeline's `commit_lsn` is ever sent (what
-//! a quorum holds); XLogData chunks are contiguous from the requested start.
+//! a quorum holds), except to a recovering peer safekeeper (startup option
+//! `-c strata_recovery=on`), which gets WAL up to `flush_lsn`; XLogData chunks are contiguous from the requested start.
 //! Idle replicas get a keepalive with reply requested every
 //! `keepalive_interval_ms`. A malformed message or an unknown command in
 //! streaming mode closes that connection with a logged error; other
@@ -136,6 +137,8 @@ struct Connection {
     keepalive_interval: Duration,
     /// The replica asked for a reply in its last status update.
     pending_reply: bool,
+    /// A peer safekeeper recovering: serve up to flush_lsn, not commit_lsn.
+    recovery: bool,
 }
 
 async fn handle_connection(stream: TcpStream, peer: SocketAddr, timelines: Arc<Timelines>) -> anyhow::Result<()> {
@@ -145,6 +148,9 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, timelines: Arc<T
         Some(FeMessage::StartupMessage(startup)) => startup,
         _ => return Ok(()), // closed, or a cancel request: nothing to cancel here
     };
+    let recovery = parse_options(startup.params.get("options").map(String::as_str).unwrap_or(""))
+        .get("strata_recovery")
+        .is_some_and(|v| v == "on" || v == "true");
     let tl = match timeline_of(&startup, &timelines) {
         Ok(tl) => tl,
         Err(e) => {
@@ -166,8 +172,8 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, timelines: Arc<T
     pgb.authenticate_trust(&params, id as i32, 0).await?;
     let application_name = startup.application_name().unwrap_or("").to_string();
     let keepalive_interval = Duration::from_millis(timelines.conf.keepalive_interval_ms);
-    let span = tracing::info_span!("walsender", tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id, %peer, app = %application_name);
-    let mut conn = Connection { pgb, tl, id, peer, application_name, keepalive_interval, pending_reply: false };
+    let span = tracing::info_span!("walsender", tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id, %peer, app = %application_name, recovery);
+    let mut conn = Connection { pgb, tl, id, peer, application_name, keepalive_interval, pending_reply: false, recovery };
     tracing::Instrument::instrument(conn.query_loop(), span).await
 }
 
@@ -231,6 +237,23 @@ impl Connection {
         }
     }
 
+    /// How far this connection may be served.
+    fn end_lsn(&self) -> Lsn {
+        if self.recovery {
+            self.tl.flush_lsn()
+        } else {
+            self.tl.commit_lsn()
+        }
+    }
+
+    fn subscribe_end(&self) -> tokio::sync::watch::Receiver<Lsn> {
+        if self.recovery {
+            self.tl.subscribe_flush()
+        } else {
+            self.tl.subscribe_commit()
+        }
+    }
+
     fn identify_system(&mut self) -> anyhow::Result<()> {
         let columns = [
             ColumnDesc::text("systemid"),
@@ -242,7 +265,7 @@ impl Connection {
         let row = vec![
             Some(state.system_id.to_string()),
             Some("1".to_string()),
-            Some(self.tl.commit_lsn().to_string()),
+            Some(self.end_lsn().to_string()),
             None,
         ];
         Ok(self.pgb.send_row_set(&columns, &[row])?)
@@ -283,7 +306,7 @@ impl Connection {
                 connection_id: self.id,
                 application_name: self.application_name.clone(),
                 peer_addr: self.peer.to_string(),
-                kind: "standby".into(),
+                kind: if self.recovery { "recovery".into() } else { "standby".into() },
                 start_lsn: start,
                 sent_lsn: start,
                 ..Default::default()
@@ -300,14 +323,14 @@ impl Connection {
     /// Send WAL from `start` until the client ends the copy (true) or goes away.
     async fn stream(&mut self, start: Lsn, replica: &ReplicaGuard) -> anyhow::Result<bool> {
         let mut sent = start;
-        let mut commit_rx = self.tl.subscribe_commit();
+        let mut commit_rx = self.subscribe_end();
         let mut compute_rx = self.tl.subscribe_compute();
         compute_rx.borrow_and_update();
         let mut last_send = Instant::now();
         loop {
             if self.pending_reply {
                 self.pending_reply = false;
-                self.send_keepalive(self.tl.commit_lsn(), false).await?;
+                self.send_keepalive(self.end_lsn(), false).await?;
             }
             let commit = *commit_rx.borrow_and_update();
             if sent < commit {

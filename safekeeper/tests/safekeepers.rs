@@ -244,3 +244,43 @@ fn wait_for_exit(child: &mut std::process::Child, timeout: Duration) -> anyhow::
     })?;
     status.ok_or_else(|| anyhow::anyhow!("no exit status"))
 }
+
+#[test]
+fn a_lagging_safekeeper_takes_the_new_term_and_recovers_from_a_peer() -> anyhow::Result<()> {
+    let mut env = Env::new(3, 2, &[])?;
+    env.pg.sql(LOAD_SQL)?;
+    env.sks[2].kill9();
+    env.pg.sql(LOAD_SQL)?;
+    env.pg.sql(LOAD_SQL)?;
+    let end = env.compute_flush_lsn()?;
+    env.wait_flush(0, end)?;
+    env.wait_flush(1, end)?;
+    // A new term starting at the end of sk_1's last complete record.
+    let start = env.sks[0].lsn(env.tenant, env.timeline, "last_record_lsn")?;
+    env.sks[2].start()?;
+    let (tenant, timeline) = (env.tenant, env.timeline);
+    let body = json!({ "conninfo": env.conninfo(), "term": env.term + 1, "start_lsn": start });
+    for sk in &env.sks {
+        let (code, resp) = http_call("PUT", &format!("{}/compute", sk.timeline_url(tenant, timeline)), &body)?;
+        assert_eq!(code, 200, "{resp}");
+    }
+    let donor = &env.sks[0];
+    let target = json!({
+        "peer_id": donor.id,
+        "pg_addr": format!("127.0.0.1:{}", donor.pg_port),
+        "http_addr": format!("127.0.0.1:{}", donor.http_port),
+        "up_to": start,
+    });
+    let (code, resp) = http_call("POST", &format!("{}/recover", env.sks[2].timeline_url(tenant, timeline)), &target)?;
+    assert_eq!(code, 200, "{resp}");
+    let status = env.sks[2].status(tenant, timeline)?;
+    assert_eq!(status["term"], json!(env.term + 1), "{status}");
+    assert_eq!(status["last_log_term"], json!(env.term + 1), "{status}");
+    assert_eq!(status["term_history"].as_array().map(Vec::len), Some(2), "{status}");
+    env.assert_wal_equal(2, env.start_lsn, start)?;
+    // It survives a restart with its history.
+    env.sks[2].kill9();
+    env.sks[2].start()?;
+    assert_eq!(env.sks[2].status(tenant, timeline)?["term_history"], status["term_history"]);
+    Ok(())
+}

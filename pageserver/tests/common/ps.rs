@@ -54,7 +54,7 @@ pub async fn imported_primary(repo: &Arc<Repository>) -> anyhow::Result<(PgClust
 }
 
 pub async fn stream_from(tl: &Arc<Timeline>, pg: &PgCluster) {
-    let source = WalSource { kind: WalSourceKind::Primary, conninfo: pg.connstr("postgres") };
+    let source = WalSource { kind: WalSourceKind::Primary, conninfo: pg.connstr("postgres"), conninfos: Vec::new() };
     walreceiver::start(tl, source).await;
 }
 
