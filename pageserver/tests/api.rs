@@ -1,6 +1,7 @@
 //! The HTTP API and the `pageserver` binary: tenant and timeline creation
 //! (import and branch), detail, the debug page route, the WAL source,
-//! errors, metrics; the page service; `--help`.
+//! errors, metrics; the page service; `--help`; the OpenAPI document
+//! against the router.
 mod common;
 
 use std::time::Duration;
@@ -154,5 +155,24 @@ fn binary_help_and_startup() -> anyhow::Result<()> {
     let status = child.wait()?;
     assert!(body.unwrap_or_default().contains("tenants"));
     assert!(status.success(), "{status}");
+    Ok(())
+}
+
+/// `openapi.json` describes exactly the routes of the router (see
+/// `common::openapi`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_spec_matches_the_router() -> anyhow::Result<()> {
+    let dir = workdir();
+    let repo = Repository::open(conf(dir.path(), |_| {})).await?;
+    let router = pageserver::http::router(repo.clone());
+    common::openapi::check(pageserver::http::OPENAPI_JSON, pageserver::http::ROUTES, router, |method, path| {
+        match (method, path) {
+            ("post", "/v1/tenant") | ("post", "/v1/tenant/{tenant_id}/timeline") => Some(json!({})),
+            ("put", p) if p.ends_with("/wal_source") => Some(json!({ "kind": "primary", "conninfo": "host=127.0.0.1" })),
+            _ => None,
+        }
+    })
+    .await?;
+    repo.shutdown(false).await;
     Ok(())
 }
