@@ -269,6 +269,8 @@ async fn create_timeline(
         }
         (None, Some(pgdata), false) => repo.import_timeline(tenant_id, req.new_timeline_id, pgdata).await?,
         (None, None, true) => {
+            // Before the (seconds long) initdb: an unknown tenant is a 404.
+            repo.get_tenant(tenant_id)?;
             let (_guard, pgdata) = tokio::task::spawn_blocking(crate::import::run_initdb)
                 .await
                 .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -373,13 +375,28 @@ impl RelQuery {
     }
 }
 
+/// The LSN a debug read is at: `lsn`, default the last record LSN. A future
+/// LSN is waited for (up to the timeout, then 504) only while WAL can arrive,
+/// i.e. the walreceiver is connected; otherwise it is a 400 at once.
+fn read_lsn(tl: &Timeline, lsn: Option<Lsn>) -> ApiResult<Lsn> {
+    let last = tl.last_record_lsn();
+    let lsn = lsn.unwrap_or(last);
+    if lsn > last && !walreceiver::status(tl).connected {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("LSN {lsn} is in the future: the timeline has WAL up to {last} and no connected WAL source"),
+        ));
+    }
+    Ok(lsn)
+}
+
 async fn get_page(
     State(repo): State<Arc<Repository>>,
     ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
     ApiQuery(q): ApiQuery<RelQuery>,
 ) -> ApiResult<Response> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
-    let lsn = q.lsn.unwrap_or_else(|| tl.last_record_lsn());
+    let lsn = read_lsn(&tl, q.lsn)?;
     let blk = q.blk.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "missing blk".into()))?;
     let page = tl.get_rel_page_at_lsn(q.rel(), q.fork, blk, lsn).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], page).into_response())
@@ -391,7 +408,7 @@ async fn get_rel_size(
     ApiQuery(q): ApiQuery<RelQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
-    let lsn = q.lsn.unwrap_or_else(|| tl.last_record_lsn());
+    let lsn = read_lsn(&tl, q.lsn)?;
     let nblocks = tl.get_rel_size_at_lsn(q.rel(), q.fork, lsn).await?;
     Ok(Json(serde_json::json!({ "nblocks": nblocks, "lsn": lsn })))
 }

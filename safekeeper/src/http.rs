@@ -117,7 +117,10 @@ struct TimelineErrorRef<'a>(&'a TimelineError);
 impl From<TimelineErrorRef<'_>> for ApiError {
     fn from(e: TimelineErrorRef<'_>) -> Self {
         let code = match e.0 {
-            TimelineError::OldTerm { .. } | TimelineError::Lagging { .. } | TimelineError::SystemIdMismatch { .. } => StatusCode::CONFLICT,
+            TimelineError::OldTerm { .. }
+            | TimelineError::Lagging { .. }
+            | TimelineError::BeforeStart { .. }
+            | TimelineError::SystemIdMismatch { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.0.to_string())

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Fuzzes the pageserver's and the safekeeper's HTTP APIs with schemathesis,
+# from the OpenAPI documents they serve at /v1/openapi.json, and fails on any
+# 5xx answer or dropped connection (check `not_a_server_error`).
+#
+#   scripts/api-fuzz.sh [MAX_EXAMPLES [MAX_TIME_SECONDS]]
+#
+# * installs schemathesis from PyPI into target/api-fuzz/venv if missing
+#   (python3-venv from apt-get if `python3 -m venv` is unavailable);
+# * builds walredo.so (scripts/build-walredo.sh) and, if missing, the two
+#   binaries (STRATA_BIN_DIR, else target/release if both are there, else
+#   target/debug);
+# * starts a real pageserver and safekeeper on free loopback ports with
+#   scratch directories, and stops them (SIGTERM) and removes the
+#   directories at the end, whatever happens;
+# * per server, two runs: one with generated path ids (mostly unknown ones),
+#   and one with the ids pinned to a tenant/timeline that exists (seeded here:
+#   an initdb timeline on the pageserver, a timeline on the safekeeper), so
+#   the handlers behind the lookups are exercised too; DELETE is excluded
+#   from the pinned runs so the seed survives them;
+# * bounded: MAX_EXAMPLES (default 30) cases per operation and phase, and
+#   MAX_TIME_SECONDS (default 120) per run;
+# * prints a summary: requests sent and failures per run (from the HAR
+#   report in target/api-fuzz/report/), exit status 1 if any run failed.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MAX_EXAMPLES="${1:-30}"
+MAX_TIME="${2:-120}"
+OUT="$REPO/target/api-fuzz"
+VENV="$OUT/venv"
+REPORT="$OUT/report"
+PG_USER="${STRATA_PG_USER:-postgres}"
+
+log() { printf 'api-fuzz: %s\n' "$*" >&2; }
+
+ensure_schemathesis() {
+    if [ -x "$VENV/bin/schemathesis" ]; then return; fi
+    mkdir -p "$OUT"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        log "python3 -m venv failed: installing python3-venv"
+        rm -rf "$VENV"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$VENV"
+    fi
+    log "installing schemathesis into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check schemathesis
+}
+
+bin_dir() {
+    if [ -n "${STRATA_BIN_DIR:-}" ]; then echo "$STRATA_BIN_DIR"; return; fi
+    if [ -x "$REPO/target/release/pageserver" ] && [ -x "$REPO/target/release/safekeeper" ]; then
+        echo "$REPO/target/release"
+    else
+        echo "$REPO/target/debug"
+    fi
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() {
+    for _ in $(seq 1 200); do
+        if curl -fsS "$1/v1/status" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+PIDS=()
+DIRS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for d in "${DIRS[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+
+ensure_schemathesis
+WALREDO_LIB="$("$REPO/scripts/build-walredo.sh" | tail -n 1)"
+BIN="$(bin_dir)"
+if [ ! -x "$BIN/pageserver" ] || [ ! -x "$BIN/safekeeper" ]; then
+    log "building the binaries"
+    (cd "$REPO" && cargo build -q -p pageserver -p safekeeper --bins)
+    BIN="$REPO/target/debug"
+fi
+log "binaries from $BIN"
+
+PS_DIR="$(mktemp -d /tmp/strata-fuzz-ps.XXXXXX)"
+SK_DIR="$(mktemp -d /tmp/strata-fuzz-sk.XXXXXX)"
+DIRS+=("$PS_DIR" "$SK_DIR")
+if [ "$(id -u)" -eq 0 ]; then chown "$PG_USER" "$PS_DIR"; fi
+PS_HTTP="$(free_port)"; PS_PG="$(free_port)"; SK_HTTP="$(free_port)"; SK_PG="$(free_port)"
+PS="http://127.0.0.1:$PS_HTTP"
+SK="http://127.0.0.1:$SK_HTTP"
+
+"$BIN/pageserver" --workdir "$PS_DIR" --listen-http "127.0.0.1:$PS_HTTP" --listen-pg "127.0.0.1:$PS_PG" \
+    --walredo-lib "$WALREDO_LIB" >"$OUT/pageserver.log" 2>&1 &
+PIDS+=($!)
+"$BIN/safekeeper" --id 1 -D "$SK_DIR" --listen-http "127.0.0.1:$SK_HTTP" --listen-pg "127.0.0.1:$SK_PG" \
+    >"$OUT/safekeeper.log" 2>&1 &
+PIDS+=($!)
+wait_http "$PS" || { log "pageserver did not start: see $OUT/pageserver.log"; exit 1; }
+wait_http "$SK" || { log "safekeeper did not start: see $OUT/safekeeper.log"; exit 1; }
+
+# Seeds for the pinned runs.
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
+TENANT="$(curl -fsS -X POST -H 'content-type: application/json' -d '{}' "$PS/v1/tenant" | json_field tenant_id)"
+TIMELINE="$(curl -fsS -X POST -H 'content-type: application/json' -d '{"initdb": true}' \
+    "$PS/v1/tenant/$TENANT/timeline" | json_field timeline_id)"
+curl -fsS -X POST -H 'content-type: application/json' -d "{\"timeline_id\": \"$TIMELINE\", \"start_lsn\": \"0/1000000\"}" \
+    "$SK/v1/tenant/$TENANT/timeline" >/dev/null
+log "seeded tenant $TENANT timeline $TIMELINE"
+
+rm -rf "$REPORT"; mkdir -p "$REPORT"
+SUMMARY=()
+STATUS=0
+run() { # name url [pinned]
+    local name="$1" url="$2" pinned="${3:-}" config="$REPORT/$1.toml" rc=0
+    if [ -n "$pinned" ]; then
+        printf '[parameters]\ntenant_id = "%s"\ntimeline_id = "%s"\n' "$TENANT" "$TIMELINE" >"$config"
+    else
+        : >"$config"
+    fi
+    local extra=()
+    if [ -n "$pinned" ]; then extra+=(--exclude-method DELETE); fi
+    log "schemathesis: $name"
+    "$VENV/bin/schemathesis" --config-file "$config" run "$url/v1/openapi.json" \
+        --checks not_a_server_error --phases examples,coverage,fuzzing \
+        --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --request-timeout 90 -w 2 \
+        --generation-database none --no-color \
+        --report har --report-har-path "$REPORT/$name.har" "${extra[@]}" >"$REPORT/$name.txt" 2>&1 || rc=$?
+    local counts
+    counts="$(python3 - "$REPORT/$name.har" <<'EOF'
+import json, sys, collections
+try:
+    entries = json.load(open(sys.argv[1]))["log"]["entries"]
+except Exception:
+    entries = []
+codes = collections.Counter(e["response"]["status"] for e in entries)
+print(f"{len(entries)} requests, {sum(v for k, v in codes.items() if k >= 500 or k == 0)} 5xx/no answer; "
+      + "status " + " ".join(f"{k}:{v}" for k, v in sorted(codes.items())))
+EOF
+)"
+    SUMMARY+=("$name: $counts; schemathesis exit $rc ($REPORT/$name.txt)")
+    if [ "$rc" -ne 0 ]; then STATUS=1; fi
+}
+run pageserver "$PS"
+run pageserver-pinned "$PS" pinned
+run safekeeper "$SK"
+run safekeeper-pinned "$SK" pinned
+
+# Both servers must still be alive (no crash).
+for url in "$PS" "$SK"; do
+    if ! curl -fsS "$url/v1/status" >/dev/null; then SUMMARY+=("$url no longer answers: crashed"); STATUS=1; fi
+done
+echo "== api-fuzz summary (max-examples $MAX_EXAMPLES, max-time ${MAX_TIME}s per run) =="
+printf '%s\n' "${SUMMARY[@]}"
+exit "$STATUS"
