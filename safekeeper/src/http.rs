@@ -178,8 +178,12 @@ async fn create(
     ApiPath(tenant_id): ApiPath<TenantId>,
     ApiJson(req): ApiJson<CreateTimelineRequest>,
 ) -> ApiResult<(StatusCode, Json<TimelineStatus>)> {
-    if !req.wal_seg_size_bytes.is_power_of_two() || req.wal_seg_size_bytes < 1 << 20 {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("bad wal_seg_size_bytes {}", req.wal_seg_size_bytes)));
+    // PostgreSQL's own range (`initdb --wal-segsize`: 1 MiB to 1 GiB).
+    if !req.wal_seg_size_bytes.is_power_of_two() || !(1 << 20..=1 << 30).contains(&req.wal_seg_size_bytes) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("bad wal_seg_size_bytes {}: must be a power of two from 1 MiB to 1 GiB", req.wal_seg_size_bytes),
+        ));
     }
     if !req.start_lsn.is_aligned() {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("start_lsn {} is not 8-byte aligned", req.start_lsn)));
