@@ -178,7 +178,7 @@ probe() { # method url [json body]
 : >"$REPORT/probes.txt"
 T="$PS/v1/tenant/$TENANT/timeline/$TIMELINE"
 MAXLSN="FFFFFFFF/FFFFFFFF"
-for lsn in 0/0 0/1 "$MAXLSN" FFFFFFFF/FFFFFFF8; do
+for lsn in 0/0 0/1 0/8 0/1000000 "$MAXLSN" FFFFFFFF/FFFFFFF8; do
     probe GET "$T/page?spc=1663&db=1&rel=1259&fork=0&blk=4294967295&lsn=$lsn"
     probe GET "$T/page?spc=1663&db=1&rel=1259&fork=255&blk=0&lsn=$lsn"
     probe GET "$T/rel_size?spc=1663&db=1&rel=1259&fork=0&lsn=$lsn"

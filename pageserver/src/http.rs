@@ -488,6 +488,12 @@ fn basebackup_target(tl: &Timeline, q: &BasebackupQuery) -> ApiResult<crate::bas
         return Err(bad(format!("LSN {lsn} is not a record boundary (not 8-byte aligned)")));
     }
     tl.check_lsn_in_scope(lsn)?;
+    // Below the start of a root timeline there is nothing to send; finding
+    // that out after the headers went out would break the response instead.
+    let start = tl.branchable_range().start;
+    if lsn < start {
+        return Err(bad(format!("LSN {lsn} is before the start of the timeline at {start}")));
+    }
     let known_prev = if lsn == last { tl.prev_record_lsn() } else { None };
     let prev_record_lsn = q.prev_lsn.or(known_prev).unwrap_or(Lsn(0));
     if prev_record_lsn >= lsn {

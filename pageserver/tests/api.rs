@@ -116,6 +116,10 @@ async fn http_api_end_to_end() -> anyhow::Result<()> {
     assert!(m.contains("strata_pageserver_wal_ingest_records_total"), "{m}");
     let r = http.delete(format!("{tl_url}/wal_source")).send().await?;
     assert_eq!(r.status(), 200);
+    // No WAL source connected: a future LSN is refused at once, not waited for.
+    let r = http.get(format!("{tl_url}/page?{}&blk=0&lsn=FFFFFFFF/FFFFFFF8", q.split("&lsn=").next().unwrap())).send().await?;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await?.contains("in the future"));
     repo.shutdown(false).await;
     pg.stop()?;
     Ok(())
@@ -173,6 +177,30 @@ async fn openapi_spec_matches_the_router() -> anyhow::Result<()> {
         }
     })
     .await?;
+    // Malformed input is a 4xx with a JSON error, never a 5xx; initdb is not
+    // run for an unknown tenant.
+    let app = pageserver::http::router(repo.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    let unknown = utils::id::TenantId::generate();
+    let started = std::time::Instant::now();
+    let r = http.post(format!("{base}/v1/tenant/{unknown}/timeline")).json(&json!({ "initdb": true })).send().await?;
+    assert_eq!(r.status(), 404);
+    assert!(started.elapsed() < Duration::from_secs(1), "ran initdb first");
+    for (url, code) in [
+        (format!("{base}/v1/tenant/nothex/timeline"), 400),
+        (format!("{base}/v1/tenant/{unknown}/timeline/{unknown}/page?spc=x&db=1&rel=1&blk=0"), 400),
+        (format!("{base}/v1/tenant/{unknown}/timeline/{unknown}/page?spc=1&db=1&rel=1&blk=0&lsn=zz"), 400),
+    ] {
+        let r = http.get(&url).send().await?;
+        assert_eq!(r.status(), code, "{url}");
+        assert!(r.json::<Value>().await?["error"].is_string(), "{url}");
+    }
+    let r = http.post(format!("{base}/v1/tenant/{unknown}/timeline")).body("{").header("content-type", "application/json").send().await?;
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<Value>().await?["error"].is_string());
     repo.shutdown(false).await;
     Ok(())
 }
