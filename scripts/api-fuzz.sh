@@ -126,11 +126,12 @@ run() { # name url [pinned]
     local extra=()
     if [ -n "$pinned" ]; then extra+=(--exclude-method DELETE); fi
     log "schemathesis: $name"
-    "$VENV/bin/schemathesis" --config-file "$config" run "$url/v1/openapi.json" \
+    # From $REPORT, so that schemathesis' working files stay out of the repository.
+    (cd "$REPORT" && "$VENV/bin/schemathesis" --config-file "$config" run "$url/v1/openapi.json" \
         --checks not_a_server_error --phases examples,coverage,fuzzing \
         --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --request-timeout 90 -w 2 \
         --generation-database none --no-color \
-        --report har --report-har-path "$REPORT/$name.har" "${extra[@]}" >"$REPORT/$name.txt" 2>&1 || rc=$?
+        --report har --report-har-path "$REPORT/$name.har" "${extra[@]}" >"$REPORT/$name.txt" 2>&1) || rc=$?
     local counts
     counts="$(python3 - "$REPORT/$name.har" <<'EOF'
 import json, sys, collections
