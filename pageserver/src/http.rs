@@ -27,21 +27,30 @@
 //!   the last record LSN when no commit is later (`future`); every answer is
 //!   a valid branch point of this timeline (see [`crate::commit_ts`])
 //! * `GET    /metrics` — Prometheus text format
+//! * `GET    /v1/openapi.json` — the OpenAPI 3 description of all of this
+//!   (`pageserver/openapi.json`, embedded at build time)
 //!
 //! `lsn` parameters are `X/Y` hex; omitted means the last record LSN.
 //! Errors are `{"error": "..."}` with 400 (bad request / below the branch
-//! point), 404 (unknown tenant, timeline, relation or block), 409
-//! (conflict), 504 (LSN not ingested in time) or 500.
+//! point), 404 (unknown tenant, timeline, relation or block, or no such
+//! route), 405 (method not allowed), 409 (conflict), 415/422 (request body
+//! not JSON / not of the expected shape), 504 (LSN not ingested in time) or
+//! 500. Malformed path, query and body input is rejected by the extractors
+//! [`ApiPath`], [`ApiQuery`] and [`ApiJson`] with the same JSON body.
+//!
+//! Routes are declared once, in the `routes!` table of [`router`]: it both
+//! builds the router and defines [`ROUTES`], which the tests compare with
+//! `openapi.json` (and probe against the router), so a route cannot be added
+//! without the spec noticing.
 //!
 //! Cancellation: handlers are dropped when the client goes away; every
 //! operation they call is cancel-safe (see the modules they use).
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::{header, request::Parts, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use postgres_ffi::RelFileNode;
 use serde::{Deserialize, Serialize};
@@ -52,7 +61,74 @@ use crate::repository::{RepoError, Repository};
 use crate::timeline::{PageReconstructError, Timeline};
 use crate::walreceiver::{self, WalReceiverStatus, WalSource};
 
-pub struct ApiError(StatusCode, String);
+/// An error answer: `status` with the body `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+/// The OpenAPI 3 description served at `GET /v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// `axum::Json` whose rejection is an [`ApiError`] (JSON body).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(r) => Err(ApiError(r.status(), r.body_text())),
+        }
+    }
+}
+
+/// No `Content-Type` header: `None` (an empty body is allowed).
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::OptionalFromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        match <Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state).await {
+            Ok(v) => Ok(v.map(|Json(v)| ApiJson(v))),
+            Err(r) => Err(ApiError(r.status(), r.body_text())),
+        }
+    }
+}
+
+/// `axum::extract::Path` whose rejection is an [`ApiError`].
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(r) => Err(ApiError(r.status(), r.body_text())),
+        }
+    }
+}
+
+/// `axum::extract::Query` whose rejection is an [`ApiError`].
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(r) => Err(ApiError(r.status(), r.body_text())),
+        }
+    }
+}
+
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no route {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} not allowed on {}", uri.path()))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -165,7 +241,7 @@ async fn list_tenants(State(repo): State<Arc<Repository>>) -> Json<Vec<TenantId>
 
 async fn create_tenant(
     State(repo): State<Arc<Repository>>,
-    body: Option<Json<CreateTenantRequest>>,
+    body: Option<ApiJson<CreateTenantRequest>>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let req = body.map(|b| b.0).unwrap_or_default();
     let id = repo.create_tenant(req.tenant_id)?;
@@ -174,7 +250,7 @@ async fn create_tenant(
 
 async fn list_timelines(
     State(repo): State<Arc<Repository>>,
-    Path(tenant_id): Path<TenantId>,
+    ApiPath(tenant_id): ApiPath<TenantId>,
 ) -> ApiResult<Json<Vec<TimelineDetail>>> {
     let mut out = Vec::new();
     for tl in repo.get_tenant(tenant_id)?.timelines() {
@@ -185,8 +261,8 @@ async fn list_timelines(
 
 async fn create_timeline(
     State(repo): State<Arc<Repository>>,
-    Path(tenant_id): Path<TenantId>,
-    Json(req): Json<CreateTimelineRequest>,
+    ApiPath(tenant_id): ApiPath<TenantId>,
+    ApiJson(req): ApiJson<CreateTimelineRequest>,
 ) -> ApiResult<(StatusCode, Json<TimelineDetail>)> {
     let tl = match (req.ancestor_timeline_id, &req.import_pgdata, req.initdb) {
         (Some(ancestor), None, false) => {
@@ -194,6 +270,8 @@ async fn create_timeline(
         }
         (None, Some(pgdata), false) => repo.import_timeline(tenant_id, req.new_timeline_id, pgdata).await?,
         (None, None, true) => {
+            // Before the (seconds long) initdb: an unknown tenant is a 404.
+            repo.get_tenant(tenant_id)?;
             let (_guard, pgdata) = tokio::task::spawn_blocking(crate::import::run_initdb)
                 .await
                 .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -217,8 +295,8 @@ struct DetailQuery {
 
 async fn get_timeline(
     State(repo): State<Arc<Repository>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
-    Query(q): Query<DetailQuery>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+    ApiQuery(q): ApiQuery<DetailQuery>,
 ) -> ApiResult<Json<TimelineDetail>> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
     Ok(Json(detail(&tl, q.include_size.unwrap_or(false)).await?))
@@ -226,7 +304,7 @@ async fn get_timeline(
 
 async fn delete_timeline(
     State(repo): State<Arc<Repository>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
 ) -> ApiResult<StatusCode> {
     repo.delete_timeline(tenant_id, timeline_id).await?;
     Ok(StatusCode::OK)
@@ -234,8 +312,8 @@ async fn delete_timeline(
 
 async fn set_wal_source(
     State(repo): State<Arc<Repository>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
-    Json(source): Json<WalSource>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+    ApiJson(source): ApiJson<WalSource>,
 ) -> ApiResult<Json<WalReceiverStatus>> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
     if source.all().is_empty() {
@@ -259,7 +337,7 @@ async fn set_wal_source(
 
 async fn stop_wal_source(
     State(repo): State<Arc<Repository>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
 ) -> ApiResult<StatusCode> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
     walreceiver::stop(&tl).await;
@@ -275,8 +353,8 @@ struct CheckpointQuery {
 
 async fn checkpoint(
     State(repo): State<Arc<Repository>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
-    Query(q): Query<CheckpointQuery>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+    ApiQuery(q): ApiQuery<CheckpointQuery>,
 ) -> ApiResult<Json<TimelineDetail>> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
     tl.freeze_and_flush().await?;
@@ -303,13 +381,28 @@ impl RelQuery {
     }
 }
 
+/// The LSN a debug read is at: `lsn`, default the last record LSN. A future
+/// LSN is waited for (up to the timeout, then 504) only while WAL can arrive,
+/// i.e. the walreceiver is connected; otherwise it is a 400 at once.
+fn read_lsn(tl: &Timeline, lsn: Option<Lsn>) -> ApiResult<Lsn> {
+    let last = tl.last_record_lsn();
+    let lsn = lsn.unwrap_or(last);
+    if lsn > last && !walreceiver::status(tl).connected {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("LSN {lsn} is in the future: the timeline has WAL up to {last} and no connected WAL source"),
+        ));
+    }
+    Ok(lsn)
+}
+
 async fn get_page(
     State(repo): State<Arc<Repository>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
-    Query(q): Query<RelQuery>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+    ApiQuery(q): ApiQuery<RelQuery>,
 ) -> ApiResult<Response> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
-    let lsn = q.lsn.unwrap_or_else(|| tl.last_record_lsn());
+    let lsn = read_lsn(&tl, q.lsn)?;
     let blk = q.blk.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "missing blk".into()))?;
     let page = tl.get_rel_page_at_lsn(q.rel(), q.fork, blk, lsn).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], page).into_response())
@@ -317,11 +410,11 @@ async fn get_page(
 
 async fn get_rel_size(
     State(repo): State<Arc<Repository>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
-    Query(q): Query<RelQuery>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+    ApiQuery(q): ApiQuery<RelQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
-    let lsn = q.lsn.unwrap_or_else(|| tl.last_record_lsn());
+    let lsn = read_lsn(&tl, q.lsn)?;
     let nblocks = tl.get_rel_size_at_lsn(q.rel(), q.fork, lsn).await?;
     Ok(Json(serde_json::json!({ "nblocks": nblocks, "lsn": lsn })))
 }
@@ -333,8 +426,8 @@ struct LsnByTimestampQuery {
 
 async fn lsn_by_timestamp(
     State(repo): State<Arc<Repository>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
-    Query(q): Query<LsnByTimestampQuery>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+    ApiQuery(q): ApiQuery<LsnByTimestampQuery>,
 ) -> ApiResult<Json<crate::commit_ts::LsnForTimestamp>> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
     let t = crate::commit_ts::parse_rfc3339(&q.timestamp).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
@@ -346,21 +439,41 @@ async fn metrics() -> String {
     encoder.encode_to_string(&prometheus::gather()).unwrap_or_default()
 }
 
+/// Declares the routes once: builds `add_routes` and the [`ROUTES`] table
+/// (lowercase method, path) from the same list.
+macro_rules! routes {
+    ($( $method:ident $path:literal => $handler:path ),* $(,)?) => {
+        /// Every (method, path) the router serves; the tests hold it equal to
+        /// the paths and methods of `openapi.json`.
+        pub const ROUTES: &[(&str, &str)] = &[ $( (stringify!($method), $path) ),* ];
+        fn add_routes(r: Router<Arc<Repository>>) -> Router<Arc<Repository>> {
+            r $( .route($path, axum::routing::$method($handler)) )*
+        }
+    };
+}
+
+routes! {
+    get "/v1/status" => status,
+    get "/v1/openapi.json" => openapi,
+    get "/v1/tenant" => list_tenants,
+    post "/v1/tenant" => create_tenant,
+    get "/v1/tenant/{tenant_id}/timeline" => list_timelines,
+    post "/v1/tenant/{tenant_id}/timeline" => create_timeline,
+    get "/v1/tenant/{tenant_id}/timeline/{timeline_id}" => get_timeline,
+    delete "/v1/tenant/{tenant_id}/timeline/{timeline_id}" => delete_timeline,
+    put "/v1/tenant/{tenant_id}/timeline/{timeline_id}/wal_source" => set_wal_source,
+    delete "/v1/tenant/{tenant_id}/timeline/{timeline_id}/wal_source" => stop_wal_source,
+    post "/v1/tenant/{tenant_id}/timeline/{timeline_id}/checkpoint" => checkpoint,
+    get "/v1/tenant/{tenant_id}/timeline/{timeline_id}/page" => get_page,
+    get "/v1/tenant/{tenant_id}/timeline/{timeline_id}/basebackup" => basebackup,
+    get "/v1/tenant/{tenant_id}/timeline/{timeline_id}/rel_size" => get_rel_size,
+    get "/v1/tenant/{tenant_id}/timeline/{timeline_id}/lsn_by_timestamp" => lsn_by_timestamp,
+    get "/metrics" => metrics,
+}
+
+/// The HTTP API on `repo`; unknown paths and methods get a JSON 404/405.
 pub fn router(repo: Arc<Repository>) -> Router {
-    let tl = "/v1/tenant/{tenant_id}/timeline/{timeline_id}";
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/tenant", get(list_tenants).post(create_tenant))
-        .route("/v1/tenant/{tenant_id}/timeline", get(list_timelines).post(create_timeline))
-        .route(tl, get(get_timeline).delete(delete_timeline))
-        .route(&format!("{tl}/wal_source"), put(set_wal_source).delete(stop_wal_source))
-        .route(&format!("{tl}/checkpoint"), post(checkpoint))
-        .route(&format!("{tl}/page"), get(get_page))
-        .route(&format!("{tl}/basebackup"), get(basebackup))
-        .route(&format!("{tl}/rel_size"), get(get_rel_size))
-        .route(&format!("{tl}/lsn_by_timestamp"), get(lsn_by_timestamp))
-        .route("/metrics", get(metrics))
-        .with_state(repo)
+    add_routes(Router::new()).fallback(no_route).method_not_allowed_fallback(method_not_allowed).with_state(repo)
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,6 +494,12 @@ fn basebackup_target(tl: &Timeline, q: &BasebackupQuery) -> ApiResult<crate::bas
         return Err(bad(format!("LSN {lsn} is not a record boundary (not 8-byte aligned)")));
     }
     tl.check_lsn_in_scope(lsn)?;
+    // Below the start of a root timeline there is nothing to send; finding
+    // that out after the headers went out would break the response instead.
+    let start = tl.branchable_range().start;
+    if lsn < start {
+        return Err(bad(format!("LSN {lsn} is before the start of the timeline at {start}")));
+    }
     let known_prev = if lsn == last { tl.prev_record_lsn() } else { None };
     let prev_record_lsn = q.prev_lsn.or(known_prev).unwrap_or(Lsn(0));
     if prev_record_lsn >= lsn {
@@ -391,8 +510,8 @@ fn basebackup_target(tl: &Timeline, q: &BasebackupQuery) -> ApiResult<crate::bas
 
 async fn basebackup(
     State(repo): State<Arc<Repository>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
-    Query(q): Query<BasebackupQuery>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+    ApiQuery(q): ApiQuery<BasebackupQuery>,
 ) -> ApiResult<Response> {
     use futures::StreamExt;
     let tl = repo.get_timeline(tenant_id, timeline_id)?;

@@ -1,6 +1,7 @@
 //! The HTTP API and the `pageserver` binary: tenant and timeline creation
 //! (import and branch), detail, the debug page route, the WAL source,
-//! errors, metrics; the page service; `--help`.
+//! errors, metrics; the page service; `--help`; the OpenAPI document
+//! against the router.
 mod common;
 
 use std::time::Duration;
@@ -115,6 +116,10 @@ async fn http_api_end_to_end() -> anyhow::Result<()> {
     assert!(m.contains("strata_pageserver_wal_ingest_records_total"), "{m}");
     let r = http.delete(format!("{tl_url}/wal_source")).send().await?;
     assert_eq!(r.status(), 200);
+    // No WAL source connected: a future LSN is refused at once, not waited for.
+    let r = http.get(format!("{tl_url}/page?{}&blk=0&lsn=FFFFFFFF/FFFFFFF8", q.split("&lsn=").next().unwrap())).send().await?;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await?.contains("in the future"));
     repo.shutdown(false).await;
     pg.stop()?;
     Ok(())
@@ -154,5 +159,48 @@ fn binary_help_and_startup() -> anyhow::Result<()> {
     let status = child.wait()?;
     assert!(body.unwrap_or_default().contains("tenants"));
     assert!(status.success(), "{status}");
+    Ok(())
+}
+
+/// `openapi.json` describes exactly the routes of the router (see
+/// `common::openapi`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_spec_matches_the_router() -> anyhow::Result<()> {
+    let dir = workdir();
+    let repo = Repository::open(conf(dir.path(), |_| {})).await?;
+    let router = pageserver::http::router(repo.clone());
+    common::openapi::check(pageserver::http::OPENAPI_JSON, pageserver::http::ROUTES, router, |method, path| {
+        match (method, path) {
+            ("post", "/v1/tenant") | ("post", "/v1/tenant/{tenant_id}/timeline") => Some(json!({})),
+            ("put", p) if p.ends_with("/wal_source") => Some(json!({ "kind": "primary", "conninfo": "host=127.0.0.1" })),
+            _ => None,
+        }
+    })
+    .await?;
+    // Malformed input is a 4xx with a JSON error, never a 5xx; initdb is not
+    // run for an unknown tenant.
+    let app = pageserver::http::router(repo.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    let unknown = utils::id::TenantId::generate();
+    let started = std::time::Instant::now();
+    let r = http.post(format!("{base}/v1/tenant/{unknown}/timeline")).json(&json!({ "initdb": true })).send().await?;
+    assert_eq!(r.status(), 404);
+    assert!(started.elapsed() < Duration::from_secs(1), "ran initdb first");
+    for (url, code) in [
+        (format!("{base}/v1/tenant/nothex/timeline"), 400),
+        (format!("{base}/v1/tenant/{unknown}/timeline/{unknown}/page?spc=x&db=1&rel=1&blk=0"), 400),
+        (format!("{base}/v1/tenant/{unknown}/timeline/{unknown}/page?spc=1&db=1&rel=1&blk=0&lsn=zz"), 400),
+    ] {
+        let r = http.get(&url).send().await?;
+        assert_eq!(r.status(), code, "{url}");
+        assert!(r.json::<Value>().await?["error"].is_string(), "{url}");
+    }
+    let r = http.post(format!("{base}/v1/tenant/{unknown}/timeline")).body("{").header("content-type", "application/json").send().await?;
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<Value>().await?["error"].is_string());
+    repo.shutdown(false).await;
     Ok(())
 }

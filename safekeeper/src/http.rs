@@ -11,15 +11,25 @@
 //! * `DELETE /v1/tenant/{tenant_id}/timeline/{timeline_id}`
 //! * `GET    /v1/status` — this safekeeper and its timelines
 //! * `GET    /metrics` — Prometheus
+//! * `GET    /v1/openapi.json` — the OpenAPI 3 description of all of this
+//!   (`safekeeper/openapi.json`, embedded at build time)
 //!
-//! Errors are `{"error": "..."}` with 400/404/409/500.
+//! Errors are `{"error": "..."}` with 400 (malformed path or body, bad
+//! value), 404 (unknown timeline or route), 405 (method not allowed), 409
+//! (exists, old term, lagging, other system), 415/422 (body not JSON / not of
+//! the expected shape) or 500. The extractors [`ApiPath`] and [`ApiJson`] turn
+//! malformed input into that same JSON body. (They and the route table are the
+//! same as the pageserver's `http` module; the two crates share no HTTP crate.)
+//!
+//! Routes are declared once, in the `routes!` table of [`router`]: it builds
+//! the router and defines [`ROUTES`], which the tests compare with
+//! `openapi.json` and probe against the router.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::{header, request::Parts, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use utils::id::{TenantId, TimelineId};
@@ -31,13 +41,69 @@ use crate::timeline::{AcceptorStatus, CreateTimelineRequest, Timeline, TimelineE
 use crate::timelines::{Timelines, TimelinesError};
 use crate::walsender::ReplicaStatus;
 
-pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
     }
 }
+
+/// An error answer: `status` with the body `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+/// The OpenAPI 3 description served at `GET /v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// `axum::Json` whose rejection is an [`ApiError`] (JSON body).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(r) => Err(ApiError(r.status(), r.body_text())),
+        }
+    }
+}
+
+/// No `Content-Type` header: `None` (an empty body is allowed).
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::OptionalFromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        match <Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state).await {
+            Ok(v) => Ok(v.map(|Json(v)| ApiJson(v))),
+            Err(r) => Err(ApiError(r.status(), r.body_text())),
+        }
+    }
+}
+
+/// `axum::extract::Path` whose rejection is an [`ApiError`].
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(r) => Err(ApiError(r.status(), r.body_text())),
+        }
+    }
+}
+
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no route {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} not allowed on {}", uri.path()))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
 
 impl From<TimelinesError> for ApiError {
     fn from(e: TimelinesError) -> Self {
@@ -56,7 +122,9 @@ struct TimelineErrorRef<'a>(&'a TimelineError);
 impl From<TimelineErrorRef<'_>> for ApiError {
     fn from(e: TimelineErrorRef<'_>) -> Self {
         let code = match e.0 {
-            TimelineError::OldTerm { .. } | TimelineError::SystemIdMismatch { .. } => StatusCode::CONFLICT,
+            TimelineError::OldTerm { .. }
+            | TimelineError::BeforeStart { .. }
+            | TimelineError::SystemIdMismatch { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.0.to_string())
@@ -119,11 +187,15 @@ type ApiResult<T> = Result<T, ApiError>;
 
 async fn create(
     State(tls): State<Arc<Timelines>>,
-    Path(tenant_id): Path<TenantId>,
-    Json(req): Json<CreateTimelineRequest>,
+    ApiPath(tenant_id): ApiPath<TenantId>,
+    ApiJson(req): ApiJson<CreateTimelineRequest>,
 ) -> ApiResult<(StatusCode, Json<TimelineStatus>)> {
-    if !req.wal_seg_size_bytes.is_power_of_two() || req.wal_seg_size_bytes < 1 << 20 {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("bad wal_seg_size_bytes {}", req.wal_seg_size_bytes)));
+    // PostgreSQL's own range (`initdb --wal-segsize`: 1 MiB to 1 GiB).
+    if !req.wal_seg_size_bytes.is_power_of_two() || !(1 << 20..=1 << 30).contains(&req.wal_seg_size_bytes) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("bad wal_seg_size_bytes {}: must be a power of two from 1 MiB to 1 GiB", req.wal_seg_size_bytes),
+        ));
     }
     if !req.start_lsn.is_aligned() {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("start_lsn {} is not 8-byte aligned", req.start_lsn)));
@@ -134,8 +206,8 @@ async fn create(
 
 async fn set_compute(
     State(tls): State<Arc<Timelines>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
-    Json(spec): Json<ComputeSpec>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+    ApiJson(spec): ApiJson<ComputeSpec>,
 ) -> ApiResult<Json<TimelineStatus>> {
     let tl = tls.get(tenant_id, timeline_id)?;
     tl.set_compute(spec).await?;
@@ -147,8 +219,8 @@ pub const RECOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(60)
 
 async fn recover(
     State(tls): State<Arc<Timelines>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
-    Json(target): Json<RecoveryTarget>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+    ApiJson(target): ApiJson<RecoveryTarget>,
 ) -> ApiResult<Json<TimelineStatus>> {
     let tl = tls.get(tenant_id, timeline_id)?;
     let up_to = target.up_to;
@@ -167,7 +239,7 @@ async fn recover(
 
 async fn timeline_status(
     State(tls): State<Arc<Timelines>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
 ) -> ApiResult<Json<TimelineStatus>> {
     let tl = tls.get(tenant_id, timeline_id)?;
     Ok(Json(status_of(&tl)))
@@ -175,7 +247,7 @@ async fn timeline_status(
 
 async fn delete(
     State(tls): State<Arc<Timelines>>,
-    Path((tenant_id, timeline_id)): Path<(TenantId, TimelineId)>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
 ) -> ApiResult<StatusCode> {
     tls.delete(tenant_id, timeline_id).await?;
     Ok(StatusCode::OK)
@@ -190,13 +262,31 @@ async fn metrics() -> String {
     crate::metrics::gather_text()
 }
 
+/// Declares the routes once: builds `add_routes` and the [`ROUTES`] table
+/// (lowercase method, path) from the same list.
+macro_rules! routes {
+    ($( $method:ident $path:literal => $handler:path ),* $(,)?) => {
+        /// Every (method, path) the router serves; the tests hold it equal to
+        /// the paths and methods of `openapi.json`.
+        pub const ROUTES: &[(&str, &str)] = &[ $( (stringify!($method), $path) ),* ];
+        fn add_routes(r: Router<Arc<Timelines>>) -> Router<Arc<Timelines>> {
+            r $( .route($path, axum::routing::$method($handler)) )*
+        }
+    };
+}
+
+routes! {
+    post "/v1/tenant/{tenant_id}/timeline" => create,
+    get "/v1/tenant/{tenant_id}/timeline/{timeline_id}" => timeline_status,
+    delete "/v1/tenant/{tenant_id}/timeline/{timeline_id}" => delete,
+    put "/v1/tenant/{tenant_id}/timeline/{timeline_id}/compute" => set_compute,
+    post "/v1/tenant/{tenant_id}/timeline/{timeline_id}/recover" => recover,
+    get "/v1/status" => status,
+    get "/v1/openapi.json" => openapi,
+    get "/metrics" => metrics,
+}
+
+/// The HTTP API on `timelines`; unknown paths and methods get a JSON 404/405.
 pub fn router(timelines: Arc<Timelines>) -> Router {
-    Router::new()
-        .route("/v1/tenant/{tenant_id}/timeline", post(create))
-        .route("/v1/tenant/{tenant_id}/timeline/{timeline_id}", get(timeline_status).delete(delete))
-        .route("/v1/tenant/{tenant_id}/timeline/{timeline_id}/compute", put(set_compute))
-        .route("/v1/tenant/{tenant_id}/timeline/{timeline_id}/recover", post(recover))
-        .route("/v1/status", get(status))
-        .route("/metrics", get(metrics))
-        .with_state(timelines)
+    add_routes(Router::new()).fallback(no_route).method_not_allowed_fallback(method_not_allowed).with_state(timelines)
 }

@@ -53,6 +53,8 @@ pub enum TimelineError {
     Storage(#[from] WalStorageError),
     #[error("term {requested} is not newer than current term {current}")]
     OldTerm { requested: u64, current: u64 },
+    #[error("the compute starts at {start_lsn}, before this timeline's first WAL at {timeline_start_lsn}")]
+    BeforeStart { start_lsn: Lsn, timeline_start_lsn: Lsn },
     #[error("compute has system id {got}, timeline has {expected}")]
     SystemIdMismatch { expected: u64, got: u64 },
     #[error("timeline was deleted or the safekeeper is shutting down")]
@@ -340,6 +342,9 @@ impl Timeline {
         }
         if spec.term <= current.term {
             return Err(TimelineError::OldTerm { requested: spec.term, current: current.term });
+        }
+        if spec.start_lsn < current.timeline_start_lsn {
+            return Err(TimelineError::BeforeStart { start_lsn: spec.start_lsn, timeline_start_lsn: current.timeline_start_lsn });
         }
         let empty = flush == current.timeline_start_lsn;
         let (start, term) = (spec.start_lsn, spec.term);

@@ -2,6 +2,7 @@
 //! manager on a scratch directory, WAL reading and per-block histories.
 #![allow(dead_code)]
 pub mod mask;
+pub mod openapi;
 pub mod ps;
 
 use std::collections::{BTreeMap, HashMap};
