@@ -48,6 +48,7 @@ use crate::layers::file::{LayerFile, LayerFileError, LayerFileWriter};
 use crate::layers::index::{self, IndexLayer, IndexPart, TimelineMetadata};
 use crate::layers::inmemory::InMemoryLayer;
 use crate::layers::layer_map::{LayerMap, SearchLayer};
+use crate::layers::partition::{partition, Partition};
 use crate::layers::{LayerDesc, ReconstructResult, ValueReconstructState};
 use crate::metrics;
 use crate::value::*;
@@ -64,10 +65,10 @@ pub struct TimelineConf {
     pub checkpoint_distance: usize,
     /// ... or when it is this old.
     pub checkpoint_timeout: Duration,
-    /// Create image layers once this many delta files lie above the
-    /// newest image layer.
+    /// Create an image layer for a key partition once this many delta
+    /// files with data in the partition lie above its newest image.
     pub image_creation_threshold: usize,
-    /// Keys per image layer file.
+    /// Keys per key partition (and so per image layer file), at most.
     pub image_layer_keys: usize,
     /// How long a read waits for its LSN to be ingested.
     pub wait_lsn_timeout: Duration,
@@ -571,8 +572,8 @@ impl Timeline {
     }
 
     /// Write the frozen layers to delta files, oldest first, advancing
-    /// `disk_consistent_lsn` after each; then create image layers if the
-    /// delta chain has grown past the threshold.
+    /// `disk_consistent_lsn` after each; then create image layers for the
+    /// key partitions whose delta chains have grown past the threshold.
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
     pub async fn flush_frozen_layers(&self) -> Result<()> {
         let _f = self.flush_lock.lock().await;
@@ -609,8 +610,8 @@ impl Timeline {
             }
             flushed = true;
         }
-        if flushed && self.read_layers().deltas_since_last_image() >= self.conf.image_creation_threshold {
-            self.create_image_layers(self.disk_consistent_lsn()).await?;
+        if flushed {
+            self.create_image_layers_where_needed(self.disk_consistent_lsn()).await?;
         }
         Ok(())
     }
@@ -689,46 +690,104 @@ impl Timeline {
     }
 
     /// Materialise every key at `lsn` (at or below disk_consistent_lsn) into
-    /// image layer files of `image_layer_keys` keys each.
+    /// image layer files, one per key partition (see [`partition`]).
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, %lsn))]
     pub async fn create_image_layers(&self, lsn: Lsn) -> Result<usize> {
-        let started = std::time::Instant::now();
         let keys = self.collect_keyspace(lsn).await?;
-        let chunks: Vec<&[Key]> = keys.chunks(self.conf.image_layer_keys.max(1)).collect();
-        let mut created = 0;
-        let mut files = Vec::with_capacity(chunks.len());
-        for (i, chunk) in chunks.iter().enumerate() {
-            let end = chunks.get(i + 1).map_or_else(|| chunk[chunk.len() - 1].next(), |c| c[0]);
-            let mut values = Vec::with_capacity(chunk.len());
-            for &key in chunk.iter() {
-                match self.get(key, lsn).await {
-                    Ok(v) => values.push((key, v)),
-                    Err(PageReconstructError::MissingKey { .. }) if key.is_rel_block_key() => {
-                        values.push((key, ZERO_PAGE.clone()))
-                    }
-                    Err(PageReconstructError::MissingKey { .. }) => {}
-                    Err(e) => return Err(e),
+        self.write_image_layers(partition(&keys, self.conf.image_layer_keys), lsn).await
+    }
+
+    /// Image layers at `lsn` for the partitions that need one: more than
+    /// `image_creation_threshold - 1` delta files with data in the
+    /// partition above the partition's newest image. A partition nothing
+    /// was written to gets no new image.
+    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, %lsn))]
+    pub async fn create_image_layers_where_needed(&self, lsn: Lsn) -> Result<usize> {
+        let keys = self.collect_keyspace(lsn).await?;
+        let needed = self.partitions_needing_images(partition(&keys, self.conf.image_layer_keys), lsn).await?;
+        self.write_image_layers(needed, lsn).await
+    }
+
+    /// The partitions with at least `image_creation_threshold` delta files
+    /// holding data in them above their image coverage.
+    async fn partitions_needing_images(&self, parts: Vec<Partition>, lsn: Lsn) -> Result<Vec<Partition>> {
+        let threshold = self.conf.image_creation_threshold.max(1);
+        let candidates: Vec<(Partition, Vec<Arc<LayerFile>>)> = {
+            let map = self.read_layers();
+            let deltas_above = |p: &Partition| {
+                let coverage = map.image_coverage(p.key_range.clone(), lsn);
+                let layers = map.overlapping(p.key_range.clone(), lsn + 1).into_iter();
+                layers.filter(|l| !l.desc.is_image && coverage.is_none_or(|c| l.desc.lsn_range.end > c + 1)).collect()
+            };
+            let with_deltas = |p: Partition| {
+                let deltas: Vec<_> = deltas_above(&p);
+                (deltas.len() >= threshold).then_some((p, deltas))
+            };
+            parts.into_iter().filter_map(with_deltas).collect()
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut needed = Vec::new();
+            for (p, deltas) in candidates {
+                let mut with_data = 0;
+                for d in &deltas {
+                    with_data += d.has_key_in(&p.key_range)? as usize;
+                }
+                if with_data >= threshold {
+                    needed.push(p);
                 }
             }
-            let generation = self.generation;
-            let desc = LayerDesc { key_range: chunk[0]..end, lsn_range: lsn..lsn + 1, is_image: true, generation };
-            let dir = self.path.clone();
-            let file = tokio::task::spawn_blocking(move || {
-                let mut w = LayerFileWriter::new(&dir, desc)?;
-                for (k, v) in values {
-                    w.put(k, lsn, &Value::Image(v))?;
-                }
-                w.finish()
-            })
-            .await
-            .map_err(other)?
-            .map_err(|e| other(format!("writing image layer: {e}")))?;
-            files.push(Arc::new(file));
-            created += 1;
+            Ok(needed)
+        })
+        .await
+        .map_err(other)?
+    }
+
+    /// Write one image layer per partition (with keys) and commit them.
+    async fn write_image_layers(&self, parts: Vec<Partition>, lsn: Lsn) -> Result<usize> {
+        let started = std::time::Instant::now();
+        let mut files = Vec::with_capacity(parts.len());
+        for p in parts.into_iter().filter(|p| !p.keys.is_empty()) {
+            files.push(self.write_image_layer(p, lsn).await?);
         }
-        self.commit_layers(files, None).await?;
-        info!(layers = created, keys = keys.len(), elapsed_ms = started.elapsed().as_millis() as u64, "created image layers");
+        let created = files.len();
+        if created > 0 {
+            self.commit_layers(files, None).await?;
+            info!(layers = created, elapsed_ms = started.elapsed().as_millis() as u64, "created image layers");
+        }
         Ok(created)
+    }
+
+    /// The values of `keys` at `lsn` (missing relation blocks read as zeros).
+    async fn image_values(&self, keys: &[Key], lsn: Lsn) -> Result<Vec<(Key, Bytes)>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for &key in keys {
+            match self.get(key, lsn).await {
+                Ok(v) => values.push((key, v)),
+                Err(PageReconstructError::MissingKey { .. }) if key.is_rel_block_key() => {
+                    values.push((key, ZERO_PAGE.clone()))
+                }
+                Err(PageReconstructError::MissingKey { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(values)
+    }
+
+    async fn write_image_layer(&self, p: Partition, lsn: Lsn) -> Result<Arc<LayerFile>> {
+        let values = self.image_values(&p.keys, lsn).await?;
+        let desc = LayerDesc { key_range: p.key_range, lsn_range: lsn..lsn + 1, is_image: true, generation: self.generation };
+        let dir = self.path.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            let mut w = LayerFileWriter::new(&dir, desc)?;
+            for (k, v) in values {
+                w.put(k, lsn, &Value::Image(v))?;
+            }
+            w.finish()
+        })
+        .await
+        .map_err(other)?
+        .map_err(|e| other(format!("writing image layer: {e}")))?;
+        Ok(Arc::new(file))
     }
 
     /// The LSN range a new branch may start at: `[ancestor start, last_record_lsn]`.

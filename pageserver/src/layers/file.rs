@@ -298,6 +298,13 @@ impl LayerFile {
         Ok(ReconstructResult::Continue)
     }
 
+    /// Whether the file holds a value of some key in `key_range`. Blocking.
+    pub fn has_key_in(&self, key_range: &Range<Key>) -> Result<bool, LayerFileError> {
+        let opened = self.opened()?;
+        let at = opened.index.partition_point(|e| e.key < key_range.start);
+        Ok(opened.index.get(at).is_some_and(|e| e.key < key_range.end))
+    }
+
     /// Every key held (sorted, deduplicated). Blocking.
     pub fn keys(&self) -> Result<Vec<Key>, LayerFileError> {
         let opened = self.opened()?;

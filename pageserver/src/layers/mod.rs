@@ -9,6 +9,7 @@
 //! * [`file`]: the on-disk format shared by delta and image layers.
 //! * [`layer_map`]: the set of layers of a timeline and the search.
 //! * [`index`]: `index.json`, the timeline's durable layer set and metadata.
+//! * [`partition`]: the key partitions image layers are made for.
 //!
 //! Layer identity: a [`LayerDesc`] (key range, LSN range, kind, generation)
 //! and its file name `<keystart>-<keyend>__<lsnstart>-<lsnend>-g<generation>`
@@ -28,6 +29,7 @@ pub mod file;
 pub mod index;
 pub mod inmemory;
 pub mod layer_map;
+pub mod partition;
 
 use std::fmt;
 use std::ops::Range;
