@@ -20,6 +20,8 @@
 //!   a restart would not find.
 //! * A branch's own layers hold only LSNs above `ancestor_lsn`; reads below
 //!   that continue in the ancestor at `ancestor_lsn`.
+//! * Reads below `gc_cutoff_lsn` are refused; GC (submodule `gc`) removes
+//!   only layers no read at or above it, and no child branch point, needs.
 //!
 //! Cancellation: reads are cancel-safe (dropping them leaves no state
 //! behind; a blocking file read that was started completes on its own
@@ -28,7 +30,7 @@
 //! or the next restart removes (the index does not name it); dropping it
 //! after the index was written leaves the frozen layer in the map, and the
 //! next flush writes the same file and index again.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +44,12 @@ use tracing::{info, instrument};
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 use utils::seqwait::SeqWait;
+
+mod gc;
+
+pub use gc::LayerInfo;
+pub use crate::layers::gc::GcResult;
+pub(crate) use gc::check_branch_lsn;
 
 use crate::key::*;
 use crate::layers::file::{LayerFile, LayerFileError, LayerFileWriter};
@@ -72,6 +80,13 @@ pub struct TimelineConf {
     pub image_layer_keys: usize,
     /// How long a read waits for its LSN to be ingested.
     pub wait_lsn_timeout: Duration,
+    /// GC keeps at least this many bytes of WAL history below
+    /// `last_record_lsn` readable.
+    pub gc_horizon_bytes: u64,
+    /// ... and at least this much time (point-in-time recovery window).
+    pub pitr_interval: Duration,
+    /// How often the background GC loop runs (zero: never).
+    pub gc_period: Duration,
 }
 
 impl Default for TimelineConf {
@@ -82,6 +97,9 @@ impl Default for TimelineConf {
             image_creation_threshold: 3,
             image_layer_keys: 2048,
             wait_lsn_timeout: Duration::from_secs(60),
+            gc_horizon_bytes: 64 << 20,
+            pitr_interval: Duration::from_secs(7 * 24 * 3600),
+            gc_period: Duration::from_secs(3600),
         }
     }
 }
@@ -99,6 +117,8 @@ pub enum PageReconstructError {
     WaitLsnTimeout { lsn: Lsn, last: Lsn, timeout: Duration },
     #[error("LSN {lsn} is below the branch point {ancestor_lsn} of timeline {timeline_id}")]
     BelowBranchPoint { lsn: Lsn, ancestor_lsn: Lsn, timeline_id: TimelineId },
+    #[error("LSN {lsn} is below the GC cutoff {cutoff} of timeline {timeline_id}")]
+    BelowGcCutoff { lsn: Lsn, cutoff: Lsn, timeline_id: TimelineId },
     #[error("relation {rel} fork {forknum} does not exist at {lsn}")]
     RelationNotFound { rel: RelFileNode, forknum: u8, lsn: Lsn },
     #[error("block {blkno} is beyond the end of relation {rel} fork {forknum} ({nblocks} blocks) at {lsn}")]
@@ -131,8 +151,12 @@ pub struct Timeline {
     pub wal_seg_size: u64,
     /// Generation of this attachment: new layer files carry it.
     pub generation: u32,
-    /// Reads below this LSN are not guaranteed (GC; Lsn(0) for now).
-    pub gc_cutoff_lsn: Lsn,
+    /// Reads below this LSN are refused (GC may have removed their layers).
+    gc_cutoff_lsn: AtomicU64,
+    /// Held by a GC pass and by branch creation from this timeline.
+    pub(crate) gc_lock: tokio::sync::Mutex<()>,
+    /// Child timelines and their branch points (GC retain LSNs).
+    branch_points: Mutex<BTreeMap<TimelineId, Lsn>>,
     layers: RwLock<LayerMap>,
     last_record_lsn: SeqWait,
     disk_consistent_lsn: AtomicU64,
@@ -185,7 +209,9 @@ impl Timeline {
             initdb_lsn: md.initdb_lsn,
             wal_seg_size: md.wal_seg_size,
             generation: index.generation,
-            gc_cutoff_lsn: index.gc_cutoff_lsn,
+            gc_cutoff_lsn: AtomicU64::new(index.gc_cutoff_lsn.0),
+            gc_lock: tokio::sync::Mutex::new(()),
+            branch_points: Mutex::new(BTreeMap::new()),
             layers: RwLock::new(layers),
             last_record_lsn: SeqWait::new(md.disk_consistent_lsn),
             disk_consistent_lsn: AtomicU64::new(md.disk_consistent_lsn.0),
@@ -235,8 +261,14 @@ impl Timeline {
         })
     }
 
-    /// Refuse LSNs below a branch's start.
+    /// Reads below this LSN are refused (0 before the first GC).
+    pub fn gc_cutoff_lsn(&self) -> Lsn {
+        Lsn(self.gc_cutoff_lsn.load(Ordering::Acquire))
+    }
+
+    /// Refuse LSNs below a branch's start or below the GC cutoff.
     pub fn check_lsn_in_scope(&self, lsn: Lsn) -> Result<()> {
+        check_branch_lsn(self, lsn)?;
         if self.ancestor.is_some() && lsn < self.ancestor_lsn {
             return Err(PageReconstructError::BelowBranchPoint {
                 lsn,
@@ -642,6 +674,7 @@ impl Timeline {
             }
         }
         self.disk_consistent_lsn.fetch_max(dcl.0, Ordering::AcqRel);
+        self.update_physical_size_metric();
         Ok(())
     }
 
@@ -655,7 +688,7 @@ impl Timeline {
         let current = map.historic().filter(|l| !new.iter().any(|n| same(&n.desc, &l.desc)));
         let layers = current.chain(new).map(|l| index_entry(l)).collect();
         let metadata = TimelineMetadata { disk_consistent_lsn, ..self.metadata() };
-        IndexPart { gc_cutoff_lsn: self.gc_cutoff_lsn, ..IndexPart::new(self.generation, metadata, layers) }
+        IndexPart { gc_cutoff_lsn: self.gc_cutoff_lsn(), ..IndexPart::new(self.generation, metadata, layers) }
     }
 
     /// Every key that exists at `lsn`, sorted: directories, sizes, blocks.

@@ -10,6 +10,7 @@
 //! * [`layer_map`]: the set of layers of a timeline and the search.
 //! * [`index`]: `index.json`, the timeline's durable layer set and metadata.
 //! * [`partition`]: the key partitions image layers are made for.
+//! * [`gc`]: which layers garbage collection removes.
 //!
 //! Layer identity: a [`LayerDesc`] (key range, LSN range, kind, generation)
 //! and its file name `<keystart>-<keyend>__<lsnstart>-<lsnend>-g<generation>`
@@ -26,6 +27,7 @@
 //! Cancellation: nothing here awaits; file I/O is blocking and callers run
 //! it in `spawn_blocking`.
 pub mod file;
+pub mod gc;
 pub mod index;
 pub mod inmemory;
 pub mod layer_map;
