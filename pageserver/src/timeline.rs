@@ -45,6 +45,7 @@ use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 use utils::seqwait::SeqWait;
 
+mod compaction;
 mod gc;
 
 pub use gc::LayerInfo;
@@ -87,6 +88,10 @@ pub struct TimelineConf {
     pub pitr_interval: Duration,
     /// How often the background GC loop runs (zero: never).
     pub gc_period: Duration,
+    /// Merge L0 delta files into L1 files once there are this many.
+    pub compaction_threshold: usize,
+    /// Size an L1 file is cut at (at the next key boundary).
+    pub compaction_target_size_bytes: u64,
 }
 
 impl Default for TimelineConf {
@@ -100,6 +105,8 @@ impl Default for TimelineConf {
             gc_horizon_bytes: 64 << 20,
             pitr_interval: Duration::from_secs(7 * 24 * 3600),
             gc_period: Duration::from_secs(3600),
+            compaction_threshold: 10,
+            compaction_target_size_bytes: 128 << 20,
         }
     }
 }
@@ -615,9 +622,10 @@ impl Timeline {
             let Some(end) = frozen.end_lsn() else { break };
             let started = std::time::Instant::now();
             let file = match frozen.key_bounds() {
-                Some((min, max)) => {
+                Some(_) => {
+                    // An L0 file: the whole key space (see layers::compaction).
                     let desc = LayerDesc {
-                        key_range: min..max.next(),
+                        key_range: Key::MIN..Key::MAX,
                         lsn_range: frozen.start_lsn..end,
                         is_image: false,
                         generation: self.generation,
@@ -643,6 +651,7 @@ impl Timeline {
             flushed = true;
         }
         if flushed {
+            self.compact_level0().await?;
             self.create_image_layers_where_needed(self.disk_consistent_lsn()).await?;
         }
         Ok(())

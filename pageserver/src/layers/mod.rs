@@ -11,6 +11,7 @@
 //! * [`index`]: `index.json`, the timeline's durable layer set and metadata.
 //! * [`partition`]: the key partitions image layers are made for.
 //! * [`gc`]: which layers garbage collection removes.
+//! * [`compaction`]: merging L0 delta files into L1 files by key range.
 //!
 //! Layer identity: a [`LayerDesc`] (key range, LSN range, kind, generation)
 //! and its file name `<keystart>-<keyend>__<lsnstart>-<lsnend>-g<generation>`
@@ -26,6 +27,7 @@
 //!
 //! Cancellation: nothing here awaits; file I/O is blocking and callers run
 //! it in `spawn_blocking`.
+pub mod compaction;
 pub mod file;
 pub mod gc;
 pub mod index;

@@ -8,12 +8,15 @@
 //! database's relmapper file and relation directory; each relation fork;
 //! each SLRU kind; the two-phase area; the control file and checkpoint;
 //! the last-commit key — and each class is cut into chunks of at most
-//! `target_keys` keys. A partition starts at its class's first key (first
-//! chunk) or at its chunk's first key, and ends where the next partition
-//! starts, so small metadata classes get small partitions of their own and
-//! relation chunks start at block multiples of `target_keys` (stable while
-//! a relation grows). Keys that do not exist (gaps) fall into the partition
-//! before them.
+//! `target_keys` keys. Consecutive small relation forks (each at most
+//! `target_keys` keys) are packed into one partition while it stays within
+//! `target_keys` keys, so a cluster's hundreds of small catalogs make a few
+//! partitions, not hundreds. A partition starts at its (first) class's
+//! first key or at its chunk's first key, and ends where the next partition
+//! starts, so metadata classes get small partitions of their own and large
+//! relations' chunks start at block multiples of `target_keys` (stable
+//! while a relation grows). Keys that do not exist (gaps) fall into the
+//! partition before them.
 //!
 //! Invariants: partitions are sorted, non-empty, contiguous, the first
 //! starts at `Key::MIN` and the last ends at `Key::MAX`; every input key is
@@ -49,13 +52,26 @@ pub fn class_start(key: Key) -> Key {
 pub fn partition(keys: &[Key], target_keys: usize) -> Vec<Partition> {
     let target_keys = target_keys.max(1);
     let mut parts: Vec<Partition> = Vec::new();
+    // Whether the last partition holds small relation forks that a further
+    // small fork may join.
+    let mut packing = false;
     let mut i = 0;
     while i < keys.len() {
         let class = class_start(keys[i]);
         let class_len = keys[i..].iter().take_while(|k| class_start(**k) == class).count();
-        for (n, chunk) in keys[i..i + class_len].chunks(target_keys).enumerate() {
-            let start = if n == 0 { class } else { chunk[0] };
-            parts.push(Partition { key_range: start..Key::MAX, keys: chunk.to_vec() });
+        let class_keys = &keys[i..i + class_len];
+        let small_rel = is_rel_class(class) && class_len <= target_keys;
+        match parts.last_mut() {
+            Some(last) if packing && small_rel && last.keys.len() + class_len <= target_keys => {
+                last.keys.extend_from_slice(class_keys);
+            }
+            _ => {
+                for (n, chunk) in class_keys.chunks(target_keys).enumerate() {
+                    let start = if n == 0 { class } else { chunk[0] };
+                    parts.push(Partition { key_range: start..Key::MAX, keys: chunk.to_vec() });
+                }
+                packing = small_rel;
+            }
         }
         i += class_len;
     }
@@ -67,6 +83,11 @@ pub fn partition(keys: &[Key], target_keys: usize) -> Vec<Partition> {
         parts[n - 1].key_range.end = parts[n].key_range.start;
     }
     parts
+}
+
+/// A relation fork's class (not a per-database metadata class).
+fn is_rel_class(class: Key) -> bool {
+    class.field1 == 0x00 && class.field4 != 0
 }
 
 #[cfg(test)]
@@ -84,6 +105,8 @@ mod tests {
         keys.extend((0..10).map(|blk| rel_block_key(a, 0, blk)));
         keys.push(rel_size_key(a, 0));
         keys.extend([rel_block_key(b, 0, 0), rel_size_key(b, 0)]);
+        let c = RelFileNode { rel_node: 16400, ..a };
+        keys.extend([rel_block_key(c, 0, 0), rel_size_key(c, 0)]);
         keys.extend([slru_dir_key(SlruKind::Clog), slru_block_key(SlruKind::Clog, 0, 0)]);
         keys.extend([CONTROLFILE_KEY, CHECKPOINT_KEY, COMMIT_TS_KEY]);
         keys.sort();
@@ -95,7 +118,7 @@ mod tests {
             rel_block_key(a, 0, 0),
             rel_block_key(a, 0, 4),
             rel_block_key(a, 0, 8),
-            rel_block_key(b, 0, 0),
+            rel_block_key(b, 0, 0), // b and c packed together
             slru_dir_key(SlruKind::Clog),
             CONTROLFILE_KEY,
             COMMIT_TS_KEY,

@@ -189,7 +189,7 @@ impl Timeline {
 }
 
 /// Delete the files of removed layers and make the deletion durable.
-async fn delete_layer_files(doomed: &[Arc<LayerFile>]) -> Result<()> {
+pub(super) async fn delete_layer_files(doomed: &[Arc<LayerFile>]) -> Result<()> {
     let paths: Vec<_> = doomed.iter().map(|l| l.path.clone()).collect();
     tokio::task::spawn_blocking(move || {
         for p in &paths {
