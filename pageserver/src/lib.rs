@@ -8,9 +8,9 @@
 //!   space and what is stored.
 //! * [`commit_ts`]: the last commit's time per LSN, LSN for a timestamp.
 //! * [`import`]: imports a shut-down data directory as a timeline's start.
-//! * [`timeline`]: LSNs, writes, the layer walk of GetPage@LSN, flushing and
-//!   image layer creation; [`layers`]: in-memory, delta and image layers and
-//!   the layer map.
+//! * [`timeline`]: LSNs, writes, the layer walk of GetPage@LSN, flushing,
+//!   image layer creation per key partition and GC; [`layers`]: in-memory,
+//!   delta and image layers, the layer map, key partitions, the GC rule.
 //! * [`walredo`]: rebuilds page versions (stock PostgreSQL + Rust-applied).
 //! * [`repository`]: tenants and timelines on disk, branching.
 //! * [`basebackup`]: a data directory for (timeline, LSN) as a tar archive.

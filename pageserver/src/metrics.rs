@@ -3,7 +3,9 @@
 //! naming scheme (`strata_pageserver_*`).
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
+use prometheus::{
+    register_histogram, register_int_counter, register_int_gauge_vec, Histogram, IntCounter, IntGaugeVec,
+};
 
 const TIME_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -74,3 +76,25 @@ pub static WALRECEIVER_SOURCE_SWITCHES: LazyLock<IntCounter> =
     LazyLock::new(|| counter("strata_pageserver_walreceiver_source_switches_total", "Walreceiver connections made to a different WAL source than the previous one"));
 pub static WAL_RECEIVED_BYTES: LazyLock<IntCounter> =
     LazyLock::new(|| counter("strata_pageserver_wal_received_bytes_total", "WAL bytes received"));
+
+/// GC passes run.
+pub static GC_RUNS: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_pageserver_gc_runs_total", "GC passes run"));
+
+/// Layer files removed by GC.
+pub static GC_LAYERS_REMOVED: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_pageserver_gc_layers_removed_total", "Layer files removed by GC"));
+
+/// Bytes of layer files removed by GC.
+pub static GC_BYTES_REMOVED: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_pageserver_gc_reclaimed_bytes_total", "Bytes of layer files removed by GC"));
+
+/// Bytes of a timeline's layer files.
+pub static PHYSICAL_SIZE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_pageserver_physical_size_bytes",
+        "Bytes of a timeline's layer files",
+        &["tenant_id", "timeline_id"]
+    )
+    .expect("metric names are unique")
+});

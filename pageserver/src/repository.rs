@@ -20,8 +20,11 @@
 //!   scanned once — temporary files and layers above `disk_consistent_lsn`
 //!   removed, the rest kept under their old names as generation 1 — then
 //!   the index is written and only then `metadata` removed.
-//! * Ancestors are loaded before their branches; a timeline with branches
-//!   cannot be deleted.
+//! * Ancestors are loaded before their branches (and learn their branch
+//!   points, GC's retain LSNs); a timeline with branches cannot be deleted;
+//!   a branch cannot start below its ancestor's GC cutoff.
+//! * One background GC loop per repository (`gc_period`), aborted at
+//!   shutdown.
 //!
 //! Cancellation: the async methods do their file work in `spawn_blocking`;
 //! dropping one part-way leaves at worst an unfinished timeline directory
@@ -60,6 +63,8 @@ pub enum RepoError {
     AlreadyExists(String),
     #[error("invalid branch point: {0}")]
     InvalidBranchLsn(String),
+    #[error("branch point {lsn} is below the GC cutoff {cutoff} of timeline {timeline_id}")]
+    BelowGcCutoff { lsn: Lsn, cutoff: Lsn, timeline_id: TimelineId },
     #[error("timeline {0} has branches: {1:?}")]
     HasChildren(TimelineId, Vec<TimelineId>),
     #[error("import failed: {0}")]
@@ -166,16 +171,43 @@ pub struct Repository {
     pub conf: PageServerConf,
     tenants: RwLock<HashMap<TenantId, Arc<Tenant>>>,
     pub walredo: Arc<PostgresRedoManager>,
+    /// The background GC loop (see [`Repository::start_gc_loop`]).
+    gc_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Repository {
+    /// Start the background GC loop: every `gc_period` (zero: never), a GC
+    /// pass on every timeline; the passes do their file I/O in
+    /// `spawn_blocking`. Stops when the repository is shut down or dropped.
+    fn start_gc_loop(self: &Arc<Self>) {
+        let period = self.conf.timeline.gc_period;
+        if period.is_zero() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(repo) = weak.upgrade() else { break };
+                for tl in repo.all_timelines() {
+                    if let Err(e) = tl.gc_now().await {
+                        warn!(tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id, "GC: {e}");
+                    }
+                }
+            }
+        });
+        *self.gc_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    }
+
     /// Open (or create) the repository in `conf.workdir` and load every
     /// tenant and timeline found there.
     pub async fn open(conf: PageServerConf) -> Result<Arc<Repository>, RepoError> {
         let tenants_dir = conf.workdir.join("tenants");
         fs::create_dir_all(&tenants_dir).map_err(io_err(&tenants_dir))?;
         let walredo = Arc::new(PostgresRedoManager::new(conf.walredo.clone())?);
-        let repo = Arc::new(Repository { conf, tenants: RwLock::new(HashMap::new()), walredo });
+        let repo = Arc::new(Repository { conf, tenants: RwLock::new(HashMap::new()), walredo, gc_task: Mutex::new(None) });
         let dir = tenants_dir.clone();
         let found = tokio::task::spawn_blocking(move || scan_tenants(&dir))
             .await
@@ -196,6 +228,7 @@ impl Repository {
             }
             repo.load_in_ancestor_order(&tenant, loaded).await?;
         }
+        repo.start_gc_loop();
         Ok(repo)
     }
 
@@ -271,6 +304,10 @@ impl Repository {
             Arc::clone(&self.walredo),
         ));
         tenant.timelines.lock().unwrap_or_else(|e| e.into_inner()).insert(timeline_id, Arc::clone(&tl));
+        if let Some(ancestor) = &tl.ancestor {
+            ancestor.add_branch_point(timeline_id, tl.ancestor_lsn);
+        }
+        tl.update_physical_size_metric();
         if let Some(source) = crate::walreceiver::persisted_source(&tl) {
             crate::walreceiver::start(&tl, source).await;
         }
@@ -337,7 +374,14 @@ impl Repository {
         let ancestor = tenant.get(ancestor_id).ok_or(RepoError::TimelineNotFound(tenant_id, ancestor_id))?;
         let new_id = new_id.unwrap_or_else(TimelineId::generate);
         let dir = self.check_new_timeline(&tenant, new_id)?;
+        let ancestor_for_lock = Arc::clone(&ancestor);
+        let _gc = ancestor_for_lock.gc_lock.lock().await;
         let lsn = lsn.unwrap_or_else(|| ancestor.last_record_lsn());
+        if let Err(PageReconstructError::BelowGcCutoff { lsn, cutoff, timeline_id }) =
+            crate::timeline::check_branch_lsn(&ancestor, lsn)
+        {
+            return Err(RepoError::BelowGcCutoff { lsn, cutoff, timeline_id });
+        }
         let range = ancestor.branchable_range();
         if !range.contains(&lsn) {
             return Err(RepoError::InvalidBranchLsn(format!(
@@ -431,6 +475,9 @@ impl Repository {
         crate::walreceiver::stop(&tl).await;
         tl.shutdown();
         tenant.timelines.lock().unwrap_or_else(|e| e.into_inner()).remove(&timeline_id);
+        if let Some(ancestor) = &tl.ancestor {
+            ancestor.remove_branch_point(timeline_id);
+        }
         let dir = tl.path.clone();
         tokio::task::spawn_blocking(move || fs::remove_dir_all(&dir))
             .await
@@ -448,6 +495,9 @@ impl Repository {
 
     /// Stop walreceivers, flush in-memory layers if `flush`, stop redo.
     pub async fn shutdown(&self, flush: bool) {
+        if let Some(gc) = self.gc_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            gc.abort();
+        }
         for tl in self.all_timelines() {
             crate::walreceiver::stop(&tl).await;
             if flush {

@@ -20,6 +20,8 @@
 //!   a restart would not find.
 //! * A branch's own layers hold only LSNs above `ancestor_lsn`; reads below
 //!   that continue in the ancestor at `ancestor_lsn`.
+//! * Reads below `gc_cutoff_lsn` are refused; GC (submodule `gc`) removes
+//!   only layers no read at or above it, and no child branch point, needs.
 //!
 //! Cancellation: reads are cancel-safe (dropping them leaves no state
 //! behind; a blocking file read that was started completes on its own
@@ -28,7 +30,7 @@
 //! or the next restart removes (the index does not name it); dropping it
 //! after the index was written leaves the frozen layer in the map, and the
 //! next flush writes the same file and index again.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,11 +45,19 @@ use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 use utils::seqwait::SeqWait;
 
+mod compaction;
+mod gc;
+
+pub use gc::LayerInfo;
+pub use crate::layers::gc::GcResult;
+pub(crate) use gc::check_branch_lsn;
+
 use crate::key::*;
 use crate::layers::file::{LayerFile, LayerFileError, LayerFileWriter};
 use crate::layers::index::{self, IndexLayer, IndexPart, TimelineMetadata};
 use crate::layers::inmemory::InMemoryLayer;
 use crate::layers::layer_map::{LayerMap, SearchLayer};
+use crate::layers::partition::{partition, Partition};
 use crate::layers::{LayerDesc, ReconstructResult, ValueReconstructState};
 use crate::metrics;
 use crate::value::*;
@@ -64,13 +74,24 @@ pub struct TimelineConf {
     pub checkpoint_distance: usize,
     /// ... or when it is this old.
     pub checkpoint_timeout: Duration,
-    /// Create image layers once this many delta files lie above the
-    /// newest image layer.
+    /// Create an image layer for a key partition once this many delta
+    /// files with data in the partition lie above its newest image.
     pub image_creation_threshold: usize,
-    /// Keys per image layer file.
+    /// Keys per key partition (and so per image layer file), at most.
     pub image_layer_keys: usize,
     /// How long a read waits for its LSN to be ingested.
     pub wait_lsn_timeout: Duration,
+    /// GC keeps at least this many bytes of WAL history below
+    /// `last_record_lsn` readable.
+    pub gc_horizon_bytes: u64,
+    /// ... and at least this much time (point-in-time recovery window).
+    pub pitr_interval: Duration,
+    /// How often the background GC loop runs (zero: never).
+    pub gc_period: Duration,
+    /// Merge L0 delta files into L1 files once there are this many.
+    pub compaction_threshold: usize,
+    /// Size an L1 file is cut at (at the next key boundary).
+    pub compaction_target_size_bytes: u64,
 }
 
 impl Default for TimelineConf {
@@ -81,6 +102,11 @@ impl Default for TimelineConf {
             image_creation_threshold: 3,
             image_layer_keys: 2048,
             wait_lsn_timeout: Duration::from_secs(60),
+            gc_horizon_bytes: 64 << 20,
+            pitr_interval: Duration::from_secs(7 * 24 * 3600),
+            gc_period: Duration::from_secs(3600),
+            compaction_threshold: 10,
+            compaction_target_size_bytes: 128 << 20,
         }
     }
 }
@@ -98,6 +124,8 @@ pub enum PageReconstructError {
     WaitLsnTimeout { lsn: Lsn, last: Lsn, timeout: Duration },
     #[error("LSN {lsn} is below the branch point {ancestor_lsn} of timeline {timeline_id}")]
     BelowBranchPoint { lsn: Lsn, ancestor_lsn: Lsn, timeline_id: TimelineId },
+    #[error("LSN {lsn} is below the GC cutoff {cutoff} of timeline {timeline_id}")]
+    BelowGcCutoff { lsn: Lsn, cutoff: Lsn, timeline_id: TimelineId },
     #[error("relation {rel} fork {forknum} does not exist at {lsn}")]
     RelationNotFound { rel: RelFileNode, forknum: u8, lsn: Lsn },
     #[error("block {blkno} is beyond the end of relation {rel} fork {forknum} ({nblocks} blocks) at {lsn}")]
@@ -130,8 +158,12 @@ pub struct Timeline {
     pub wal_seg_size: u64,
     /// Generation of this attachment: new layer files carry it.
     pub generation: u32,
-    /// Reads below this LSN are not guaranteed (GC; Lsn(0) for now).
-    pub gc_cutoff_lsn: Lsn,
+    /// Reads below this LSN are refused (GC may have removed their layers).
+    gc_cutoff_lsn: AtomicU64,
+    /// Held by a GC pass and by branch creation from this timeline.
+    pub(crate) gc_lock: tokio::sync::Mutex<()>,
+    /// Child timelines and their branch points (GC retain LSNs).
+    branch_points: Mutex<BTreeMap<TimelineId, Lsn>>,
     layers: RwLock<LayerMap>,
     last_record_lsn: SeqWait,
     disk_consistent_lsn: AtomicU64,
@@ -184,7 +216,9 @@ impl Timeline {
             initdb_lsn: md.initdb_lsn,
             wal_seg_size: md.wal_seg_size,
             generation: index.generation,
-            gc_cutoff_lsn: index.gc_cutoff_lsn,
+            gc_cutoff_lsn: AtomicU64::new(index.gc_cutoff_lsn.0),
+            gc_lock: tokio::sync::Mutex::new(()),
+            branch_points: Mutex::new(BTreeMap::new()),
             layers: RwLock::new(layers),
             last_record_lsn: SeqWait::new(md.disk_consistent_lsn),
             disk_consistent_lsn: AtomicU64::new(md.disk_consistent_lsn.0),
@@ -234,8 +268,14 @@ impl Timeline {
         })
     }
 
-    /// Refuse LSNs below a branch's start.
+    /// Reads below this LSN are refused (0 before the first GC).
+    pub fn gc_cutoff_lsn(&self) -> Lsn {
+        Lsn(self.gc_cutoff_lsn.load(Ordering::Acquire))
+    }
+
+    /// Refuse LSNs below a branch's start or below the GC cutoff.
     pub fn check_lsn_in_scope(&self, lsn: Lsn) -> Result<()> {
+        check_branch_lsn(self, lsn)?;
         if self.ancestor.is_some() && lsn < self.ancestor_lsn {
             return Err(PageReconstructError::BelowBranchPoint {
                 lsn,
@@ -571,8 +611,8 @@ impl Timeline {
     }
 
     /// Write the frozen layers to delta files, oldest first, advancing
-    /// `disk_consistent_lsn` after each; then create image layers if the
-    /// delta chain has grown past the threshold.
+    /// `disk_consistent_lsn` after each; then create image layers for the
+    /// key partitions whose delta chains have grown past the threshold.
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
     pub async fn flush_frozen_layers(&self) -> Result<()> {
         let _f = self.flush_lock.lock().await;
@@ -582,9 +622,10 @@ impl Timeline {
             let Some(end) = frozen.end_lsn() else { break };
             let started = std::time::Instant::now();
             let file = match frozen.key_bounds() {
-                Some((min, max)) => {
+                Some(_) => {
+                    // An L0 file: the whole key space (see layers::compaction).
                     let desc = LayerDesc {
-                        key_range: min..max.next(),
+                        key_range: Key::MIN..Key::MAX,
                         lsn_range: frozen.start_lsn..end,
                         is_image: false,
                         generation: self.generation,
@@ -609,8 +650,9 @@ impl Timeline {
             }
             flushed = true;
         }
-        if flushed && self.read_layers().deltas_since_last_image() >= self.conf.image_creation_threshold {
-            self.create_image_layers(self.disk_consistent_lsn()).await?;
+        if flushed {
+            self.compact_level0().await?;
+            self.create_image_layers_where_needed(self.disk_consistent_lsn()).await?;
         }
         Ok(())
     }
@@ -641,6 +683,7 @@ impl Timeline {
             }
         }
         self.disk_consistent_lsn.fetch_max(dcl.0, Ordering::AcqRel);
+        self.update_physical_size_metric();
         Ok(())
     }
 
@@ -654,7 +697,7 @@ impl Timeline {
         let current = map.historic().filter(|l| !new.iter().any(|n| same(&n.desc, &l.desc)));
         let layers = current.chain(new).map(|l| index_entry(l)).collect();
         let metadata = TimelineMetadata { disk_consistent_lsn, ..self.metadata() };
-        IndexPart { gc_cutoff_lsn: self.gc_cutoff_lsn, ..IndexPart::new(self.generation, metadata, layers) }
+        IndexPart { gc_cutoff_lsn: self.gc_cutoff_lsn(), ..IndexPart::new(self.generation, metadata, layers) }
     }
 
     /// Every key that exists at `lsn`, sorted: directories, sizes, blocks.
@@ -689,46 +732,104 @@ impl Timeline {
     }
 
     /// Materialise every key at `lsn` (at or below disk_consistent_lsn) into
-    /// image layer files of `image_layer_keys` keys each.
+    /// image layer files, one per key partition (see [`partition`]).
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, %lsn))]
     pub async fn create_image_layers(&self, lsn: Lsn) -> Result<usize> {
-        let started = std::time::Instant::now();
         let keys = self.collect_keyspace(lsn).await?;
-        let chunks: Vec<&[Key]> = keys.chunks(self.conf.image_layer_keys.max(1)).collect();
-        let mut created = 0;
-        let mut files = Vec::with_capacity(chunks.len());
-        for (i, chunk) in chunks.iter().enumerate() {
-            let end = chunks.get(i + 1).map_or_else(|| chunk[chunk.len() - 1].next(), |c| c[0]);
-            let mut values = Vec::with_capacity(chunk.len());
-            for &key in chunk.iter() {
-                match self.get(key, lsn).await {
-                    Ok(v) => values.push((key, v)),
-                    Err(PageReconstructError::MissingKey { .. }) if key.is_rel_block_key() => {
-                        values.push((key, ZERO_PAGE.clone()))
-                    }
-                    Err(PageReconstructError::MissingKey { .. }) => {}
-                    Err(e) => return Err(e),
+        self.write_image_layers(partition(&keys, self.conf.image_layer_keys), lsn).await
+    }
+
+    /// Image layers at `lsn` for the partitions that need one: more than
+    /// `image_creation_threshold - 1` delta files with data in the
+    /// partition above the partition's newest image. A partition nothing
+    /// was written to gets no new image.
+    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, %lsn))]
+    pub async fn create_image_layers_where_needed(&self, lsn: Lsn) -> Result<usize> {
+        let keys = self.collect_keyspace(lsn).await?;
+        let needed = self.partitions_needing_images(partition(&keys, self.conf.image_layer_keys), lsn).await?;
+        self.write_image_layers(needed, lsn).await
+    }
+
+    /// The partitions with at least `image_creation_threshold` delta files
+    /// holding data in them above their image coverage.
+    async fn partitions_needing_images(&self, parts: Vec<Partition>, lsn: Lsn) -> Result<Vec<Partition>> {
+        let threshold = self.conf.image_creation_threshold.max(1);
+        let candidates: Vec<(Partition, Vec<Arc<LayerFile>>)> = {
+            let map = self.read_layers();
+            let deltas_above = |p: &Partition| {
+                let coverage = map.image_coverage(p.key_range.clone(), lsn);
+                let layers = map.overlapping(p.key_range.clone(), lsn + 1).into_iter();
+                layers.filter(|l| !l.desc.is_image && coverage.is_none_or(|c| l.desc.lsn_range.end > c + 1)).collect()
+            };
+            let with_deltas = |p: Partition| {
+                let deltas: Vec<_> = deltas_above(&p);
+                (deltas.len() >= threshold).then_some((p, deltas))
+            };
+            parts.into_iter().filter_map(with_deltas).collect()
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut needed = Vec::new();
+            for (p, deltas) in candidates {
+                let mut with_data = 0;
+                for d in &deltas {
+                    with_data += d.has_key_in(&p.key_range)? as usize;
+                }
+                if with_data >= threshold {
+                    needed.push(p);
                 }
             }
-            let generation = self.generation;
-            let desc = LayerDesc { key_range: chunk[0]..end, lsn_range: lsn..lsn + 1, is_image: true, generation };
-            let dir = self.path.clone();
-            let file = tokio::task::spawn_blocking(move || {
-                let mut w = LayerFileWriter::new(&dir, desc)?;
-                for (k, v) in values {
-                    w.put(k, lsn, &Value::Image(v))?;
-                }
-                w.finish()
-            })
-            .await
-            .map_err(other)?
-            .map_err(|e| other(format!("writing image layer: {e}")))?;
-            files.push(Arc::new(file));
-            created += 1;
+            Ok(needed)
+        })
+        .await
+        .map_err(other)?
+    }
+
+    /// Write one image layer per partition (with keys) and commit them.
+    async fn write_image_layers(&self, parts: Vec<Partition>, lsn: Lsn) -> Result<usize> {
+        let started = std::time::Instant::now();
+        let mut files = Vec::with_capacity(parts.len());
+        for p in parts.into_iter().filter(|p| !p.keys.is_empty()) {
+            files.push(self.write_image_layer(p, lsn).await?);
         }
-        self.commit_layers(files, None).await?;
-        info!(layers = created, keys = keys.len(), elapsed_ms = started.elapsed().as_millis() as u64, "created image layers");
+        let created = files.len();
+        if created > 0 {
+            self.commit_layers(files, None).await?;
+            info!(layers = created, elapsed_ms = started.elapsed().as_millis() as u64, "created image layers");
+        }
         Ok(created)
+    }
+
+    /// The values of `keys` at `lsn` (missing relation blocks read as zeros).
+    async fn image_values(&self, keys: &[Key], lsn: Lsn) -> Result<Vec<(Key, Bytes)>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for &key in keys {
+            match self.get(key, lsn).await {
+                Ok(v) => values.push((key, v)),
+                Err(PageReconstructError::MissingKey { .. }) if key.is_rel_block_key() => {
+                    values.push((key, ZERO_PAGE.clone()))
+                }
+                Err(PageReconstructError::MissingKey { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(values)
+    }
+
+    async fn write_image_layer(&self, p: Partition, lsn: Lsn) -> Result<Arc<LayerFile>> {
+        let values = self.image_values(&p.keys, lsn).await?;
+        let desc = LayerDesc { key_range: p.key_range, lsn_range: lsn..lsn + 1, is_image: true, generation: self.generation };
+        let dir = self.path.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            let mut w = LayerFileWriter::new(&dir, desc)?;
+            for (k, v) in values {
+                w.put(k, lsn, &Value::Image(v))?;
+            }
+            w.finish()
+        })
+        .await
+        .map_err(other)?
+        .map_err(|e| other(format!("writing image layer: {e}")))?;
+        Ok(Arc::new(file))
     }
 
     /// The LSN range a new branch may start at: `[ancestor start, last_record_lsn]`.

@@ -32,6 +32,15 @@ struct Args {
     /// Create image layers after this many delta layers.
     #[arg(long, default_value_t = 3)]
     image_creation_threshold: usize,
+    /// GC keeps at least this many MiB of WAL history readable.
+    #[arg(long, default_value_t = 64)]
+    gc_horizon_mb: u64,
+    /// ... and at least this much time (e.g. "7d", "0s").
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pitr_interval: std::time::Duration,
+    /// Background GC period (e.g. "1h"; "0s" disables it).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    gc_period: std::time::Duration,
 }
 
 #[tokio::main]
@@ -45,6 +54,9 @@ async fn main() -> anyhow::Result<()> {
     conf.walredo.lib_path = args.walredo_lib.clone();
     conf.timeline.checkpoint_distance = args.checkpoint_distance_mb << 20;
     conf.timeline.image_creation_threshold = args.image_creation_threshold;
+    conf.timeline.gc_horizon_bytes = args.gc_horizon_mb << 20;
+    conf.timeline.pitr_interval = args.pitr_interval;
+    conf.timeline.gc_period = args.gc_period;
     let repo = Repository::open(conf).await.context("open repository")?;
     let http = tokio::net::TcpListener::bind(args.listen_http).await.context("bind HTTP")?;
     let pg = tokio::net::TcpListener::bind(args.listen_pg).await.context("bind page service")?;

@@ -133,6 +133,22 @@ impl LayerFileWriter {
         self.index.len()
     }
 
+    /// Bytes written so far (header and values).
+    pub fn bytes_written(&self) -> u64 {
+        self.offset
+    }
+
+    /// The last key written, if any.
+    pub fn last_key(&self) -> Option<Key> {
+        self.index.last().map(|e| e.key)
+    }
+
+    /// Change the end of the key range (known only when a compaction cuts
+    /// the file); the header is rewritten by [`LayerFileWriter::finish`].
+    pub fn set_key_end(&mut self, end: Key) {
+        self.desc.key_range.end = end;
+    }
+
     /// Write index and footer, make the file durable under its final name.
     pub fn finish(mut self) -> std::io::Result<LayerFile> {
         let index_offset = self.offset;
@@ -152,6 +168,7 @@ impl LayerFileWriter {
         footer[24..32].copy_from_slice(FOOTER_MAGIC);
         self.out.write_all(&footer)?;
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.write_all_at(&encode_header(&self.desc), 0)?;
         file.sync_all()?;
         drop(file);
         let final_path = self.dir.join(self.desc.file_name());
@@ -296,6 +313,20 @@ impl LayerFile {
             }
         }
         Ok(ReconstructResult::Continue)
+    }
+
+    /// Whether the file holds a value of some key in `key_range`. Blocking.
+    pub fn has_key_in(&self, key_range: &Range<Key>) -> Result<bool, LayerFileError> {
+        let opened = self.opened()?;
+        let at = opened.index.partition_point(|e| e.key < key_range.start);
+        Ok(opened.index.get(at).is_some_and(|e| e.key < key_range.end))
+    }
+
+    /// Every value in (key, LSN) order, read one at a time. Blocking.
+    pub fn values(&self) -> Result<impl Iterator<Item = Result<(Key, Lsn, Value), LayerFileError>> + '_, LayerFileError> {
+        let opened = self.opened()?;
+        let entries = opened.index.clone();
+        Ok(entries.into_iter().map(move |e| Ok((e.key, e.lsn, self.read_value(&opened, &e)?))))
     }
 
     /// Every key held (sorted, deduplicated). Blocking.

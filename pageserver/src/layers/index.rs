@@ -113,7 +113,8 @@ pub struct IndexPart {
     pub generation: u32,
     #[serde(flatten)]
     pub metadata: TimelineMetadata,
-    /// Reads below this LSN are no longer guaranteed (GC); Lsn(0) for now.
+    /// Reads below this LSN are refused: GC may have removed the layers
+    /// they need (written before the removed layers' files are deleted).
     pub gc_cutoff_lsn: Lsn,
     pub layers: Vec<IndexLayer>,
     /// CRC-32C of the pretty JSON of this index with this field null.

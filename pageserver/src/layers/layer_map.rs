@@ -301,6 +301,23 @@ impl LayerMap {
         frozen_end.or(self.delta_ends.max()).map_or(default, |e| e.max(default))
     }
 
+    /// The LSN up to which images cover all of `key_range`: the minimum,
+    /// over the key segments in the range, of the newest image LSN at or
+    /// below `upto_lsn`; `None` if some segment has no such image. Every
+    /// key in the range then has an image at an LSN in `[result, upto_lsn]`.
+    pub fn image_coverage(&self, key_range: Range<Key>, upto_lsn: Lsn) -> Option<Lsn> {
+        if key_range.start >= key_range.end {
+            return None;
+        }
+        let first = self.segments.range(..=key_range.start).next_back().map_or(Key::MIN, |(k, _)| *k);
+        let mut coverage = Lsn::MAX;
+        for (_, seg) in self.segments.range(first..key_range.end) {
+            let (newest, _) = seg.images.range(..=upto_lsn).next_back()?;
+            coverage = coverage.min(*newest);
+        }
+        Some(coverage)
+    }
+
     /// Delta files newer than the newest image layer (image creation trigger).
     pub fn deltas_since_last_image(&self) -> usize {
         match self.image_lsns.max() {

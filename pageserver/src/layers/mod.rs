@@ -9,6 +9,9 @@
 //! * [`file`]: the on-disk format shared by delta and image layers.
 //! * [`layer_map`]: the set of layers of a timeline and the search.
 //! * [`index`]: `index.json`, the timeline's durable layer set and metadata.
+//! * [`partition`]: the key partitions image layers are made for.
+//! * [`gc`]: which layers garbage collection removes.
+//! * [`compaction`]: merging L0 delta files into L1 files by key range.
 //!
 //! Layer identity: a [`LayerDesc`] (key range, LSN range, kind, generation)
 //! and its file name `<keystart>-<keyend>__<lsnstart>-<lsnend>-g<generation>`
@@ -24,10 +27,13 @@
 //!
 //! Cancellation: nothing here awaits; file I/O is blocking and callers run
 //! it in `spawn_blocking`.
+pub mod compaction;
 pub mod file;
+pub mod gc;
 pub mod index;
 pub mod inmemory;
 pub mod layer_map;
+pub mod partition;
 
 use std::fmt;
 use std::ops::Range;

@@ -1,0 +1,219 @@
+//! A timeline's GC pass, its cutoff and the layer listing for the API.
+//!
+//! Owns: the cutoff computation (`min(last_record_lsn - gc_horizon_bytes,
+//! LSN at now - pitr_interval)`; the time part from the commit-timestamp
+//! index, skipped when no commit is known), the retain LSNs (branch points
+//! of child timelines) and the durable order of a pass.
+//!
+//! Invariants:
+//! * The cutoff never moves backwards; reads (and branches) below it are
+//!   refused with [`PageReconstructError::BelowGcCutoff`].
+//! * Order: the index without the removed layers and with the new
+//!   `gc_cutoff_lsn` is made durable (under `index_lock`), then the layer
+//!   map and the cutoff change, then the files are deleted. So the index
+//!   never names a deleted file; a crash between the index write and the
+//!   deletion leaves files the next start removes as leftovers.
+//! * `gc_lock` is held for the whole pass and by branch creation from this
+//!   timeline, so a branch point below the new cutoff cannot appear while
+//!   GC decides what its retain LSNs need.
+//!
+//! Cancellation: dropping a pass before the index write changes nothing;
+//! after it, the removed layers' files stay until the next start (or are
+//! deleted by the blocking task already running). All file I/O runs in
+//! `spawn_blocking`.
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tracing::{info, instrument};
+use utils::id::TimelineId;
+use utils::lsn::Lsn;
+
+use super::{index_entry, other, PageReconstructError, Result, Timeline};
+use crate::commit_ts::{commit_ts_at, find_lsn_for_timestamp, system_time_to_pg_timestamp};
+use crate::layers::file::LayerFile;
+use crate::layers::gc::{held_key_runs, removable, GcCandidate, GcResult};
+use crate::layers::index::{self, IndexPart, LayerKind, TimelineMetadata};
+use crate::metrics;
+
+/// One layer file of a timeline, as the API lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LayerInfo {
+    pub kind: LayerKind,
+    pub key_start: String,
+    pub key_end: String,
+    pub lsn_start: Lsn,
+    pub lsn_end: Lsn,
+    pub size_bytes: u64,
+}
+
+impl Timeline {
+    /// The layer files, by LSN start.
+    pub fn layers(&self) -> Vec<LayerInfo> {
+        let info = |l: &Arc<LayerFile>| LayerInfo {
+            kind: if l.desc.is_image { LayerKind::Image } else { LayerKind::Delta },
+            key_start: l.desc.key_range.start.to_string(),
+            key_end: l.desc.key_range.end.to_string(),
+            lsn_start: l.desc.lsn_range.start,
+            lsn_end: l.desc.lsn_range.end,
+            size_bytes: l.size_bytes,
+        };
+        self.read_layers().historic().map(info).collect()
+    }
+
+    /// Bytes of all layer files.
+    pub fn physical_size_bytes(&self) -> u64 {
+        self.read_layers().historic().map(|l| l.size_bytes).sum()
+    }
+
+    pub(crate) fn update_physical_size_metric(&self) {
+        let (tenant, timeline) = (self.tenant_id.to_string(), self.timeline_id.to_string());
+        metrics::PHYSICAL_SIZE.with_label_values(&[&tenant, &timeline]).set(self.physical_size_bytes() as i64);
+    }
+
+    /// Record a child timeline branched at `lsn` (a GC retain LSN).
+    pub(crate) fn add_branch_point(&self, child: TimelineId, lsn: Lsn) {
+        self.branch_points.lock().unwrap_or_else(|e| e.into_inner()).insert(child, lsn);
+    }
+
+    pub(crate) fn remove_branch_point(&self, child: TimelineId) {
+        self.branch_points.lock().unwrap_or_else(|e| e.into_inner()).remove(&child);
+    }
+
+    /// The branch points of the child timelines.
+    pub fn retain_lsns(&self) -> Vec<Lsn> {
+        self.branch_points.lock().unwrap_or_else(|e| e.into_inner()).values().copied().collect()
+    }
+
+    /// The LSN at `now - pitr_interval`, or `None` when no commit time is
+    /// known (then only the horizon counts).
+    async fn pitr_cutoff_lsn(&self, last: Lsn) -> Result<Option<Lsn>> {
+        if self.conf.pitr_interval.is_zero() {
+            return Ok(Some(last));
+        }
+        if commit_ts_at(self, last).await?.is_none() {
+            return Ok(None);
+        }
+        let Some(t) = SystemTime::now().checked_sub(self.conf.pitr_interval) else { return Ok(None) };
+        Ok(Some(find_lsn_for_timestamp(self, system_time_to_pg_timestamp(t)).await?.lsn))
+    }
+
+    /// The cutoff a GC pass now would use (never below the current one).
+    pub async fn compute_gc_cutoff(&self) -> Result<Lsn> {
+        let last = self.last_record_lsn();
+        let horizon = Lsn(last.0.saturating_sub(self.conf.gc_horizon_bytes));
+        let cutoff = match self.pitr_cutoff_lsn(last).await? {
+            Some(pitr) => pitr.min(horizon),
+            None => horizon,
+        };
+        Ok(cutoff.max(self.gc_cutoff_lsn()))
+    }
+
+    /// Run a GC pass now: remove the layers no read at or above the cutoff
+    /// and no child branch point needs (see [`crate::layers::gc`]).
+    pub async fn gc_now(&self) -> Result<GcResult> {
+        self.gc_pass(true).await
+    }
+
+    /// A GC pass that stops after the index write and the layer-map change,
+    /// leaving the removed layers' files on disk: what a crash just before
+    /// deleting them leaves behind (for tests).
+    #[doc(hidden)]
+    pub async fn gc_crash_before_deleting_files(&self) -> Result<GcResult> {
+        self.gc_pass(false).await
+    }
+
+    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
+    async fn gc_pass(&self, delete_files: bool) -> Result<GcResult> {
+        let _g = self.gc_lock.lock().await;
+        metrics::GC_RUNS.inc();
+        let cutoff = self.compute_gc_cutoff().await?;
+        let doomed = self.layers_to_remove(cutoff).await?;
+        self.commit_gc(&doomed, cutoff).await?;
+        let bytes_removed = doomed.iter().map(|l| l.size_bytes).sum();
+        if delete_files {
+            delete_layer_files(&doomed).await?;
+        }
+        metrics::GC_LAYERS_REMOVED.inc_by(doomed.len() as u64);
+        metrics::GC_BYTES_REMOVED.inc_by(bytes_removed);
+        self.update_physical_size_metric();
+        info!(%cutoff, layers_removed = doomed.len(), bytes_removed, "GC pass");
+        Ok(GcResult { layers_removed: doomed.len(), bytes_removed, cutoff })
+    }
+
+    /// The layers the removal rule allows removing at `cutoff`.
+    async fn layers_to_remove(&self, cutoff: Lsn) -> Result<Vec<Arc<LayerFile>>> {
+        let below: Vec<Arc<LayerFile>> =
+            self.read_layers().historic().filter(|l| l.desc.lsn_range.end <= cutoff).cloned().collect();
+        let candidates = tokio::task::spawn_blocking(move || {
+            below
+                .into_iter()
+                .map(|layer| held_key_runs(&layer).map(|key_runs| GcCandidate { layer, key_runs }))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(other)??;
+        let retain = self.retain_lsns();
+        let map = self.read_layers();
+        Ok(candidates.into_iter().filter(|c| removable(&map, c, cutoff, &retain)).map(|c| c.layer).collect())
+    }
+
+    /// Make the removal durable (index first), then apply it to the map
+    /// and raise the cutoff.
+    async fn commit_gc(&self, doomed: &[Arc<LayerFile>], cutoff: Lsn) -> Result<()> {
+        if doomed.is_empty() && cutoff == self.gc_cutoff_lsn() {
+            return Ok(());
+        }
+        let _i = self.index_lock.lock().await;
+        let index = self.index_without(doomed, cutoff);
+        let dir = self.path.clone();
+        tokio::task::spawn_blocking(move || index::save(&dir, &index))
+            .await
+            .map_err(other)?
+            .map_err(|e| other(format!("writing {}: {e}", self.path.join(index::INDEX_FILE).display())))?;
+        self.gc_cutoff_lsn.fetch_max(cutoff.0, std::sync::atomic::Ordering::AcqRel);
+        let mut map = self.write_layers();
+        for l in doomed {
+            map.remove(&l.desc);
+        }
+        Ok(())
+    }
+
+    fn index_without(&self, doomed: &[Arc<LayerFile>], cutoff: Lsn) -> IndexPart {
+        let map = self.read_layers();
+        let kept = map.historic().filter(|l| !doomed.iter().any(|d| Arc::ptr_eq(d, l)));
+        let layers = kept.map(|l| index_entry(l)).collect();
+        let metadata = TimelineMetadata { disk_consistent_lsn: self.disk_consistent_lsn(), ..self.metadata() };
+        IndexPart { gc_cutoff_lsn: cutoff, ..IndexPart::new(self.generation, metadata, layers) }
+    }
+}
+
+/// Delete the files of removed layers and make the deletion durable.
+pub(super) async fn delete_layer_files(doomed: &[Arc<LayerFile>]) -> Result<()> {
+    let paths: Vec<_> = doomed.iter().map(|l| l.path.clone()).collect();
+    tokio::task::spawn_blocking(move || {
+        for p in &paths {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(other(format!("deleting {}: {e}", p.display())))
+                }
+                _ => {}
+            }
+        }
+        if let Some(dir) = paths.first().and_then(|p| p.parent()) {
+            crate::repository::fsync_dir(dir).map_err(|e| other(format!("fsync {}: {e}", dir.display())))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(other)?
+}
+
+/// `BelowGcCutoff` for branch creation checks.
+pub(crate) fn check_branch_lsn(tl: &Timeline, lsn: Lsn) -> Result<()> {
+    let cutoff = tl.gc_cutoff_lsn();
+    if lsn < cutoff {
+        return Err(PageReconstructError::BelowGcCutoff { lsn, cutoff, timeline_id: tl.timeline_id });
+    }
+    Ok(())
+}
