@@ -141,7 +141,7 @@ impl From<PageReconstructError> for ApiError {
         use PageReconstructError::*;
         let code = match &e {
             MissingKey { .. } | RelationNotFound { .. } | BlockBeyondEnd { .. } => StatusCode::NOT_FOUND,
-            BelowBranchPoint { .. } => StatusCode::BAD_REQUEST,
+            BelowBranchPoint { .. } | BelowGcCutoff { .. } => StatusCode::BAD_REQUEST,
             WaitLsnTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -154,10 +154,12 @@ impl From<RepoError> for ApiError {
         let code = match &e {
             RepoError::TenantNotFound(_) | RepoError::TimelineNotFound(..) => StatusCode::NOT_FOUND,
             RepoError::AlreadyExists(_) | RepoError::HasChildren(..) => StatusCode::CONFLICT,
-            RepoError::InvalidBranchLsn(_) | RepoError::Import(_) => StatusCode::BAD_REQUEST,
-            RepoError::Page(p) => return ApiError::from(PageReconstructError::Other(p.to_string())),
+            RepoError::InvalidBranchLsn(_) | RepoError::Import(_) | RepoError::BelowGcCutoff { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        if let RepoError::Page(p) = e {
+            return ApiError::from(p);
+        }
         ApiError(code, e.to_string())
     }
 }
