@@ -48,8 +48,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
-use axum::http::{header, request::Parts, StatusCode};
+use axum::extract::State;
+use http_api::{method_not_allowed, no_route, ApiError, ApiJson, ApiPath, ApiQuery};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use postgres_ffi::RelFileNode;
@@ -61,80 +62,13 @@ use crate::repository::{RepoError, Repository};
 use crate::timeline::{PageReconstructError, Timeline};
 use crate::walreceiver::{self, WalReceiverStatus, WalSource};
 
-/// An error answer: `status` with the body `{"error": message}`.
-#[derive(Debug)]
-pub struct ApiError(pub StatusCode, pub String);
-
 /// The OpenAPI 3 description served at `GET /v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
-/// `axum::Json` whose rejection is an [`ApiError`] (JSON body).
-pub struct ApiJson<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(r) => Err(ApiError(r.status(), r.body_text())),
-        }
-    }
-}
-
-/// No `Content-Type` header: `None` (an empty body is allowed).
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::OptionalFromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
-        match <Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state).await {
-            Ok(v) => Ok(v.map(|Json(v)| ApiJson(v))),
-            Err(r) => Err(ApiError(r.status(), r.body_text())),
-        }
-    }
-}
-
-/// `axum::extract::Path` whose rejection is an [`ApiError`].
-pub struct ApiPath<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
-            Err(r) => Err(ApiError(r.status(), r.body_text())),
-        }
-    }
-}
-
-/// `axum::extract::Query` whose rejection is an [`ApiError`].
-pub struct ApiQuery<T>(pub T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(r) => Err(ApiError(r.status(), r.body_text())),
-        }
-    }
-}
-
-async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, format!("no route {method} {}", uri.path()))
-}
-
-async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} not allowed on {}", uri.path()))
-}
-
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+    http_api::openapi_response(OPENAPI_JSON)
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
-    }
-}
 
 impl From<PageReconstructError> for ApiError {
     fn from(e: PageReconstructError) -> Self {
@@ -441,20 +375,9 @@ async fn metrics() -> String {
     encoder.encode_to_string(&prometheus::gather()).unwrap_or_default()
 }
 
-/// Declares the routes once: builds `add_routes` and the [`ROUTES`] table
-/// (lowercase method, path) from the same list.
-macro_rules! routes {
-    ($( $method:ident $path:literal => $handler:path ),* $(,)?) => {
-        /// Every (method, path) the router serves; the tests hold it equal to
-        /// the paths and methods of `openapi.json`.
-        pub const ROUTES: &[(&str, &str)] = &[ $( (stringify!($method), $path) ),* ];
-        fn add_routes(r: Router<Arc<Repository>>) -> Router<Arc<Repository>> {
-            r $( .route($path, axum::routing::$method($handler)) )*
-        }
-    };
-}
 
-routes! {
+http_api::routes! {
+    Arc<Repository>;
     get "/v1/status" => status,
     get "/v1/openapi.json" => openapi,
     get "/v1/tenant" => list_tenants,
