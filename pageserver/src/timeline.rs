@@ -48,7 +48,6 @@ use utils::seqwait::SeqWait;
 mod compaction;
 mod gc;
 
-pub use gc::LayerInfo;
 pub use crate::layers::gc::GcResult;
 pub(crate) use gc::check_branch_lsn;
 

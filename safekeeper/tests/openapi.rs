@@ -10,18 +10,23 @@ use serde_json::json;
 use safekeeper::timelines::Timelines;
 use safekeeper::SafekeeperConf;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openapi_spec_matches_the_router() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+/// A safekeeper's timelines in `dir`, with no broker and no peers.
+fn timelines_in(dir: &std::path::Path) -> anyhow::Result<Arc<Timelines>> {
     let conf = Arc::new(SafekeeperConf {
         id: 1,
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.to_path_buf(),
         advertise_pg: "127.0.0.1:1".into(),
         advertise_http: "127.0.0.1:1".into(),
         broker_endpoint: None,
         keepalive_interval_ms: 1000,
     });
-    let timelines = Timelines::load_all(conf)?;
+    Ok(Timelines::load_all(conf)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_spec_matches_the_router() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let timelines = timelines_in(dir.path())?;
     let router = safekeeper::http::router(timelines.clone());
     openapi::check(safekeeper::http::OPENAPI_JSON, safekeeper::http::ROUTES, router, |method, path| match (method, path) {
         ("post", _) => Some(json!({ "timeline_id": utils::id::TimelineId::generate(), "start_lsn": "0/1000000" })),
@@ -37,15 +42,7 @@ async fn openapi_spec_matches_the_router() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_4xx() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let conf = Arc::new(SafekeeperConf {
-        id: 1,
-        data_dir: dir.path().to_path_buf(),
-        advertise_pg: "127.0.0.1:1".into(),
-        advertise_http: "127.0.0.1:1".into(),
-        broker_endpoint: None,
-        keepalive_interval_ms: 1000,
-    });
-    let timelines = Timelines::load_all(conf)?;
+    let timelines = timelines_in(dir.path())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let router = safekeeper::http::router(timelines.clone());

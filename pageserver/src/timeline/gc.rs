@@ -24,7 +24,6 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::Serialize;
 use tracing::{info, instrument};
 use utils::id::TimelineId;
 use utils::lsn::Lsn;
@@ -33,32 +32,13 @@ use super::{index_entry, other, PageReconstructError, Result, Timeline};
 use crate::commit_ts::{commit_ts_at, find_lsn_for_timestamp, system_time_to_pg_timestamp};
 use crate::layers::file::LayerFile;
 use crate::layers::gc::{held_key_runs, removable, GcCandidate, GcResult};
-use crate::layers::index::{self, IndexPart, LayerKind, TimelineMetadata};
+use crate::layers::index::{self, IndexLayer, IndexPart, TimelineMetadata};
 use crate::metrics;
-
-/// One layer file of a timeline, as the API lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct LayerInfo {
-    pub kind: LayerKind,
-    pub key_start: String,
-    pub key_end: String,
-    pub lsn_start: Lsn,
-    pub lsn_end: Lsn,
-    pub size_bytes: u64,
-}
 
 impl Timeline {
     /// The layer files, by LSN start.
-    pub fn layers(&self) -> Vec<LayerInfo> {
-        let info = |l: &Arc<LayerFile>| LayerInfo {
-            kind: if l.desc.is_image { LayerKind::Image } else { LayerKind::Delta },
-            key_start: l.desc.key_range.start.to_string(),
-            key_end: l.desc.key_range.end.to_string(),
-            lsn_start: l.desc.lsn_range.start,
-            lsn_end: l.desc.lsn_range.end,
-            size_bytes: l.size_bytes,
-        };
-        self.read_layers().historic().map(info).collect()
+    pub fn layers(&self) -> Vec<IndexLayer> {
+        self.read_layers().historic().map(|l| index_entry(l)).collect()
     }
 
     /// Bytes of all layer files.
