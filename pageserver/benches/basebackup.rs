@@ -15,7 +15,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::ps::*;
-use pageserver::repository::Repository;
+use pageserver::tenant::repository::Repository;
 use pg_harness::PgCluster;
 use serde_json::{json, Value};
 

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pageserver::key::Key;
-use pageserver::layers::file::LayerFile;
-use pageserver::layers::layer_map::linear::LinearLayerMap;
-use pageserver::layers::layer_map::LayerMap;
-use pageserver::layers::LayerDesc;
+use pageserver::storage::key::Key;
+use pageserver::storage::file::LayerFile;
+use pageserver::storage::layer_map::linear::LinearLayerMap;
+use pageserver::storage::layer_map::LayerMap;
+use pageserver::storage::LayerDesc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use utils::lsn::Lsn;

@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::ps::*;
-use pageserver::repository::Repository;
+use pageserver::tenant::repository::Repository;
 use pg_harness::PgCluster;
 use postgres_ffi::RelFileNode;
 use utils::lsn::Lsn;
@@ -159,6 +159,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn walreceiver_stop(tl: &pageserver::timeline::Timeline) {
-    pageserver::walreceiver::stop(tl).await;
+async fn walreceiver_stop(tl: &pageserver::tenant::timeline::Timeline) {
+    pageserver::ingest::walreceiver::stop(tl).await;
 }

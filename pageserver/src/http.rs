@@ -25,7 +25,7 @@
 //!   the END LSN of the last commit at or before the timestamp (`present`),
 //!   the timeline's start LSN when the timestamp is before it (`past`), or
 //!   the last record LSN when no commit is later (`future`); every answer is
-//!   a valid branch point of this timeline (see [`crate::commit_ts`])
+//!   a valid branch point of this timeline (see [`crate::tenant::commit_ts`])
 //! * `GET    /metrics` — Prometheus text format
 //! * `GET    /v1/openapi.json` — the OpenAPI 3 description of all of this
 //!   (`pageserver/openapi.json`, embedded at build time)
@@ -58,9 +58,9 @@ use serde::{Deserialize, Serialize};
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 
-use crate::repository::{RepoError, Repository};
-use crate::timeline::{PageReconstructError, Timeline};
-use crate::walreceiver::{self, WalReceiverStatus, WalSource};
+use crate::tenant::repository::{RepoError, Repository};
+use crate::tenant::timeline::{PageReconstructError, Timeline};
+use crate::ingest::walreceiver::{self, WalReceiverStatus, WalSource};
 
 /// The OpenAPI 3 description served at `GET /v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -208,7 +208,7 @@ async fn create_timeline(
         (None, None, true) => {
             // Before the (seconds long) initdb: an unknown tenant is a 404.
             repo.get_tenant(tenant_id)?;
-            let (_guard, pgdata) = tokio::task::spawn_blocking(crate::import::run_initdb)
+            let (_guard, pgdata) = tokio::task::spawn_blocking(crate::ingest::import::run_initdb)
                 .await
                 .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
                 .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -364,10 +364,10 @@ async fn lsn_by_timestamp(
     State(repo): State<Arc<Repository>>,
     ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
     ApiQuery(q): ApiQuery<LsnByTimestampQuery>,
-) -> ApiResult<Json<crate::commit_ts::LsnForTimestamp>> {
+) -> ApiResult<Json<crate::tenant::commit_ts::LsnForTimestamp>> {
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
-    let t = crate::commit_ts::parse_rfc3339(&q.timestamp).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    Ok(Json(crate::commit_ts::find_lsn_for_timestamp(&tl, t).await?))
+    let t = crate::tenant::commit_ts::parse_rfc3339(&q.timestamp).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    Ok(Json(crate::tenant::commit_ts::find_lsn_for_timestamp(&tl, t).await?))
 }
 
 async fn metrics() -> String {
@@ -408,7 +408,7 @@ struct BasebackupQuery {
 }
 
 /// The LSN pair a basebackup of `tl` may be taken at, or why not.
-fn basebackup_target(tl: &Timeline, q: &BasebackupQuery) -> ApiResult<crate::basebackup::BasebackupTarget> {
+fn basebackup_target(tl: &Timeline, q: &BasebackupQuery) -> ApiResult<crate::read::basebackup::BasebackupTarget> {
     let bad = |msg: String| ApiError(StatusCode::BAD_REQUEST, msg);
     let last = tl.last_record_lsn();
     let lsn = q.lsn.unwrap_or(last);
@@ -430,7 +430,7 @@ fn basebackup_target(tl: &Timeline, q: &BasebackupQuery) -> ApiResult<crate::bas
     if prev_record_lsn >= lsn {
         return Err(bad(format!("prev_lsn {prev_record_lsn} is not below {lsn}")));
     }
-    Ok(crate::basebackup::BasebackupTarget { lsn, prev_record_lsn })
+    Ok(crate::read::basebackup::BasebackupTarget { lsn, prev_record_lsn })
 }
 
 async fn basebackup(
@@ -446,7 +446,7 @@ async fn basebackup(
     let span = tracing::info_span!("basebackup", %tenant_id, %timeline_id, lsn = %target.lsn);
     tokio::spawn(tracing::Instrument::instrument(
         async move {
-            let result = crate::basebackup::send_basebackup(writer, &*tl, target).await;
+            let result = crate::read::basebackup::send_basebackup(writer, &*tl, target).await;
             match &result {
                 Ok(stats) => tracing::info!(pages = stats.pages, bytes = stats.bytes, "basebackup sent"),
                 Err(e) => tracing::warn!("basebackup failed: {e}"),

@@ -1,33 +1,26 @@
 //! Strata's pageserver: ingests a timeline's WAL into layered storage and
 //! serves page versions (GetPage@LSN), with O(1) branches.
 //!
-//! Modules, in data-flow order:
-//! * [`walreceiver`]: streams WAL from a safekeeper or a primary.
-//! * [`walingest`]: interprets records; [`datadir`] turns PostgreSQL-level
-//!   changes into key/value writes; [`key`] and [`value`] define the key
-//!   space and what is stored.
-//! * [`commit_ts`]: the last commit's time per LSN, LSN for a timestamp.
-//! * [`import`]: imports a shut-down data directory as a timeline's start.
-//! * [`timeline`]: LSNs, writes, the layer walk of GetPage@LSN, flushing,
-//!   image layer creation per key partition and GC; [`layers`]: in-memory,
-//!   delta and image layers, the layer map, key partitions, the GC rule.
+//! Folders, in data-flow order:
+//! * [`ingest`]: WAL from a safekeeper (walreceiver) → records interpreted
+//!   (walingest) → key/value writes (datadir); import of a data directory.
+//! * [`tenant`]: the repository of tenants and timelines; a timeline's
+//!   LSNs, writes, layer walk, flush, compaction and GC passes.
+//! * [`storage`]: the formats and rules underneath — key space, values,
+//!   in-memory and file layers, the layer map, the index file, key
+//!   partitions, the compaction merge and the GC rule.
 //! * [`walredo`]: rebuilds page versions (stock PostgreSQL + Rust-applied).
-//! * [`repository`]: tenants and timelines on disk, branching.
-//! * [`basebackup`]: a data directory for (timeline, LSN) as a tar archive.
-//! * [`http`]: the management API; [`page_service`]: the page protocol;
-//!   [`metrics`].
-pub mod basebackup;
-pub mod commit_ts;
-pub mod datadir;
+//! * [`read`]: basebackup and the page service.
+//! * [`http`]: the management API; [`metrics`].
+//!
+//! Dependencies point down this list's data flow: `ingest` and `read` use
+//! `tenant`; `tenant` uses `storage` and `walredo`; `storage` uses only
+//! `walredo`'s record types. The one place `tenant` reaches ingest is the
+//! walreceiver registry it owns ([`ingest::walreceiver::WalReceivers`]).
 pub mod http;
-pub mod import;
-pub mod key;
-pub mod layers;
+pub mod ingest;
 pub mod metrics;
-pub mod page_service;
-pub mod repository;
-pub mod timeline;
-pub mod value;
-pub mod walingest;
-pub mod walreceiver;
+pub mod read;
+pub mod storage;
+pub mod tenant;
 pub mod walredo;

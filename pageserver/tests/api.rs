@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::ps::*;
-use pageserver::repository::Repository;
+use pageserver::tenant::repository::Repository;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +20,7 @@ async fn http_api_end_to_end() -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let pg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let pg_port = pg_listener.local_addr()?.port();
-    tokio::spawn(pageserver::page_service::serve(pg_listener, repo.clone()));
+    tokio::spawn(pageserver::read::page_service::serve(pg_listener, repo.clone()));
     let http = reqwest::Client::new();
 
     let mut pg = pg_harness::PgCluster::init()?;

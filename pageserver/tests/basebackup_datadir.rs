@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use pageserver::basebackup::{send_basebackup, BasebackupSource, BasebackupTarget, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID};
+use pageserver::read::basebackup::{send_basebackup, BasebackupSource, BasebackupTarget, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID};
 use pageserver::walredo::SlruKind;
 use pg_harness::PgCluster;
 use postgres_ffi::controlfile::{CheckPoint, ControlFile};
@@ -36,7 +36,7 @@ impl DataDirSource {
         if spc == GLOBALTABLESPACE_OID { self.dir.join("global") } else { self.dir.join("base").join(db.to_string()) }
     }
     fn fork_path(&self, rel: RelFileNode, fork: u8, segno: u32) -> PathBuf {
-        let path = pageserver::basebackup::rel_file_path(rel, fork, segno).unwrap();
+        let path = pageserver::read::basebackup::rel_file_path(rel, fork, segno).unwrap();
         self.dir.join(path)
     }
     fn slru_dir(&self, kind: SlruKind) -> PathBuf {

@@ -8,9 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::ps::*;
-use pageserver::repository::{RepoError, Repository};
-use pageserver::timeline::PageReconstructError;
-use pageserver::walreceiver;
+use pageserver::tenant::repository::{RepoError, Repository};
+use pageserver::tenant::timeline::PageReconstructError;
+use pageserver::ingest::walreceiver;
 use postgres_ffi::RelFileNode;
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
@@ -18,7 +18,7 @@ use utils::lsn::Lsn;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn branches_are_isolated_copy_on_write() -> anyhow::Result<()> {
     let dir = workdir();
-    let short_wait = |t: &mut pageserver::timeline::TimelineConf| t.wait_lsn_timeout = Duration::from_secs(1);
+    let short_wait = |t: &mut pageserver::tenant::timeline::TimelineConf| t.wait_lsn_timeout = Duration::from_secs(1);
     let repo = Repository::open(conf(dir.path(), short_wait)).await?;
     let (mut pg, main) = imported_primary(&repo).await?;
     let tenant = main.tenant_id;
@@ -101,7 +101,7 @@ async fn branches_are_isolated_copy_on_write() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gives_clear_errors() -> anyhow::Result<()> {
     let dir = workdir();
-    let short_wait = |t: &mut pageserver::timeline::TimelineConf| t.wait_lsn_timeout = Duration::from_millis(300);
+    let short_wait = |t: &mut pageserver::tenant::timeline::TimelineConf| t.wait_lsn_timeout = Duration::from_millis(300);
     let repo = Repository::open(conf(dir.path(), short_wait)).await?;
     let pg = pg_harness::PgCluster::init()?;
     let tenant = repo.create_tenant(None)?;

@@ -5,9 +5,9 @@
 mod common;
 
 use common::ps::*;
-use pageserver::layers::compaction::is_level0;
-use pageserver::repository::Repository;
-use pageserver::timeline::{Timeline, TimelineConf};
+use pageserver::storage::compaction::is_level0;
+use pageserver::tenant::repository::Repository;
+use pageserver::tenant::timeline::{Timeline, TimelineConf};
 use postgres_ffi::RelFileNode;
 use utils::lsn::Lsn;
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::ps::*;
-use pageserver::layers::index;
-use pageserver::repository::{RepoError, Repository};
-use pageserver::timeline::{PageReconstructError, Timeline, TimelineConf};
+use pageserver::storage::index;
+use pageserver::tenant::repository::{RepoError, Repository};
+use pageserver::tenant::timeline::{PageReconstructError, Timeline, TimelineConf};
 use pg_harness::PgCluster;
 use postgres_ffi::RelFileNode;
 use utils::lsn::Lsn;

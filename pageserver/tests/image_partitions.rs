@@ -7,9 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::ps::*;
-use pageserver::layers::LayerDesc;
-use pageserver::repository::Repository;
-use pageserver::timeline::Timeline;
+use pageserver::storage::LayerDesc;
+use pageserver::tenant::repository::Repository;
+use pageserver::tenant::timeline::Timeline;
 use postgres_ffi::RelFileNode;
 use utils::lsn::Lsn;
 
@@ -62,7 +62,7 @@ async fn images_only_for_the_partitions_that_changed() -> anyhow::Result<()> {
     eprintln!("{} new image layers: {new:#?}", new.len());
     assert!(!new.is_empty(), "four flushes touching the table made images");
     // The table's partition holds its blocks (small relations share one).
-    let table_key = pageserver::key::rel_block_key(rel, 0, 0);
+    let table_key = pageserver::storage::key::rel_block_key(rel, 0, 0);
     let table_images = new.iter().filter(|d| d.key_range.contains(&table_key)).count();
     assert!(table_images >= 1, "an image of the table's partition");
     for d in &new {

@@ -9,7 +9,7 @@ mod common;
 
 use anyhow::{ensure, Context};
 use common::ps::*;
-use pageserver::repository::Repository;
+use pageserver::tenant::repository::Repository;
 use pg_harness::{pg_bin, PgCluster};
 use serde_json::{json, Value};
 use utils::lsn::Lsn;

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::ps::*;
-use pageserver::layers::file::LayerFileWriter;
-use pageserver::layers::index::{self, IndexPart, LayerKind, INDEX_FILE};
-use pageserver::layers::LayerDesc;
-use pageserver::repository::{RepoError, Repository};
-use pageserver::timeline::Timeline;
-use pageserver::value::Value;
+use pageserver::storage::file::LayerFileWriter;
+use pageserver::storage::index::{self, IndexPart, LayerKind, INDEX_FILE};
+use pageserver::storage::LayerDesc;
+use pageserver::tenant::repository::{RepoError, Repository};
+use pageserver::tenant::timeline::Timeline;
+use pageserver::storage::value::Value;
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 
@@ -100,7 +100,7 @@ async fn crash_leftovers_not_in_the_index_are_removed_at_startup() -> anyhow::Re
     // The flush that "crashed": a complete delta file above the index's
     // disk_consistent_lsn, holding a different control file.
     let desc = LayerDesc {
-        key_range: pageserver::key::CONTROLFILE_KEY..pageserver::key::CONTROLFILE_KEY.next(),
+        key_range: pageserver::storage::key::CONTROLFILE_KEY..pageserver::storage::key::CONTROLFILE_KEY.next(),
         lsn_range: lsn + 1..lsn + 100,
         is_image: false,
         generation: 1,
@@ -188,7 +188,7 @@ async fn pre_index_timeline_is_migrated_once() -> anyhow::Result<()> {
     drop(repo);
 
     let index = index::load(&path)?;
-    pageserver::repository::save_metadata(&path, &index.metadata)?;
+    pageserver::tenant::repository::save_metadata(&path, &index.metadata)?;
     std::fs::remove_file(path.join(INDEX_FILE))?;
     let new_name = &index.layers[0].name;
     let legacy = new_name.strip_suffix("-g00000001").expect("generation suffix").to_string();

@@ -7,7 +7,7 @@
 mod common;
 
 use common::ps::*;
-use pageserver::repository::Repository;
+use pageserver::tenant::repository::Repository;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_block_matches_after_streaming_a_workload() -> anyhow::Result<()> {
@@ -41,7 +41,7 @@ async fn every_block_matches_after_streaming_a_workload() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_block_matches_after_restart_and_image_layers() -> anyhow::Result<()> {
     let dir = workdir();
-    let small = |t: &mut pageserver::timeline::TimelineConf| {
+    let small = |t: &mut pageserver::tenant::timeline::TimelineConf| {
         t.checkpoint_distance = 2 << 20;
         t.image_creation_threshold = 3;
         t.compaction_threshold = usize::MAX; // keep the many L0 files across the restart

@@ -15,8 +15,7 @@
 //! start by scanning the WAL from it (see `wal_storage`), so the control
 //! file needs no rewrite on every fsync.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -186,17 +185,7 @@ pub fn load(dir: &Path) -> Result<TimelinePersistentState, ControlFileError> {
 /// Blocking: call from a blocking context.
 pub fn persist(dir: &Path, state: &TimelinePersistentState) -> Result<(), ControlFileError> {
     let path = dir.join(CONTROL_FILE_NAME);
-    let tmp = dir.join(format!("{CONTROL_FILE_NAME}.partial"));
-    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-    file.write_all(&encode(state)).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    fsync_dir(dir).map_err(io_err(dir))
-}
-
-/// fsync a directory so a rename or file creation in it is durable.
-pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    utils::fs::write_atomic(&path, &encode(state)).map_err(io_err(&path))
 }
 
 #[cfg(test)]
@@ -264,7 +253,7 @@ mod tests {
         newer.term = 4;
         persist(dir.path(), &newer).unwrap();
         assert_eq!(load(dir.path()).unwrap(), newer);
-        assert!(!dir.path().join(format!("{CONTROL_FILE_NAME}.partial")).exists());
+        assert!(!dir.path().join(format!("{CONTROL_FILE_NAME}.tmp")).exists());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use postgres_ffi::wal_files::{scan_wal_dir, segment_path, ScanEnd};
 use utils::lsn::Lsn;
 
-use crate::control_file::fsync_dir;
+use utils::fs::fsync_dir;
 
 /// PostgreSQL timeline id of every segment file (Strata branches are
 /// separate timelines with their own directories, not PG timelines).

@@ -1,6 +1,8 @@
 //! Small shared building blocks used by every Strata component: log sequence
 //! numbers ([`lsn::Lsn`]), tenant/timeline identifiers ([`id`]) and
-//! [`seqwait::SeqWait`], the primitive that lets a reader await an LSN.
+//! [`seqwait::SeqWait`], the primitive that lets a reader await an LSN;
+//! [`fs`]: durable atomic file replacement.
+pub mod fs;
 pub mod id;
 pub mod logging;
 pub mod lsn;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use pageserver::repository::{PageServerConf, Repository};
+use pageserver::tenant::repository::{PageServerConf, Repository};
 use tracing::info;
 
 #[derive(Parser, Debug)]
@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let pg = tokio::net::TcpListener::bind(args.listen_pg).await.context("bind page service")?;
     info!(http = %http.local_addr()?, pg = %pg.local_addr()?, workdir = %args.workdir.display(), "pageserver started");
     let app = pageserver::http::router(repo.clone());
-    let page_service = tokio::spawn(pageserver::page_service::serve(pg, repo.clone()));
+    let page_service = tokio::spawn(pageserver::read::page_service::serve(pg, repo.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pageserver::import::parse_rel_file_name;
-use pageserver::repository::{PageServerConf, Repository};
-use pageserver::timeline::{PageReconstructError, Timeline, TimelineConf};
-use pageserver::walreceiver::{self, WalSource, WalSourceKind};
+use pageserver::ingest::import::parse_rel_file_name;
+use pageserver::tenant::repository::{PageServerConf, Repository};
+use pageserver::tenant::timeline::{PageReconstructError, Timeline, TimelineConf};
+use pageserver::ingest::walreceiver::{self, WalSource, WalSourceKind};
 use pg_harness::PgCluster;
 use postgres_ffi::pg_constants::*;
 use postgres_ffi::RelFileNode;
@@ -81,7 +81,7 @@ pub async fn catch_up(tl: &Timeline, pg: &PgCluster) -> anyhow::Result<Lsn> {
 /// data file page then reflects all WAL below it.
 pub async fn stop_and_catch_up(tl: &Timeline, pg: &mut PgCluster) -> anyhow::Result<Lsn> {
     tokio::task::block_in_place(|| pg.stop())?;
-    let control = pageserver::import::read_control_info(pg.data_dir())?;
+    let control = pageserver::ingest::import::read_control_info(pg.data_dir())?;
     let target = control.checkpoint_end;
     let started = Instant::now();
     while tl.last_record_lsn() < target {

@@ -24,8 +24,8 @@ use tracing::{info, warn};
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 
-use crate::repository::Repository;
-use crate::timeline::PageReconstructError;
+use crate::tenant::repository::Repository;
+use crate::tenant::timeline::PageReconstructError;
 
 /// Accept connections until the listener fails.
 pub async fn serve(listener: TcpListener, repo: Arc<Repository>) -> std::io::Result<()> {

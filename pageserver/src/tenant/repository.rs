@@ -1,7 +1,7 @@
 //! The repository: tenants and their timelines on local disk, under
 //! `<workdir>/tenants/<tenant_id>/timelines/<timeline_id>/`, each timeline
 //! directory holding its index file (`index.json`, see
-//! [`crate::layers::index`]) and its layer files.
+//! [`crate::storage::index`]) and its layer files.
 //!
 //! Owns: the in-memory registry of tenants and timelines (and of timelines
 //! that failed to load, with the reason), the shared WAL redo manager, and
@@ -31,7 +31,6 @@
 //! without an index, ignored on the next load.
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -39,14 +38,14 @@ use tracing::{info, warn};
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 
-use crate::layers::file::LayerFile;
-use crate::layers::index::{self, IndexError, IndexLayer, IndexPart};
-use crate::layers::layer_map::LayerMap;
-use crate::layers::{LayerDesc, FIRST_GENERATION};
-use crate::timeline::{PageReconstructError, Timeline, TimelineConf};
+use crate::storage::file::LayerFile;
+use crate::storage::index::{self, IndexError, IndexLayer, IndexPart};
+use crate::storage::layer_map::LayerMap;
+use crate::storage::{LayerDesc, FIRST_GENERATION};
+use crate::tenant::timeline::{PageReconstructError, Timeline, TimelineConf};
 use crate::walredo::{PostgresRedoManager, WalRedoConfig, WalRedoError};
 
-pub use crate::layers::index::TimelineMetadata;
+pub use crate::storage::index::TimelineMetadata;
 
 /// The per-timeline metadata file of repositories from before the index;
 /// read only to migrate them.
@@ -88,22 +87,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
 }
 
 /// fsync a directory (after creating or renaming a file in it).
-pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
 
 /// Write `md` to `<dir>/metadata` atomically (the format before the index;
 /// kept to test migration).
 pub fn save_metadata(dir: &Path, md: &TimelineMetadata) -> std::io::Result<()> {
     let body = serde_json::to_vec_pretty(md).map_err(std::io::Error::other)?;
-    let tmp = dir.join("metadata.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&crc32c::crc32c(&body).to_le_bytes())?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, dir.join(METADATA_FILE))?;
-    fsync_dir(dir)
+    let mut contents = crc32c::crc32c(&body).to_le_bytes().to_vec();
+    contents.extend_from_slice(&body);
+    utils::fs::write_atomic(&dir.join(METADATA_FILE), &contents)
 }
 
 /// Read and check `<dir>/metadata`.
@@ -308,8 +299,8 @@ impl Repository {
             ancestor.add_branch_point(timeline_id, tl.ancestor_lsn);
         }
         tl.update_physical_size_metric();
-        if let Some(source) = crate::walreceiver::persisted_source(&tl) {
-            crate::walreceiver::start(&tl, source).await;
+        if let Some(source) = crate::ingest::walreceiver::persisted_source(&tl) {
+            crate::ingest::walreceiver::start(&tl, source).await;
         }
         tl
     }
@@ -378,7 +369,7 @@ impl Repository {
         let _gc = ancestor_for_lock.gc_lock.lock().await;
         let lsn = lsn.unwrap_or_else(|| ancestor.last_record_lsn());
         if let Err(PageReconstructError::BelowGcCutoff { lsn, cutoff, timeline_id }) =
-            crate::timeline::check_branch_lsn(&ancestor, lsn)
+            crate::tenant::timeline::check_branch_lsn(&ancestor, lsn)
         {
             return Err(RepoError::BelowGcCutoff { lsn, cutoff, timeline_id });
         }
@@ -413,7 +404,7 @@ impl Repository {
     }
 
     /// Create a root timeline by importing a cleanly shut down PostgreSQL
-    /// 15 data directory (see [`crate::import`]).
+    /// 15 data directory (see [`crate::ingest::import`]).
     pub async fn import_timeline(
         &self,
         tenant_id: TenantId,
@@ -424,7 +415,7 @@ impl Repository {
         let new_id = new_id.unwrap_or_else(TimelineId::generate);
         let dir = self.check_new_timeline(&tenant, new_id)?;
         let pg = pgdata.to_path_buf();
-        let control = tokio::task::spawn_blocking(move || crate::import::read_control_info(&pg))
+        let control = tokio::task::spawn_blocking(move || crate::ingest::import::read_control_info(&pg))
             .await
             .map_err(|e| RepoError::Import(e.to_string()))?
             .map_err(|e| RepoError::Import(e.to_string()))?;
@@ -448,7 +439,7 @@ impl Repository {
             LayerMap::default(),
             Arc::clone(&self.walredo),
         ));
-        let result = crate::import::import_datadir(&tl, pgdata, &control).await;
+        let result = crate::ingest::import::import_datadir(&tl, pgdata, &control).await;
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&dir);
             return Err(RepoError::Import(e.to_string()));
@@ -472,7 +463,7 @@ impl Repository {
         if !children.is_empty() {
             return Err(RepoError::HasChildren(timeline_id, children));
         }
-        crate::walreceiver::stop(&tl).await;
+        crate::ingest::walreceiver::remove(&tl).await;
         tl.shutdown();
         tenant.timelines.lock().unwrap_or_else(|e| e.into_inner()).remove(&timeline_id);
         if let Some(ancestor) = &tl.ancestor {
@@ -499,7 +490,7 @@ impl Repository {
             gc.abort();
         }
         for tl in self.all_timelines() {
-            crate::walreceiver::stop(&tl).await;
+            crate::ingest::walreceiver::stop(&tl).await;
             if flush {
                 if let Err(e) = tl.freeze_and_flush().await {
                     warn!(tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id, "flush at shutdown: {e}");
@@ -594,7 +585,7 @@ fn migrate(dir: &Path) -> Result<(IndexPart, LayerMap), RepoError> {
     index::save(dir, &index).map_err(io_err(&dir.join(index::INDEX_FILE)))?;
     let md_path = dir.join(METADATA_FILE);
     fs::remove_file(&md_path).map_err(io_err(&md_path))?;
-    fsync_dir(dir).map_err(io_err(dir))?;
+    utils::fs::fsync_dir(dir).map_err(io_err(dir))?;
     info!(dir = %dir.display(), layers = index.layers.len(), "migrated timeline to an index file");
     Ok((index, map))
 }

@@ -26,8 +26,8 @@ use utils::lsn::Lsn;
 
 use super::file::{LayerFile, LayerFileError, LayerFileWriter};
 use super::LayerDesc;
-use crate::key::Key;
-use crate::value::Value;
+use crate::storage::key::Key;
+use crate::storage::value::Value;
 
 /// Why a merge failed.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 //!
 //! Owns: the removal rule and the result type. The timeline owns the
 //! cutoff, the locking and the order of durable steps (see
-//! [`crate::timeline::Timeline::gc_now`]).
+//! [`crate::tenant::timeline::Timeline::gc_now`]).
 //!
 //! Rule: a layer with LSN range `[s, e)` may be removed when
 //! * it lies entirely below the cutoff (`e <= cutoff`), and every key it
@@ -34,7 +34,7 @@ use utils::lsn::Lsn;
 use super::file::{LayerFile, LayerFileError};
 use super::layer_map::LayerMap;
 use super::partition::class_start;
-use crate::key::Key;
+use crate::storage::key::Key;
 
 /// What one GC pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -84,7 +84,7 @@ pub fn removable(map: &LayerMap, c: &GcCandidate, cutoff: Lsn, retain_lsns: &[Ls
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::LayerDesc;
+    use crate::storage::LayerDesc;
 
     fn layer(is_image: bool, keys: Range<u32>, lsns: Range<u64>) -> Arc<LayerFile> {
         let key = |f6| Key { field1: 3, field6: f6, ..Key::MIN };

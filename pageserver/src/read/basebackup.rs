@@ -321,7 +321,7 @@ async fn write_control_and_wal<W: AsyncWrite + Unpin, S: BasebackupSource>(
 }
 
 /// A timeline's key space as a basebackup source.
-impl BasebackupSource for crate::timeline::Timeline {
+impl BasebackupSource for crate::tenant::timeline::Timeline {
     async fn databases(&self, lsn: Lsn) -> Result<Vec<(u32, u32)>, String> {
         Ok(self.list_dbs(lsn).await.map_err(|e| e.to_string())?.into_iter().collect())
     }
@@ -330,13 +330,13 @@ impl BasebackupSource for crate::timeline::Timeline {
         Ok(rels.into_iter().map(|(rel_node, fork)| (RelFileNode { spc_node: spc, db_node: db, rel_node }, fork)).collect())
     }
     async fn rel_size(&self, rel: RelFileNode, fork: u8, lsn: Lsn) -> Result<u32, String> {
-        crate::timeline::Timeline::rel_size(self, rel, fork, lsn).await.map_err(|e| e.to_string())
+        crate::tenant::timeline::Timeline::rel_size(self, rel, fork, lsn).await.map_err(|e| e.to_string())
     }
     async fn page(&self, rel: RelFileNode, fork: u8, blkno: u32, lsn: Lsn) -> Result<Bytes, String> {
         self.rel_page(rel, fork, blkno, lsn).await.map_err(|e| e.to_string())
     }
     async fn relmap_file(&self, spc: u32, db: u32, lsn: Lsn) -> Result<Option<Bytes>, String> {
-        crate::timeline::Timeline::relmap_file(self, spc, db, lsn).await.map_err(|e| e.to_string())
+        crate::tenant::timeline::Timeline::relmap_file(self, spc, db, lsn).await.map_err(|e| e.to_string())
     }
     async fn slru_segments(&self, kind: SlruKind, lsn: Lsn) -> Result<Vec<u32>, String> {
         Ok(self.list_slru_segments(kind, lsn).await.map_err(|e| e.to_string())?.into_iter().collect())
@@ -352,16 +352,16 @@ impl BasebackupSource for crate::timeline::Timeline {
     async fn twophase_files(&self, lsn: Lsn) -> Result<Vec<(u32, Bytes)>, String> {
         let mut out = Vec::new();
         for xid in self.list_twophase(lsn).await.map_err(|e| e.to_string())? {
-            let data = self.get(crate::key::twophase_file_key(xid), lsn).await.map_err(|e| e.to_string())?;
+            let data = self.get(crate::storage::key::twophase_file_key(xid), lsn).await.map_err(|e| e.to_string())?;
             out.push((xid, data));
         }
         Ok(out)
     }
     async fn control_file(&self, lsn: Lsn) -> Result<Bytes, String> {
-        crate::timeline::Timeline::control_file(self, lsn).await.map_err(|e| e.to_string())
+        crate::tenant::timeline::Timeline::control_file(self, lsn).await.map_err(|e| e.to_string())
     }
     async fn checkpoint(&self, lsn: Lsn) -> Result<CheckPoint, String> {
-        let raw = crate::timeline::Timeline::checkpoint(self, lsn).await.map_err(|e| e.to_string())?;
+        let raw = crate::tenant::timeline::Timeline::checkpoint(self, lsn).await.map_err(|e| e.to_string())?;
         CheckPoint::decode(&raw).ok_or_else(|| format!("stored checkpoint is {} bytes", raw.len()))
     }
 }

@@ -29,8 +29,8 @@ use bytes::{Bytes, BytesMut};
 use utils::lsn::Lsn;
 
 use super::{LayerDesc, ReconstructResult, ValueReconstructState};
-use crate::key::{Key, KEY_SIZE};
-use crate::value::Value;
+use crate::storage::key::{Key, KEY_SIZE};
+use crate::storage::value::Value;
 
 const MAGIC: &[u8; 8] = b"STRATALY";
 const FOOTER_MAGIC: &[u8; 8] = b"STRATEND";
@@ -173,7 +173,7 @@ impl LayerFileWriter {
         drop(file);
         let final_path = self.dir.join(self.desc.file_name());
         fs::rename(&self.tmp_path, &final_path)?;
-        crate::repository::fsync_dir(&self.dir)?;
+        utils::fs::fsync_dir(&self.dir)?;
         let size = index_offset + idx.len() as u64 + FOOTER_SIZE as u64;
         Ok(LayerFile::new(final_path, self.desc, size))
     }

@@ -25,9 +25,9 @@ use postgres_ffi::pg_constants::*;
 use postgres_ffi::{DecodedRecord, RelFileNode, WalStreamDecoder};
 use utils::lsn::Lsn;
 
-use crate::key::*;
-use crate::timeline::{PageReconstructError, Timeline};
-use crate::value::*;
+use crate::storage::key::*;
+use crate::tenant::timeline::{PageReconstructError, Timeline};
+use crate::storage::value::*;
 use postgres_ffi::controlfile::{ControlFile, DbState};
 
 /// Blocks per relation segment file (`RELSEG_SIZE`).

@@ -12,6 +12,7 @@
 //! * [`partition`]: the key partitions image layers are made for.
 //! * [`gc`]: which layers garbage collection removes.
 //! * [`compaction`]: merging L0 delta files into L1 files by key range.
+//! * [`key`] and [`value`]: the key space and what is stored under a key.
 //!
 //! Layer identity: a [`LayerDesc`] (key range, LSN range, kind, generation)
 //! and its file name `<keystart>-<keyend>__<lsnstart>-<lsnend>-g<generation>`
@@ -32,8 +33,10 @@ pub mod file;
 pub mod gc;
 pub mod index;
 pub mod inmemory;
+pub mod key;
 pub mod layer_map;
 pub mod partition;
+pub mod value;
 
 use std::fmt;
 use std::ops::Range;
@@ -41,7 +44,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use utils::lsn::Lsn;
 
-use crate::key::Key;
+use crate::storage::key::Key;
 use crate::walredo::WalRecord;
 
 /// The generation of the first attachment of a timeline; a later attach

@@ -168,7 +168,7 @@ pub const DBDIR_KEY: Key = Key::MIN;
 pub const TWOPHASEDIR_KEY: Key = Key { field1: 0x02, field2: 0, field3: 0, field4: 0, field5: 0, field6: 0 };
 pub const CONTROLFILE_KEY: Key = Key { field1: 0x03, field2: 0, field3: 0, field4: 0, field5: 0, field6: 0 };
 pub const CHECKPOINT_KEY: Key = Key { field1: 0x03, field2: 0, field3: 0, field4: 0, field5: 0, field6: 1 };
-/// The last commit record at or before an LSN ([`crate::commit_ts::CommitTs`]).
+/// The last commit record at or before an LSN ([`crate::tenant::commit_ts::CommitTs`]).
 pub const COMMIT_TS_KEY: Key = Key { field1: 0x04, field2: 0, field3: 0, field4: 0, field5: 0, field6: 0 };
 
 pub fn relmap_file_key(spc: u32, db: u32) -> Key {

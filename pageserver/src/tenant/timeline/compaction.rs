@@ -1,4 +1,4 @@
-//! A timeline's L0 → L1 compaction pass (see [`crate::layers::compaction`]).
+//! A timeline's L0 → L1 compaction pass (see [`crate::storage::compaction`]).
 //!
 //! Owns: when compaction runs (at least `compaction_threshold` L0 files,
 //! checked after each flush) and the durable order: the L1 files are
@@ -18,9 +18,9 @@ use tracing::{info, instrument};
 
 use super::gc::delete_layer_files;
 use super::{index_entry, other, Result, Timeline};
-use crate::layers::compaction::{is_level0, merge_into_l1};
-use crate::layers::file::LayerFile;
-use crate::layers::index::{self, IndexPart, TimelineMetadata};
+use crate::storage::compaction::{is_level0, merge_into_l1};
+use crate::storage::file::LayerFile;
+use crate::storage::index::{self, IndexPart, TimelineMetadata};
 
 impl Timeline {
     /// Merge the L0 files into L1 files if there are at least

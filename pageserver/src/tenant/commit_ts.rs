@@ -45,9 +45,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use utils::lsn::Lsn;
 
-use crate::key::COMMIT_TS_KEY;
-use crate::timeline::{PageReconstructError, Result, Timeline};
-use crate::value::Reader;
+use crate::storage::key::COMMIT_TS_KEY;
+use crate::tenant::timeline::{PageReconstructError, Result, Timeline};
+use crate::storage::value::Reader;
 
 /// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 UTC).
 pub const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;

@@ -34,7 +34,7 @@ use utils::lsn::Lsn;
 use super::file::LayerFile;
 use super::inmemory::InMemoryLayer;
 use super::LayerDesc;
-use crate::key::Key;
+use crate::storage::key::Key;
 
 /// A layer to visit.
 #[derive(Clone)]

@@ -3,8 +3,9 @@
 //!
 //! Owns: the [`LayerMap`], `last_record_lsn` (a [`SeqWait`]: the end LSN of
 //! the last ingested record, what readers wait for), `disk_consistent_lsn`
-//! (everything at or below it is in layer files and the index says so),
-//! and the walreceiver state.
+//! (everything at or below it is in layer files and the index says so).
+//! The walreceiver that feeds it is registered in
+//! [`crate::ingest::walreceiver`], not here.
 //!
 //! Invariants:
 //! * One writer at a time (`write_lock`): values of a record are added to
@@ -48,19 +49,18 @@ use utils::seqwait::SeqWait;
 mod compaction;
 mod gc;
 
-pub use crate::layers::gc::GcResult;
+pub use crate::storage::gc::GcResult;
 pub(crate) use gc::check_branch_lsn;
 
-use crate::key::*;
-use crate::layers::file::{LayerFile, LayerFileError, LayerFileWriter};
-use crate::layers::index::{self, IndexLayer, IndexPart, TimelineMetadata};
-use crate::layers::inmemory::InMemoryLayer;
-use crate::layers::layer_map::{LayerMap, SearchLayer};
-use crate::layers::partition::{partition, Partition};
-use crate::layers::{LayerDesc, ReconstructResult, ValueReconstructState};
+use crate::storage::key::*;
+use crate::storage::file::{LayerFile, LayerFileError, LayerFileWriter};
+use crate::storage::index::{self, IndexLayer, IndexPart, TimelineMetadata};
+use crate::storage::inmemory::InMemoryLayer;
+use crate::storage::layer_map::{LayerMap, SearchLayer};
+use crate::storage::partition::{partition, Partition};
+use crate::storage::{LayerDesc, ReconstructResult, ValueReconstructState};
 use crate::metrics;
-use crate::value::*;
-use crate::walreceiver::WalReceiverState;
+use crate::storage::value::*;
 use crate::walredo::{PostgresRedoManager, SlruKind};
 
 /// An all-zero page.
@@ -176,7 +176,6 @@ pub struct Timeline {
     /// Latest relation sizes, for ingest (valid at last_record_lsn).
     rel_size_cache: RwLock<HashMap<(RelFileNode, u8), u32>>,
     pub(crate) walredo: Arc<PostgresRedoManager>,
-    pub walreceiver: Mutex<WalReceiverState>,
 }
 
 impl std::fmt::Debug for Timeline {
@@ -227,7 +226,6 @@ impl Timeline {
             index_lock: tokio::sync::Mutex::new(()),
             rel_size_cache: RwLock::new(HashMap::new()),
             walredo,
-            walreceiver: Mutex::new(WalReceiverState::default()),
         }
     }
 

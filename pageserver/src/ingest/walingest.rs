@@ -11,7 +11,7 @@
 //!   subtransactions (Rust-applied records, one per CLOG page) and drop the
 //!   relations the record lists; PREPARE stores the two-phase state; a
 //!   commit also writes its end LSN and time under `COMMIT_TS_KEY`
-//!   (see [`crate::commit_ts`]).
+//!   (see [`crate::tenant::commit_ts`]).
 //! * CLOG zero-page/truncate, MULTIXACT zero-page/create, SMGR
 //!   create/truncate, DBASE create (wal_log and file_copy: file_copy copies
 //!   the template's relations as of this LSN) and drop, RELMAP update.
@@ -34,10 +34,10 @@ use postgres_ffi::rmgr::*;
 use postgres_ffi::{DecodedRecord, RelFileNode};
 use utils::lsn::Lsn;
 
-use crate::datadir::DatadirModification;
-use crate::key::*;
-use crate::timeline::{PageReconstructError, Result, Timeline, ZERO_PAGE};
-use crate::value::{Reader, Value};
+use crate::ingest::datadir::DatadirModification;
+use crate::storage::key::*;
+use crate::tenant::timeline::{PageReconstructError, Result, Timeline, ZERO_PAGE};
+use crate::storage::value::{Reader, Value};
 use crate::walredo::{
     vm_clear_for_heap_record, MultiXactMember, SlruKind, WalRecord, MULTIXACT_MEMBERS_PER_PAGE,
     MULTIXACT_OFFSETS_PER_PAGE, VM_HEAPBLOCKS_PER_PAGE,
@@ -57,7 +57,7 @@ fn bad(lsn: Lsn, what: &str, e: String) -> PageReconstructError {
 pub struct WalIngest {
     checkpoint: CheckPoint,
     checkpoint_modified: bool,
-    /// Running maximum of commit times (for [`crate::commit_ts`]).
+    /// Running maximum of commit times (for [`crate::tenant::commit_ts`]).
     max_commit_time: Option<i64>,
 }
 
@@ -70,7 +70,7 @@ impl WalIngest {
             Err(PageReconstructError::MissingKey { .. }) => CheckPoint::default(),
             Err(e) => return Err(e),
         };
-        let max_commit_time = crate::commit_ts::commit_ts_at(tline, lsn).await?.map(|c| c.max_time);
+        let max_commit_time = crate::tenant::commit_ts::commit_ts_at(tline, lsn).await?.map(|c| c.max_time);
         Ok(WalIngest { checkpoint, checkpoint_modified: false, max_commit_time })
     }
 
@@ -205,7 +205,7 @@ impl WalIngest {
                 if commit {
                     let max_time = self.max_commit_time.map_or(parsed.xact_time, |m| m.max(parsed.xact_time));
                     self.max_commit_time = Some(max_time);
-                    let value = crate::commit_ts::CommitTs { lsn, time: parsed.xact_time, max_time };
+                    let value = crate::tenant::commit_ts::CommitTs { lsn, time: parsed.xact_time, max_time };
                     m.put_image(COMMIT_TS_KEY, value.encode());
                 }
                 for rel in parsed.dropped {

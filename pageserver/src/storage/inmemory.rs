@@ -14,8 +14,8 @@ use std::time::Instant;
 use utils::lsn::Lsn;
 
 use super::{ReconstructResult, ValueReconstructState};
-use crate::key::Key;
-use crate::value::Value;
+use crate::storage::key::Key;
+use crate::storage::value::Value;
 
 pub struct InMemoryLayer {
     pub start_lsn: Lsn,

@@ -16,9 +16,9 @@ use bytes::Bytes;
 use postgres_ffi::RelFileNode;
 use utils::lsn::Lsn;
 
-use crate::key::*;
-use crate::timeline::{PageReconstructError, Result, Timeline};
-use crate::value::*;
+use crate::storage::key::*;
+use crate::tenant::timeline::{PageReconstructError, Result, Timeline};
+use crate::storage::value::*;
 use crate::walredo::{SlruKind, WalRecord};
 
 pub struct DatadirModification<'a> {

@@ -25,7 +25,7 @@
 //! Cancellation: pure computation, nothing awaits.
 use std::ops::Range;
 
-use crate::key::*;
+use crate::storage::key::*;
 
 /// One partition: its key range and the keys that exist in it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,7 +28,8 @@
 //! Cancellation: [`stop`] cancels the task's token and waits for it; the
 //! task only observes cancellation between records (never in the middle of
 //! ingesting one), so a stop never leaves a half-ingested record.
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pq_proto::{ConnConfig, ReplicationClient, ReplicationMessage, ReplicationStream, StandbyStatusUpdate, StrataFeedback};
@@ -37,10 +38,11 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
+use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 
-use crate::timeline::Timeline;
-use crate::walingest::WalIngest;
+use crate::tenant::timeline::Timeline;
+use crate::ingest::walingest::WalIngest;
 
 /// Where a timeline's WAL comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,10 +103,24 @@ pub struct WalReceiverStatus {
     pub connection_attempts: u64,
 }
 
+/// A timeline's walreceiver: what it reports and the task, if running.
 #[derive(Default)]
-pub struct WalReceiverState {
-    pub status: WalReceiverStatus,
+struct WalReceiverState {
+    status: WalReceiverStatus,
     task: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+type TimelineKey = (TenantId, TimelineId);
+
+/// Every timeline's walreceiver, by (tenant, timeline). Kept here rather
+/// than in [`Timeline`], so the tenant layer does not depend on ingest's
+/// types (timeline ids are unique, so one registry serves every repository
+/// in a process).
+static RECEIVERS: LazyLock<Mutex<HashMap<TimelineKey, WalReceiverState>>> = LazyLock::new(Default::default);
+
+fn with_state<R>(tl: &Timeline, f: impl FnOnce(&mut WalReceiverState) -> R) -> R {
+    let mut all = RECEIVERS.lock().unwrap_or_else(|e| e.into_inner());
+    f(all.entry((tl.tenant_id, tl.timeline_id)).or_default())
 }
 
 fn now_ms() -> u64 {
@@ -112,13 +128,12 @@ fn now_ms() -> u64 {
 }
 
 fn update(tl: &Timeline, f: impl FnOnce(&mut WalReceiverStatus)) {
-    let mut st = tl.walreceiver.lock().unwrap_or_else(|e| e.into_inner());
-    f(&mut st.status);
+    with_state(tl, |st| f(&mut st.status));
 }
 
 /// The walreceiver status of a timeline.
 pub fn status(tl: &Timeline) -> WalReceiverStatus {
-    tl.walreceiver.lock().unwrap_or_else(|e| e.into_inner()).status.clone()
+    with_state(tl, |st| st.status.clone())
 }
 
 /// File in a timeline directory naming its WAL source, so that a restarted
@@ -134,13 +149,8 @@ pub fn persist_source(tl: &Timeline, source: Option<&WalSource>) -> std::io::Res
             _ => Ok(()),
         },
         Some(source) => {
-            let tmp = tl.path.join(format!("{WAL_SOURCE_FILE}.tmp"));
             let text = serde_json::to_vec(source).map_err(std::io::Error::other)?;
-            let mut file = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut file, &text)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&tl.path)?.sync_all()
+            utils::fs::write_atomic(&path, &text)
         }
     }
 }
@@ -163,20 +173,28 @@ pub async fn start(tl: &Arc<Timeline>, source: WalSource) {
     let cancel = CancellationToken::new();
     let span = info_span!("walreceiver", tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id);
     let handle = tokio::spawn(run(Arc::clone(tl), source.clone(), cancel.clone()).instrument(span));
-    let mut st = tl.walreceiver.lock().unwrap_or_else(|e| e.into_inner());
     let all = source.all();
-    st.status = WalReceiverStatus { source: all.first().map(|c| source.single(c)), sources: all, ..Default::default() };
-    st.task = Some((cancel, handle));
+    with_state(tl, |st| {
+        st.status = WalReceiverStatus { source: all.first().map(|c| source.single(c)), sources: all, ..Default::default() };
+        st.task = Some((cancel, handle));
+    });
 }
 
 /// Stop the walreceiver of `tl` (if any) and wait for it.
 pub async fn stop(tl: &Timeline) {
-    let task = tl.walreceiver.lock().unwrap_or_else(|e| e.into_inner()).task.take();
+    let task = with_state(tl, |st| st.task.take());
     if let Some((cancel, handle)) = task {
         cancel.cancel();
         let _ = handle.await;
     }
     update(tl, |s| s.connected = false);
+}
+
+/// Stop the walreceiver of `tl` and forget its status (the timeline is
+/// going away).
+pub async fn remove(tl: &Timeline) {
+    stop(tl).await;
+    RECEIVERS.lock().unwrap_or_else(|e| e.into_inner()).remove(&(tl.tenant_id, tl.timeline_id));
 }
 
 async fn run(tl: Arc<Timeline>, source: WalSource, cancel: CancellationToken) {

@@ -29,10 +29,10 @@ use utils::id::TimelineId;
 use utils::lsn::Lsn;
 
 use super::{index_entry, other, PageReconstructError, Result, Timeline};
-use crate::commit_ts::{commit_ts_at, find_lsn_for_timestamp, system_time_to_pg_timestamp};
-use crate::layers::file::LayerFile;
-use crate::layers::gc::{held_key_runs, removable, GcCandidate, GcResult};
-use crate::layers::index::{self, IndexLayer, IndexPart, TimelineMetadata};
+use crate::tenant::commit_ts::{commit_ts_at, find_lsn_for_timestamp, system_time_to_pg_timestamp};
+use crate::storage::file::LayerFile;
+use crate::storage::gc::{held_key_runs, removable, GcCandidate, GcResult};
+use crate::storage::index::{self, IndexLayer, IndexPart, TimelineMetadata};
 use crate::metrics;
 
 impl Timeline {
@@ -90,7 +90,7 @@ impl Timeline {
     }
 
     /// Run a GC pass now: remove the layers no read at or above the cutoff
-    /// and no child branch point needs (see [`crate::layers::gc`]).
+    /// and no child branch point needs (see [`crate::storage::gc`]).
     pub async fn gc_now(&self) -> Result<GcResult> {
         self.gc_pass(true).await
     }
@@ -181,7 +181,7 @@ pub(super) async fn delete_layer_files(doomed: &[Arc<LayerFile>]) -> Result<()> 
             }
         }
         if let Some(dir) = paths.first().and_then(|p| p.parent()) {
-            crate::repository::fsync_dir(dir).map_err(|e| other(format!("fsync {}: {e}", dir.display())))?;
+            utils::fs::fsync_dir(dir).map_err(|e| other(format!("fsync {}: {e}", dir.display())))?;
         }
         Ok(())
     })

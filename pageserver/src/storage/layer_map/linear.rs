@@ -7,9 +7,9 @@ use std::sync::Arc;
 use utils::lsn::Lsn;
 
 use super::{choose, DeltaCandidate, SearchLayer, SearchResult};
-use crate::key::Key;
-use crate::layers::file::LayerFile;
-use crate::layers::inmemory::InMemoryLayer;
+use crate::storage::key::Key;
+use crate::storage::file::LayerFile;
+use crate::storage::inmemory::InMemoryLayer;
 
 #[derive(Default)]
 pub struct LinearLayerMap {

@@ -22,7 +22,6 @@
 //! which the next load removes.
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -30,7 +29,7 @@ use utils::id::TimelineId;
 use utils::lsn::Lsn;
 
 use super::LayerDesc;
-use crate::key::Key;
+use crate::storage::key::Key;
 
 /// The index file's name in a timeline directory.
 pub const INDEX_FILE: &str = "index.json";
@@ -199,13 +198,7 @@ pub fn exists(dir: &Path) -> bool {
 
 /// Replace `<dir>/index.json` atomically and durably.
 pub fn save(dir: &Path, index: &IndexPart) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{INDEX_FILE}.tmp"));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&index.to_json_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, dir.join(INDEX_FILE))?;
-    crate::repository::fsync_dir(dir)
+    utils::fs::write_atomic(&dir.join(INDEX_FILE), &index.to_json_bytes())
 }
 
 /// Read and check `<dir>/index.json`.
