@@ -1,7 +1,8 @@
 //! The `strata` command's library: a local Strata cluster in a repository
 //! directory — its configuration ([`config`]) and its components run as
 //! background processes ([`background`], [`cluster`]); where a compute
-//! starts is decided from the safekeepers ([`election`]).
+//! starts is decided from the safekeepers ([`election`]); per-tenant storage
+//! settings ([`tenant_conf`]) and branch removal ([`timeline_delete`]).
 
 pub mod api;
 pub mod background;
@@ -14,3 +15,5 @@ pub mod logs;
 pub mod ops;
 pub mod settings;
 pub mod state;
+pub mod tenant_conf;
+pub mod timeline_delete;

@@ -76,6 +76,27 @@ enum TenantCmd {
         /// Make it the tenant commands use when --tenant-id is not given.
         #[arg(long)]
         set_default: bool,
+        /// A storage setting of the tenant (repeatable), e.g. `-c gc_horizon=1MiB
+        /// -c pitr_interval=0s`; see `strata tenant config` for the keys. An
+        /// unknown key or a bad value creates nothing.
+        #[arg(short = 'c', value_name = "KEY=VALUE", value_parser = control_plane::tenant_conf::parse_kv)]
+        config: Vec<(String, String)>,
+    },
+    /// Show a tenant's storage settings (which are its own, which the
+    /// pageserver's defaults), or change them with -c / --reset. Keys:
+    /// checkpoint_distance, checkpoint_timeout, compaction_threshold,
+    /// compaction_target_size, compaction_period, image_creation_threshold,
+    /// gc_horizon, pitr_interval, gc_period. Sizes: bytes or 512KiB, 64MiB,
+    /// 1GiB; durations: 0s, 10m, 1h. Running timelines pick changes up.
+    Config {
+        #[arg(long, visible_alias = "tenant")]
+        tenant_id: Option<TenantId>,
+        /// Set a setting (repeatable), e.g. `-c compaction_threshold=4`.
+        #[arg(short = 'c', value_name = "KEY=VALUE", value_parser = control_plane::tenant_conf::parse_kv)]
+        config: Vec<(String, String)>,
+        /// Back to the pageserver's default (repeatable).
+        #[arg(long, value_name = "KEY")]
+        reset: Vec<String>,
     },
     /// Import a stopped PostgreSQL 15 data directory as a new tenant (its
     /// `main` branch); the directory is read, not changed. For a database
@@ -112,6 +133,15 @@ enum TimelineCmd {
     },
     /// Show the branch tree with branch points.
     List {
+        #[arg(long)]
+        tenant_id: Option<TenantId>,
+    },
+    /// Delete a branch: its layers on the pageserver, its WAL on the
+    /// safekeepers, its stopped endpoints. Refused while it has child
+    /// branches or a running endpoint.
+    Delete {
+        /// The branch name (as in `strata timeline list`).
+        name: String,
         #[arg(long)]
         tenant_id: Option<TenantId>,
     },
@@ -226,9 +256,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}");
             }
         }
-        Cmd::Tenant(TenantCmd::Create { set_default }) => {
-            let t = Cluster::load(repo)?.tenant_create(set_default).await?;
+        Cmd::Tenant(TenantCmd::Create { set_default, config }) => {
+            let t = Cluster::load(repo)?.tenant_create(set_default, &config).await?;
             println!("created tenant {t} with branch main{}", if set_default { " (default)" } else { "" });
+            if !config.is_empty() {
+                let set: Vec<String> = config.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("settings: {}", set.join(" "));
+            }
+        }
+        Cmd::Tenant(TenantCmd::Config { tenant_id, config, reset }) => {
+            let cluster = Cluster::load(repo)?;
+            let tenant = State::load(repo)?.tenant(tenant_id)?;
+            let settings = if config.is_empty() && reset.is_empty() {
+                cluster.tenant_config(tenant).await?
+            } else {
+                cluster.tenant_config_change(tenant, &config, &reset).await?
+            };
+            print!("{}", settings.render());
         }
         Cmd::Tenant(TenantCmd::Import { pgdata, set_default }) => {
             let t = Cluster::load(repo)?.tenant_import(&pgdata, set_default).await?;
@@ -258,6 +302,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let tenant = state.tenant(tenant_id)?;
             let branches: Vec<Branch> = state.branches.iter().filter(|b| b.tenant_id == tenant).cloned().collect();
             print_tree(&branches, None, 0);
+        }
+        Cmd::Timeline(TimelineCmd::Delete { name, tenant_id }) => {
+            let cluster = Cluster::load(repo)?;
+            let tenant = State::load(repo)?.tenant(tenant_id)?;
+            let deleted = cluster.timeline_delete(tenant, &name).await?;
+            for ep in &deleted.endpoints {
+                println!("removed stopped endpoint {ep}");
+            }
+            println!("deleted branch {name} (timeline {}) of tenant {tenant}", deleted.timeline_id);
         }
         Cmd::Endpoint(cmd) => run_endpoint(repo, cmd).await?,
         Cmd::Logs { name, lines, follow } => {

@@ -69,9 +69,12 @@ impl Cluster {
         Ok(())
     }
 
-    /// `strata tenant create`: a tenant whose `main` branch is a fresh initdb.
-    pub async fn tenant_create(&self, set_default: bool) -> anyhow::Result<TenantId> {
-        self.tenant_create_from(json!({ "initdb": true }), set_default).await
+    /// `strata tenant create [-c KEY=VALUE]…`: a tenant with those storage
+    /// settings (checked by the pageserver before anything is created) whose
+    /// `main` branch is a fresh initdb.
+    pub async fn tenant_create(&self, set_default: bool, config: &[(String, String)]) -> anyhow::Result<TenantId> {
+        let tenant = json!({ "config": crate::tenant_conf::config_object(config) });
+        self.tenant_create_from(tenant, json!({ "initdb": true }), set_default).await
     }
 
     /// `strata tenant import --pgdata DIR`: a tenant whose `main` branch is a
@@ -82,18 +85,19 @@ impl Cluster {
         let mb = checked.size_bytes as f64 / (1 << 20) as f64;
         eprintln!("importing {} ({mb:.1} MiB, system id {})…", checked.path.display(), checked.system_id);
         let started = Instant::now();
-        let t = self.tenant_create_from(json!({ "import_pgdata": checked.path }), set_default).await?;
+        let t = self.tenant_create_from(json!({}), json!({ "import_pgdata": checked.path }), set_default).await?;
         let secs = started.elapsed().as_secs_f64();
         eprintln!("imported {mb:.1} MiB in {secs:.1} s ({:.0} MiB/s)", mb / secs.max(0.001));
         Ok(t)
     }
 
-    /// A new tenant whose first timeline (`main`) the pageserver makes from
-    /// `source` (the `initdb` or `import_pgdata` field of its API).
-    async fn tenant_create_from(&self, source: serde_json::Value, set_default: bool) -> anyhow::Result<TenantId> {
+    /// A new tenant (`tenant`: the body of the pageserver's tenant creation)
+    /// whose first timeline (`main`) the pageserver makes from `source` (the
+    /// `initdb` or `import_pgdata` field of its API).
+    async fn tenant_create_from(&self, tenant: serde_json::Value, source: serde_json::Value, set_default: bool) -> anyhow::Result<TenantId> {
         let api = Api::default();
         let mut state = State::load(&self.repo)?;
-        let created = api.post(&self.ps("/v1/tenant"), &json!({})).await?;
+        let created = api.post(&self.ps("/v1/tenant"), &tenant).await?;
         let t: TenantId = field(&created, "tenant_id")?;
         let tl = TimelineId::generate();
         let url = self.ps(&format!("/v1/tenant/{t}/timeline"));

@@ -1,12 +1,22 @@
 //! The pageserver's HTTP management API (JSON), in Neon's `/v1/tenant` style.
 //!
 //! * `GET    /v1/status`
-//! * `GET    /v1/tenant` — list; `POST /v1/tenant` `{"tenant_id"?}` — create
+//! * `GET    /v1/tenant` — list; `POST /v1/tenant` `{"tenant_id"?, "config"?}` — create,
+//!   `config` being tenant settings `{"KEY": "VALUE", ...}` (see [`crate::tenant::config`])
+//! * `GET    /v1/tenant/{tenant_id}/config` — the tenant's overrides and effective settings;
+//!   `PUT` replaces the overrides with the body `{"KEY": "VALUE", ...}` (400 naming the
+//!   key and value on an unknown key or a bad value; nothing changes then)
 //! * `GET    /v1/tenant/{tenant_id}/timeline` — list
 //! * `POST   /v1/tenant/{tenant_id}/timeline` — create ([`CreateTimelineRequest`]):
 //!   a branch (`ancestor_timeline_id`, optional `ancestor_start_lsn`) or an
 //!   import (`import_pgdata`: path of a shut-down PostgreSQL 15 data directory)
 //! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}[?include_size=true]` — detail
+//!   (LSNs, layer counts, `current_physical_size`, `gc_cutoff_lsn`, `pitr_cutoff_lsn`)
+//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/layers` — the layer files
+//! * `POST   /v1/tenant/{tenant_id}/timeline/{timeline_id}/compact[?force=true]` — a
+//!   compaction pass now (L0 → L1 when `compaction_threshold` L0 files exist, or any
+//!   with `force`; then image layers where needed); what it did
+//! * `POST   /v1/tenant/{tenant_id}/timeline/{timeline_id}/gc` — a GC pass now; what it did
 //! * `DELETE /v1/tenant/{tenant_id}/timeline/{timeline_id}`
 //! * `PUT    /v1/tenant/{tenant_id}/timeline/{timeline_id}/wal_source` — [`WalSource`]
 //!   (`conninfo`, or `conninfos`: several sources, the most advanced is used)
@@ -58,8 +68,11 @@ use serde::{Deserialize, Serialize};
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 
+use crate::storage::compaction::is_level0;
+use crate::storage::index::LayerKind;
+use crate::tenant::config::{effective_map, ConfigError, TenantConfOverrides};
 use crate::tenant::repository::{RepoError, Repository};
-use crate::tenant::timeline::{PageReconstructError, Timeline};
+use crate::tenant::timeline::{CompactResult, GcResult, PageReconstructError, Timeline};
 use crate::ingest::walreceiver::{self, WalReceiverStatus, WalSource};
 
 /// The OpenAPI 3 description served at `GET /v1/openapi.json`.
@@ -86,6 +99,8 @@ impl From<PageReconstructError> for ApiError {
 impl From<RepoError> for ApiError {
     fn from(e: RepoError) -> Self {
         let code = match &e {
+            RepoError::Config(ConfigError::File { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            RepoError::Config(_) => StatusCode::BAD_REQUEST,
             RepoError::TenantNotFound(_) | RepoError::TimelineNotFound(..) => StatusCode::NOT_FOUND,
             RepoError::AlreadyExists(_) | RepoError::HasChildren(..) => StatusCode::CONFLICT,
             RepoError::InvalidBranchLsn(_) | RepoError::Import(_) | RepoError::BelowGcCutoff { .. } => StatusCode::BAD_REQUEST,
@@ -103,6 +118,44 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct CreateTenantRequest {
     pub tenant_id: Option<TenantId>,
+    /// Tenant settings `{"KEY": "VALUE"}`; checked before anything is created.
+    pub config: Option<serde_json::Value>,
+}
+
+/// `GET`/`PUT /v1/tenant/{tenant_id}/config`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TenantConfigResponse {
+    pub tenant_id: TenantId,
+    /// What the tenant sets, canonical text by key.
+    pub overrides: std::collections::BTreeMap<String, String>,
+    /// Every tenant setting as in force (overrides over the pageserver's defaults).
+    pub effective: std::collections::BTreeMap<String, String>,
+}
+
+/// One layer file of `GET .../layers`.
+#[derive(Debug, Serialize)]
+pub struct LayerInfo {
+    pub file_name: String,
+    /// `delta` or `image`.
+    pub kind: LayerKind,
+    /// `L0` or `L1` for delta layers, absent for images.
+    pub level: Option<&'static str>,
+    pub key_start: String,
+    pub key_end: String,
+    pub lsn_start: Lsn,
+    /// Exclusive (an image layer at L is `[L, L+1)`).
+    pub lsn_end: Lsn,
+    pub size_bytes: u64,
+    pub generation: u32,
+}
+
+/// `GET .../layers`.
+#[derive(Debug, Serialize)]
+pub struct LayersResponse {
+    pub layers: Vec<LayerInfo>,
+    /// Open and frozen in-memory layers (not files yet).
+    pub in_memory_layers: usize,
+    pub current_physical_size: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -139,6 +192,12 @@ pub struct TimelineDetail {
     pub pg_version: u32,
     pub system_id: u64,
     pub layers: LayerCounts,
+    /// Bytes of the timeline's layer files.
+    pub current_physical_size: u64,
+    /// Reads, branches and basebackups below it are refused (GC may have removed their layers).
+    pub gc_cutoff_lsn: Lsn,
+    /// The LSN at `now - pitr_interval` as the last GC pass found it (null before one).
+    pub pitr_cutoff_lsn: Option<Lsn>,
     /// Bytes of all relations at `last_record_lsn` (only with `include_size=true`).
     pub logical_size: Option<u64>,
     pub walreceiver: WalReceiverStatus,
@@ -159,6 +218,9 @@ async fn detail(tl: &Timeline, include_size: bool) -> ApiResult<TimelineDetail> 
         pg_version: tl.pg_version,
         system_id: tl.system_id,
         layers: LayerCounts { delta_files, image_files, in_memory, bytes_on_disk },
+        current_physical_size: bytes_on_disk,
+        gc_cutoff_lsn: tl.gc_cutoff_lsn(),
+        pitr_cutoff_lsn: tl.last_pitr_cutoff_lsn(),
         logical_size,
         walreceiver: walreceiver::status(tl),
     })
@@ -180,8 +242,92 @@ async fn create_tenant(
     body: Option<ApiJson<CreateTenantRequest>>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let req = body.map(|b| b.0).unwrap_or_default();
-    let id = repo.create_tenant(req.tenant_id)?;
+    let overrides = match &req.config {
+        Some(v) => TenantConfOverrides::from_json(v).map_err(RepoError::from)?,
+        None => TenantConfOverrides::default(),
+    };
+    let id = repo.create_tenant_with_conf(req.tenant_id, overrides).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "tenant_id": id }))))
+}
+
+fn tenant_config_response(repo: &Repository, tenant_id: TenantId) -> ApiResult<TenantConfigResponse> {
+    let tenant = repo.get_tenant(tenant_id)?;
+    let text = |m: std::collections::BTreeMap<&'static str, String>| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    Ok(TenantConfigResponse {
+        tenant_id,
+        overrides: text(tenant.conf.overrides().to_map()),
+        effective: text(effective_map(&tenant.conf.effective())),
+    })
+}
+
+async fn get_tenant_config(
+    State(repo): State<Arc<Repository>>,
+    ApiPath(tenant_id): ApiPath<TenantId>,
+) -> ApiResult<Json<TenantConfigResponse>> {
+    Ok(Json(tenant_config_response(&repo, tenant_id)?))
+}
+
+async fn put_tenant_config(
+    State(repo): State<Arc<Repository>>,
+    ApiPath(tenant_id): ApiPath<TenantId>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> ApiResult<Json<TenantConfigResponse>> {
+    repo.get_tenant(tenant_id)?;
+    let overrides = TenantConfOverrides::from_json(&body).map_err(RepoError::from)?;
+    repo.set_tenant_config(tenant_id, overrides).await?;
+    Ok(Json(tenant_config_response(&repo, tenant_id)?))
+}
+
+async fn list_layers(
+    State(repo): State<Arc<Repository>>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+) -> ApiResult<Json<LayersResponse>> {
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    let (_, _, in_memory_layers, current_physical_size) = tl.layer_stats();
+    let layers = tl
+        .layers()
+        .into_iter()
+        .map(|l| {
+            let level = match l.desc() {
+                Ok(d) if !d.is_image => Some(if is_level0(&d) { "L0" } else { "L1" }),
+                _ => None,
+            };
+            LayerInfo {
+                file_name: l.name,
+                kind: l.kind,
+                level,
+                key_start: l.key_start,
+                key_end: l.key_end,
+                lsn_start: l.lsn_start,
+                lsn_end: l.lsn_end,
+                size_bytes: l.size_bytes,
+                generation: l.generation,
+            }
+        })
+        .collect();
+    Ok(Json(LayersResponse { layers, in_memory_layers, current_physical_size }))
+}
+
+#[derive(Debug, Deserialize)]
+struct CompactQuery {
+    force: Option<bool>,
+}
+
+async fn compact(
+    State(repo): State<Arc<Repository>>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+    ApiQuery(q): ApiQuery<CompactQuery>,
+) -> ApiResult<Json<CompactResult>> {
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    Ok(Json(tl.compact(q.force.unwrap_or(false)).await?))
+}
+
+async fn gc(
+    State(repo): State<Arc<Repository>>,
+    ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
+) -> ApiResult<Json<GcResult>> {
+    let tl = repo.get_timeline(tenant_id, timeline_id)?;
+    Ok(Json(tl.gc_now().await?))
 }
 
 async fn list_timelines(
@@ -382,6 +528,8 @@ http_api::routes! {
     get "/v1/openapi.json" => openapi,
     get "/v1/tenant" => list_tenants,
     post "/v1/tenant" => create_tenant,
+    get "/v1/tenant/{tenant_id}/config" => get_tenant_config,
+    put "/v1/tenant/{tenant_id}/config" => put_tenant_config,
     get "/v1/tenant/{tenant_id}/timeline" => list_timelines,
     post "/v1/tenant/{tenant_id}/timeline" => create_timeline,
     get "/v1/tenant/{tenant_id}/timeline/{timeline_id}" => get_timeline,
@@ -389,6 +537,9 @@ http_api::routes! {
     put "/v1/tenant/{tenant_id}/timeline/{timeline_id}/wal_source" => set_wal_source,
     delete "/v1/tenant/{tenant_id}/timeline/{timeline_id}/wal_source" => stop_wal_source,
     post "/v1/tenant/{tenant_id}/timeline/{timeline_id}/checkpoint" => checkpoint,
+    post "/v1/tenant/{tenant_id}/timeline/{timeline_id}/compact" => compact,
+    post "/v1/tenant/{tenant_id}/timeline/{timeline_id}/gc" => gc,
+    get "/v1/tenant/{tenant_id}/timeline/{timeline_id}/layers" => list_layers,
     get "/v1/tenant/{tenant_id}/timeline/{timeline_id}/page" => get_page,
     get "/v1/tenant/{tenant_id}/timeline/{timeline_id}/basebackup" => basebackup,
     get "/v1/tenant/{tenant_id}/timeline/{timeline_id}/rel_size" => get_rel_size,

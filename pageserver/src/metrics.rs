@@ -10,6 +10,8 @@ use prometheus::{
 const TIME_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
+/// For passes that take seconds to minutes (compaction, GC).
+const LONG_TIME_BUCKETS: &[f64] = &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
 const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0];
 const BYTES_BUCKETS: &[f64] = &[
     128.0, 512.0, 2048.0, 8192.0, 32768.0, 131072.0, 524288.0, 2097152.0, 8388608.0,
@@ -98,3 +100,31 @@ pub static PHYSICAL_SIZE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric names are unique")
 });
+
+/// Layer files of a timeline by kind (`l0`, `l1`, `image`).
+pub static LAYERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_pageserver_layers",
+        "Layer files of a timeline by kind (l0, l1, image)",
+        &["tenant_id", "timeline_id", "kind"]
+    )
+    .expect("metric names are unique")
+});
+
+/// Compaction passes that wrote layers.
+pub static COMPACTION_RUNS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_compaction_runs_total", "Compaction passes that merged L0 files or created image layers")
+});
+
+/// L0 files merged into L1 files.
+pub static COMPACTION_L0_MERGED: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_pageserver_compaction_l0_merged_total", "L0 delta files merged into L1 files"));
+
+/// Time of one L0 → L1 merge.
+pub static COMPACTION_TIME: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram("strata_pageserver_compaction_seconds", "Time to merge a timeline's L0 files into L1 files", LONG_TIME_BUCKETS)
+});
+
+/// Time of one GC pass.
+pub static GC_TIME: LazyLock<Histogram> =
+    LazyLock::new(|| histogram("strata_pageserver_gc_seconds", "Time of one GC pass of a timeline", LONG_TIME_BUCKETS));

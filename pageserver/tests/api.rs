@@ -173,6 +173,7 @@ async fn openapi_spec_matches_the_router() -> anyhow::Result<()> {
         match (method, path) {
             ("post", "/v1/tenant") | ("post", "/v1/tenant/{tenant_id}/timeline") => Some(json!({})),
             ("put", p) if p.ends_with("/wal_source") => Some(json!({ "kind": "primary", "conninfo": "host=127.0.0.1" })),
+            ("put", p) if p.ends_with("/config") => Some(json!({ "gc_horizon": "1MiB" })),
             _ => None,
         }
     })

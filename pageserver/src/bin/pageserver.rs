@@ -3,6 +3,10 @@
 //! `--listen-pg`, and resumes nothing by itself (WAL sources are set per
 //! timeline through the API). Stops on SIGINT/SIGTERM, flushing in-memory
 //! layers first.
+//!
+//! The storage flags are the defaults of every tenant; a tenant may
+//! override them (`PUT /v1/tenant/{tenant_id}/config`, `strata tenant
+//! config`), see `pageserver::tenant::config`.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -41,6 +45,12 @@ struct Args {
     /// Background GC period (e.g. "1h"; "0s" disables it).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     gc_period: std::time::Duration,
+    /// Merge L0 delta files into L1 files once there are this many.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..))]
+    compaction_threshold: u64,
+    /// Background compaction check period (e.g. "20s"; "0s": only after flushes).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    compaction_period: std::time::Duration,
 }
 
 #[tokio::main]
@@ -57,6 +67,8 @@ async fn main() -> anyhow::Result<()> {
     conf.timeline.gc_horizon_bytes = args.gc_horizon_mb << 20;
     conf.timeline.pitr_interval = args.pitr_interval;
     conf.timeline.gc_period = args.gc_period;
+    conf.timeline.compaction_threshold = usize::try_from(args.compaction_threshold).context("--compaction-threshold")?;
+    conf.timeline.compaction_period = args.compaction_period;
     let repo = Repository::open(conf).await.context("open repository")?;
     let http = tokio::net::TcpListener::bind(args.listen_http).await.context("bind HTTP")?;
     let pg = tokio::net::TcpListener::bind(args.listen_pg).await.context("bind page service")?;

@@ -34,15 +34,30 @@ use utils::lsn::Lsn;
 use super::file::{LayerFile, LayerFileError};
 use super::layer_map::LayerMap;
 use super::partition::class_start;
+use super::LayerKindCounts;
 use crate::storage::key::Key;
 
 /// What one GC pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcResult {
     pub layers_removed: usize,
+    /// Bytes of the removed layer files.
+    #[serde(rename = "bytes_reclaimed")]
     pub bytes_removed: u64,
     /// The timeline's GC cutoff after the pass.
+    #[serde(rename = "gc_cutoff_lsn")]
     pub cutoff: Lsn,
+    /// `last_record_lsn - gc_horizon` at the pass.
+    #[serde(rename = "horizon_cutoff_lsn")]
+    pub horizon_cutoff: Lsn,
+    /// The LSN at `now - pitr_interval`; `None` when no commit time is known.
+    #[serde(rename = "pitr_cutoff_lsn")]
+    pub pitr_cutoff: Option<Lsn>,
+    /// Child branch points the pass kept readable.
+    pub retain_lsns: Vec<Lsn>,
+    pub layers_before: LayerKindCounts,
+    pub layers_after: LayerKindCounts,
+    pub elapsed_ms: u64,
 }
 
 /// A layer considered for removal with the key ranges it must keep covered.

@@ -127,6 +127,37 @@ impl fmt::Display for LayerDesc {
     }
 }
 
+/// How many layer files of each kind a timeline has, and their bytes: L0
+/// deltas (whole key space, one per flush), L1 deltas (key ranges, from
+/// compaction; also delta files from before compaction existed) and images.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LayerKindCounts {
+    pub l0_deltas: usize,
+    pub l1_deltas: usize,
+    pub images: usize,
+    pub size_bytes: u64,
+}
+
+impl LayerKindCounts {
+    /// Count `(desc, size)` pairs.
+    pub fn of<'a>(layers: impl IntoIterator<Item = (&'a LayerDesc, u64)>) -> LayerKindCounts {
+        let mut c = LayerKindCounts::default();
+        for (desc, size) in layers {
+            match (desc.is_image, compaction::is_level0(desc)) {
+                (true, _) => c.images += 1,
+                (false, true) => c.l0_deltas += 1,
+                (false, false) => c.l1_deltas += 1,
+            }
+            c.size_bytes += size;
+        }
+        c
+    }
+
+    pub fn total(&self) -> usize {
+        self.l0_deltas + self.l1_deltas + self.images
+    }
+}
+
 /// What GetPage@LSN has collected so far while walking down the layers.
 #[derive(Default, Debug)]
 pub struct ValueReconstructState {

@@ -1,10 +1,14 @@
 //! Tenants and timelines: [`repository`] (the registry and the on-disk
 //! layout, branching), [`timeline`] (LSNs, writes, the layer walk of
-//! GetPage@LSN, flush, image creation, compaction and GC passes) and
+//! GetPage@LSN, flush, image creation, compaction and GC passes),
+//! [`config`] (per-tenant settings over the pageserver defaults),
+//! [`tasks`] (a tenant's background compaction and GC loop) and
 //! [`commit_ts`] (commit times per LSN, the LSN for a timestamp).
 //!
 //! Storage formats live in [`crate::storage`]; this module decides *when*
 //! layers are written, merged and removed.
 pub mod commit_ts;
+pub mod config;
 pub mod repository;
+pub(crate) mod tasks;
 pub mod timeline;

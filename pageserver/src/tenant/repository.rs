@@ -1,11 +1,12 @@
 //! The repository: tenants and their timelines on local disk, under
 //! `<workdir>/tenants/<tenant_id>/timelines/<timeline_id>/`, each timeline
 //! directory holding its index file (`index.json`, see
-//! [`crate::storage::index`]) and its layer files.
+//! [`crate::storage::index`]) and its layer files; each tenant directory
+//! holds its settings (`config.json`, see [`crate::tenant::config`]).
 //!
-//! Owns: the in-memory registry of tenants and timelines (and of timelines
-//! that failed to load, with the reason), the shared WAL redo manager, and
-//! the on-disk layout.
+//! Owns: the in-memory registry of tenants (with their live settings and
+//! background loop) and timelines (and of timelines that failed to load,
+//! with the reason), the shared WAL redo manager, and the on-disk layout.
 //!
 //! Invariants:
 //! * A timeline is what its index says: startup loads the index, not a
@@ -23,8 +24,13 @@
 //! * Ancestors are loaded before their branches (and learn their branch
 //!   points, GC's retain LSNs); a timeline with branches cannot be deleted;
 //!   a branch cannot start below its ancestor's GC cutoff.
-//! * One background GC loop per repository (`gc_period`), aborted at
-//!   shutdown.
+//! * A tenant's timelines read the tenant's effective settings (its
+//!   overrides over [`PageServerConf::timeline`]); a tenant whose
+//!   `config.json` cannot be read loads none of its timelines (each is
+//!   reported broken with the reason) rather than run them with settings
+//!   the operator did not choose.
+//! * One background loop per tenant ([`crate::tenant::tasks`]: compaction
+//!   every `compaction_period`, GC every `gc_period`), aborted at shutdown.
 //!
 //! Cancellation: the async methods do their file work in `spawn_blocking`;
 //! dropping one part-way leaves at worst an unfinished timeline directory
@@ -42,6 +48,7 @@ use crate::storage::file::LayerFile;
 use crate::storage::index::{self, IndexError, IndexLayer, IndexPart};
 use crate::storage::layer_map::LayerMap;
 use crate::storage::{LayerDesc, FIRST_GENERATION};
+use crate::tenant::config::{self as tenant_config, ConfigError, TenantConf, TenantConfOverrides};
 use crate::tenant::timeline::{PageReconstructError, Timeline, TimelineConf};
 use crate::walredo::{PostgresRedoManager, WalRedoConfig, WalRedoError};
 
@@ -80,6 +87,8 @@ pub enum RepoError {
     Page(#[from] PageReconstructError),
     #[error("WAL redo manager: {0}")]
     WalRedo(#[from] WalRedoError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
@@ -116,6 +125,8 @@ pub fn load_metadata(dir: &Path) -> Result<TimelineMetadata, RepoError> {
 #[derive(Clone, Debug)]
 pub struct PageServerConf {
     pub workdir: PathBuf,
+    /// The defaults of every tenant (each may override some, see
+    /// [`crate::tenant::config`]).
     pub timeline: TimelineConf,
     pub walredo: WalRedoConfig,
 }
@@ -131,9 +142,13 @@ impl PageServerConf {
 pub struct Tenant {
     pub tenant_id: TenantId,
     pub path: PathBuf,
+    /// The tenant's settings (overrides, effective values, live updates).
+    pub conf: Arc<TenantConf>,
     timelines: Mutex<HashMap<TimelineId, Arc<Timeline>>>,
     /// Timelines that failed to load, with the reason.
     broken: Mutex<HashMap<TimelineId, String>>,
+    /// The background loop (see [`crate::tenant::tasks`]).
+    background: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Tenant {
@@ -162,35 +177,9 @@ pub struct Repository {
     pub conf: PageServerConf,
     tenants: RwLock<HashMap<TenantId, Arc<Tenant>>>,
     pub walredo: Arc<PostgresRedoManager>,
-    /// The background GC loop (see [`Repository::start_gc_loop`]).
-    gc_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Repository {
-    /// Start the background GC loop: every `gc_period` (zero: never), a GC
-    /// pass on every timeline; the passes do their file I/O in
-    /// `spawn_blocking`. Stops when the repository is shut down or dropped.
-    fn start_gc_loop(self: &Arc<Self>) {
-        let period = self.conf.timeline.gc_period;
-        if period.is_zero() {
-            return;
-        }
-        let weak = Arc::downgrade(self);
-        let handle = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(repo) = weak.upgrade() else { break };
-                for tl in repo.all_timelines() {
-                    if let Err(e) = tl.gc_now().await {
-                        warn!(tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id, "GC: {e}");
-                    }
-                }
-            }
-        });
-        *self.gc_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-    }
 
     /// Open (or create) the repository in `conf.workdir` and load every
     /// tenant and timeline found there.
@@ -198,13 +187,27 @@ impl Repository {
         let tenants_dir = conf.workdir.join("tenants");
         fs::create_dir_all(&tenants_dir).map_err(io_err(&tenants_dir))?;
         let walredo = Arc::new(PostgresRedoManager::new(conf.walredo.clone())?);
-        let repo = Arc::new(Repository { conf, tenants: RwLock::new(HashMap::new()), walredo, gc_task: Mutex::new(None) });
+        let repo = Arc::new(Repository { conf, tenants: RwLock::new(HashMap::new()), walredo });
         let dir = tenants_dir.clone();
         let found = tokio::task::spawn_blocking(move || scan_tenants(&dir))
             .await
             .map_err(|e| RepoError::Import(e.to_string()))??;
         for (tenant_id, timelines) in found {
-            let tenant = repo.insert_tenant(tenant_id);
+            let dir = repo.tenant_dir(tenant_id);
+            let overrides = tokio::task::spawn_blocking(move || tenant_config::load(&dir))
+                .await
+                .map_err(|e| RepoError::Import(e.to_string()))?;
+            let (overrides, config_error) = match overrides {
+                Ok(o) => (o, None),
+                Err(e) => (TenantConfOverrides::default(), Some(e.to_string())),
+            };
+            let tenant = repo.insert_tenant(tenant_id, overrides);
+            if let Some(reason) = config_error {
+                for id in timelines {
+                    tenant.set_broken(id, reason.clone());
+                }
+                continue;
+            }
             let mut loaded = Vec::new();
             for id in timelines {
                 let d = repo.timeline_dir(tenant_id, id);
@@ -219,7 +222,6 @@ impl Repository {
             }
             repo.load_in_ancestor_order(&tenant, loaded).await?;
         }
-        repo.start_gc_loop();
         Ok(repo)
     }
 
@@ -259,16 +261,36 @@ impl Repository {
         Ok(())
     }
 
-    fn insert_tenant(&self, tenant_id: TenantId) -> Arc<Tenant> {
+    /// Register a tenant (if it is not) with `overrides`, and start its
+    /// background loop when a runtime is there to run it.
+    fn insert_tenant(&self, tenant_id: TenantId, overrides: TenantConfOverrides) -> Arc<Tenant> {
         let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(tenants.entry(tenant_id).or_insert_with(|| {
-            Arc::new(Tenant {
-                tenant_id,
-                path: self.conf.workdir.join("tenants").join(tenant_id.to_string()),
-                timelines: Mutex::new(HashMap::new()),
-                broken: Mutex::new(HashMap::new()),
-            })
-        }))
+        if let Some(t) = tenants.get(&tenant_id) {
+            return Arc::clone(t);
+        }
+        let path = self.tenant_dir(tenant_id);
+        let conf = Arc::new(TenantConf::new(path.clone(), self.conf.timeline.clone(), overrides));
+        let tenant = Arc::new(Tenant {
+            tenant_id,
+            path,
+            conf,
+            timelines: Mutex::new(HashMap::new()),
+            broken: Mutex::new(HashMap::new()),
+            background: Mutex::new(None),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let weak = Arc::downgrade(&tenant);
+            let handle = crate::tenant::tasks::spawn(tenant_id, tenant.conf.subscribe(), move || {
+                weak.upgrade().map(|t| t.timelines())
+            });
+            *tenant.background.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        }
+        tenants.insert(tenant_id, Arc::clone(&tenant));
+        tenant
+    }
+
+    fn tenant_dir(&self, tenant_id: TenantId) -> PathBuf {
+        self.conf.workdir.join("tenants").join(tenant_id.to_string())
     }
 
     fn timeline_dir(&self, tenant_id: TenantId, timeline_id: TimelineId) -> PathBuf {
@@ -288,7 +310,7 @@ impl Repository {
             tenant.tenant_id,
             timeline_id,
             dir,
-            self.conf.timeline.clone(),
+            tenant.conf.subscribe(),
             ancestor,
             index,
             layers,
@@ -305,17 +327,48 @@ impl Repository {
         tl
     }
 
-    /// Create a tenant (no timelines yet).
+    /// Create a tenant (no timelines yet) with the default settings.
+    /// Blocking (small file operations); see [`Repository::create_tenant_with_conf`].
     pub fn create_tenant(&self, tenant_id: Option<TenantId>) -> Result<TenantId, RepoError> {
         let id = tenant_id.unwrap_or_else(TenantId::generate);
+        self.check_new_tenant(id)?;
+        create_tenant_dir(&self.tenant_dir(id), &TenantConfOverrides::default())?;
+        self.insert_tenant(id, TenantConfOverrides::default());
+        info!(tenant_id = %id, "created tenant");
+        Ok(id)
+    }
+
+    /// Create a tenant (no timelines yet) with settings `overrides`: its
+    /// `config.json` is durable before the tenant exists.
+    pub async fn create_tenant_with_conf(
+        &self,
+        tenant_id: Option<TenantId>,
+        overrides: TenantConfOverrides,
+    ) -> Result<TenantId, RepoError> {
+        let id = tenant_id.unwrap_or_else(TenantId::generate);
+        self.check_new_tenant(id)?;
+        let (dir, o) = (self.tenant_dir(id), overrides.clone());
+        tokio::task::spawn_blocking(move || create_tenant_dir(&dir, &o))
+            .await
+            .map_err(|e| RepoError::Import(e.to_string()))??;
+        self.insert_tenant(id, overrides.clone());
+        info!(tenant_id = %id, overrides = ?overrides.to_map(), "created tenant");
+        Ok(id)
+    }
+
+    fn check_new_tenant(&self, id: TenantId) -> Result<(), RepoError> {
         if self.tenants.read().unwrap_or_else(|e| e.into_inner()).contains_key(&id) {
             return Err(RepoError::AlreadyExists(format!("tenant {id}")));
         }
-        let path = self.conf.workdir.join("tenants").join(id.to_string()).join("timelines");
-        fs::create_dir_all(&path).map_err(io_err(&path))?;
-        self.insert_tenant(id);
-        info!(tenant_id = %id, "created tenant");
-        Ok(id)
+        Ok(())
+    }
+
+    /// Replace a tenant's overrides (durably, then live for its timelines).
+    pub async fn set_tenant_config(&self, tenant_id: TenantId, overrides: TenantConfOverrides) -> Result<(), RepoError> {
+        let tenant = self.get_tenant(tenant_id)?;
+        tenant.conf.replace(overrides.clone()).await?;
+        info!(%tenant_id, overrides = ?overrides.to_map(), "tenant settings replaced");
+        Ok(())
     }
 
     pub fn list_tenants(&self) -> Vec<TenantId> {
@@ -433,7 +486,7 @@ impl Repository {
             tenant_id,
             new_id,
             dir.clone(),
-            self.conf.timeline.clone(),
+            tenant.conf.subscribe(),
             None,
             &IndexPart::new(FIRST_GENERATION, md, Vec::new()),
             LayerMap::default(),
@@ -465,6 +518,7 @@ impl Repository {
         }
         crate::ingest::walreceiver::remove(&tl).await;
         tl.shutdown();
+        tl.remove_metrics();
         tenant.timelines.lock().unwrap_or_else(|e| e.into_inner()).remove(&timeline_id);
         if let Some(ancestor) = &tl.ancestor {
             ancestor.remove_branch_point(timeline_id);
@@ -486,8 +540,11 @@ impl Repository {
 
     /// Stop walreceivers, flush in-memory layers if `flush`, stop redo.
     pub async fn shutdown(&self, flush: bool) {
-        if let Some(gc) = self.gc_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            gc.abort();
+        let tenants: Vec<_> = self.tenants.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for tenant in tenants {
+            if let Some(task) = tenant.background.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                task.abort();
+            }
         }
         for tl in self.all_timelines() {
             crate::ingest::walreceiver::stop(&tl).await;
@@ -500,6 +557,16 @@ impl Repository {
         }
         self.walredo.shutdown().await;
     }
+}
+
+/// Write a new tenant's `config.json`, then its `timelines` directory.
+/// Blocking.
+fn create_tenant_dir(dir: &Path, overrides: &TenantConfOverrides) -> Result<(), RepoError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    tenant_config::save(dir, overrides).map_err(io_err(&dir.join(tenant_config::CONFIG_FILE)))?;
+    let timelines = dir.join("timelines");
+    fs::create_dir_all(&timelines).map_err(io_err(&timelines))?;
+    utils::fs::fsync_dir(dir).map_err(io_err(dir))
 }
 
 type ScannedTenants = Vec<(TenantId, Vec<TimelineId>)>;

@@ -24,6 +24,10 @@
 //! * Reads below `gc_cutoff_lsn` are refused; GC (submodule `gc`) removes
 //!   only layers no read at or above it, and no child branch point, needs.
 //!
+//! Settings are the tenant's, read through [`SharedConf`] at each decision
+//! (freeze, image creation, compaction, GC), so a change of the tenant's
+//! config applies to a running timeline without a restart.
+//!
 //! Cancellation: reads are cancel-safe (dropping them leaves no state
 //! behind; a blocking file read that was started completes on its own
 //! thread). Dropping `flush_frozen_layers` after a file was written but
@@ -50,6 +54,7 @@ mod compaction;
 mod gc;
 
 pub use crate::storage::gc::GcResult;
+pub use compaction::CompactResult;
 pub(crate) use gc::check_branch_lsn;
 
 use crate::storage::key::*;
@@ -91,7 +96,15 @@ pub struct TimelineConf {
     pub compaction_threshold: usize,
     /// Size an L1 file is cut at (at the next key boundary).
     pub compaction_target_size_bytes: u64,
+    /// How often the tenant's background loop checks for L0 files to
+    /// compact (zero: only after flushes).
+    pub compaction_period: Duration,
 }
+
+/// A timeline's settings as its tenant has them now: the tenant publishes
+/// a new value when its config changes ([`crate::tenant::config`]), and
+/// [`Timeline::conf`] reads the current one at each decision.
+pub type SharedConf = tokio::sync::watch::Receiver<Arc<TimelineConf>>;
 
 impl Default for TimelineConf {
     fn default() -> Self {
@@ -106,6 +119,7 @@ impl Default for TimelineConf {
             gc_period: Duration::from_secs(3600),
             compaction_threshold: 10,
             compaction_target_size_bytes: 128 << 20,
+            compaction_period: Duration::from_secs(20),
         }
     }
 }
@@ -147,7 +161,7 @@ pub struct Timeline {
     pub tenant_id: TenantId,
     pub timeline_id: TimelineId,
     pub path: PathBuf,
-    pub conf: TimelineConf,
+    conf: SharedConf,
     pub ancestor: Option<Arc<Timeline>>,
     pub ancestor_lsn: Lsn,
     pub pg_version: u32,
@@ -159,6 +173,8 @@ pub struct Timeline {
     pub generation: u32,
     /// Reads below this LSN are refused (GC may have removed their layers).
     gc_cutoff_lsn: AtomicU64,
+    /// The LSN at `now - pitr_interval` as the last GC pass found it (0: none yet).
+    pitr_cutoff_lsn: AtomicU64,
     /// Held by a GC pass and by branch creation from this timeline.
     pub(crate) gc_lock: tokio::sync::Mutex<()>,
     /// Child timelines and their branch points (GC retain LSNs).
@@ -195,7 +211,7 @@ impl Timeline {
         tenant_id: TenantId,
         timeline_id: TimelineId,
         path: PathBuf,
-        conf: TimelineConf,
+        conf: SharedConf,
         ancestor: Option<Arc<Timeline>>,
         index: &IndexPart,
         layers: LayerMap,
@@ -215,6 +231,7 @@ impl Timeline {
             wal_seg_size: md.wal_seg_size,
             generation: index.generation,
             gc_cutoff_lsn: AtomicU64::new(index.gc_cutoff_lsn.0),
+            pitr_cutoff_lsn: AtomicU64::new(0),
             gc_lock: tokio::sync::Mutex::new(()),
             branch_points: Mutex::new(BTreeMap::new()),
             layers: RwLock::new(layers),
@@ -241,6 +258,11 @@ impl Timeline {
         }
     }
 
+    /// The tenant's settings now (they may change between two calls).
+    pub fn conf(&self) -> Arc<TimelineConf> {
+        Arc::clone(&self.conf.borrow())
+    }
+
     pub fn last_record_lsn(&self) -> Lsn {
         self.last_record_lsn.load()
     }
@@ -256,7 +278,7 @@ impl Timeline {
 
     /// Wait until `lsn` is ingested (or the timeout passes).
     pub async fn wait_lsn(&self, lsn: Lsn) -> Result<()> {
-        let timeout = self.conf.wait_lsn_timeout;
+        let timeout = self.conf().wait_lsn_timeout;
         self.last_record_lsn.wait_for_timeout(lsn, timeout).await.map_err(|e| match e {
             utils::seqwait::SeqWaitError::Timeout { .. } => {
                 PageReconstructError::WaitLsnTimeout { lsn, last: self.last_record_lsn(), timeout }
@@ -580,7 +602,7 @@ impl Timeline {
         let map = self.read_layers();
         map.open.as_ref().is_some_and(|open| {
             !open.is_empty()
-                && (open.size_bytes() >= self.conf.checkpoint_distance || open.age() >= self.conf.checkpoint_timeout)
+                && (open.size_bytes() >= self.conf().checkpoint_distance || open.age() >= self.conf().checkpoint_timeout)
         })
     }
 
@@ -733,7 +755,7 @@ impl Timeline {
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, %lsn))]
     pub async fn create_image_layers(&self, lsn: Lsn) -> Result<usize> {
         let keys = self.collect_keyspace(lsn).await?;
-        self.write_image_layers(partition(&keys, self.conf.image_layer_keys), lsn).await
+        self.write_image_layers(partition(&keys, self.conf().image_layer_keys), lsn).await
     }
 
     /// Image layers at `lsn` for the partitions that need one: more than
@@ -743,14 +765,14 @@ impl Timeline {
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, %lsn))]
     pub async fn create_image_layers_where_needed(&self, lsn: Lsn) -> Result<usize> {
         let keys = self.collect_keyspace(lsn).await?;
-        let needed = self.partitions_needing_images(partition(&keys, self.conf.image_layer_keys), lsn).await?;
+        let needed = self.partitions_needing_images(partition(&keys, self.conf().image_layer_keys), lsn).await?;
         self.write_image_layers(needed, lsn).await
     }
 
     /// The partitions with at least `image_creation_threshold` delta files
     /// holding data in them above their image coverage.
     async fn partitions_needing_images(&self, parts: Vec<Partition>, lsn: Lsn) -> Result<Vec<Partition>> {
-        let threshold = self.conf.image_creation_threshold.max(1);
+        let threshold = self.conf().image_creation_threshold.max(1);
         let candidates: Vec<(Partition, Vec<Arc<LayerFile>>)> = {
             let map = self.read_layers();
             let deltas_above = |p: &Partition| {

@@ -1,7 +1,10 @@
-//! A timeline's L0 → L1 compaction pass (see [`crate::storage::compaction`]).
+//! A timeline's L0 → L1 compaction pass (see [`crate::storage::compaction`])
+//! and the on-demand pass of the HTTP API ([`Timeline::compact`]: L0
+//! compaction, then image layers where needed, with a report).
 //!
 //! Owns: when compaction runs (at least `compaction_threshold` L0 files,
-//! checked after each flush) and the durable order: the L1 files are
+//! checked after each flush and every `compaction_period` by the tenant's
+//! background loop; any number when forced) and the durable order: the L1 files are
 //! written and made durable; the index naming them instead of the L0s is
 //! replaced under `index_lock`; then the layer map swaps them; then the L0
 //! files are deleted. Readers see either the L0s or the L1s, never both.
@@ -14,26 +17,91 @@
 //! stay until the next start.
 use std::sync::Arc;
 
+use serde::Serialize;
 use tracing::{info, instrument};
 
 use super::gc::delete_layer_files;
 use super::{index_entry, other, Result, Timeline};
+use crate::metrics;
 use crate::storage::compaction::{is_level0, merge_into_l1};
 use crate::storage::file::LayerFile;
 use crate::storage::index::{self, IndexPart, TimelineMetadata};
+use crate::storage::LayerKindCounts;
+
+/// What one on-demand compaction pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CompactResult {
+    pub layers_before: LayerKindCounts,
+    pub layers_after: LayerKindCounts,
+    /// L0 files merged (and removed).
+    pub l0_compacted: usize,
+    /// L1 files written by the merge.
+    pub l1_created: usize,
+    pub image_layers_created: usize,
+    /// Bytes of the L0 files merged and of the L1 files written.
+    pub l0_bytes: u64,
+    pub l1_bytes: u64,
+    /// The LSN image layers were considered at (`disk_consistent_lsn`).
+    pub image_lsn: utils::lsn::Lsn,
+    pub elapsed_ms: u64,
+}
+
+/// What an L0 merge did.
+#[derive(Clone, Copy, Debug, Default)]
+struct Merged {
+    l0: usize,
+    l1: usize,
+    l0_bytes: u64,
+    l1_bytes: u64,
+}
 
 impl Timeline {
     /// Merge the L0 files into L1 files if there are at least
     /// `compaction_threshold` of them; returns the number of L1 files.
-    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
     pub async fn compact_level0(&self) -> Result<usize> {
+        let threshold = self.conf().compaction_threshold.max(2);
+        Ok(self.merge_level0(threshold).await?.l1)
+    }
+
+    /// A compaction pass now: merge the L0 files (at least
+    /// `compaction_threshold` of them, or any when `force`), then create
+    /// image layers at `disk_consistent_lsn` where `image_creation_threshold`
+    /// deltas lie above a partition's image.
+    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, force))]
+    pub async fn compact(&self, force: bool) -> Result<CompactResult> {
+        let started = std::time::Instant::now();
+        let layers_before = self.layer_kind_counts();
+        let min_l0 = if force { 1 } else { self.conf().compaction_threshold.max(2) };
+        let merged = self.merge_level0(min_l0).await?;
+        let image_lsn = self.disk_consistent_lsn();
+        let images = self.create_image_layers_where_needed(image_lsn).await?;
+        if merged.l0 == 0 && images > 0 {
+            metrics::COMPACTION_RUNS.inc();
+        }
+        Ok(CompactResult {
+            layers_before,
+            layers_after: self.layer_kind_counts(),
+            l0_compacted: merged.l0,
+            l1_created: merged.l1,
+            image_layers_created: images,
+            l0_bytes: merged.l0_bytes,
+            l1_bytes: merged.l1_bytes,
+            image_lsn,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Merge every L0 file into L1 files if there are at least `min_l0`.
+    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
+    async fn merge_level0(&self, min_l0: usize) -> Result<Merged> {
         let _g = self.gc_lock.lock().await;
         let l0: Vec<Arc<LayerFile>> = self.read_layers().historic().filter(|l| is_level0(&l.desc)).cloned().collect();
-        if l0.len() < self.conf.compaction_threshold.max(2) {
-            return Ok(0);
+        if l0.is_empty() || l0.len() < min_l0 {
+            return Ok(Merged::default());
         }
+        let started = std::time::Instant::now();
         let (dir, inputs) = (self.path.clone(), l0.clone());
-        let (target, generation) = (self.conf.compaction_target_size_bytes, self.generation);
+        let (target, generation) = (self.conf().compaction_target_size_bytes, self.generation);
         let l1 = tokio::task::spawn_blocking(move || merge_into_l1(&dir, &inputs, target, generation))
             .await
             .map_err(other)?
@@ -42,8 +110,17 @@ impl Timeline {
         self.commit_replacement(&l1, &l0).await?;
         delete_layer_files(&l0).await?;
         self.update_physical_size_metric();
-        info!(l0 = l0.len(), l1 = l1.len(), "compacted L0 files into L1 files");
-        Ok(l1.len())
+        metrics::COMPACTION_RUNS.inc();
+        metrics::COMPACTION_TIME.observe(started.elapsed().as_secs_f64());
+        let merged = Merged {
+            l0: l0.len(),
+            l1: l1.len(),
+            l0_bytes: l0.iter().map(|l| l.size_bytes).sum(),
+            l1_bytes: l1.iter().map(|l| l.size_bytes).sum(),
+        };
+        metrics::COMPACTION_L0_MERGED.inc_by(merged.l0 as u64);
+        info!(l0 = merged.l0, l1 = merged.l1, l0_bytes = merged.l0_bytes, l1_bytes = merged.l1_bytes, "compacted L0 files into L1 files");
+        Ok(merged)
     }
 
     /// Index first (with `add`, without `remove`), then the map.

@@ -1,4 +1,5 @@
-//! A timeline's GC pass, its cutoff and the layer listing for the API.
+//! A timeline's GC pass, its cutoff, the layer listing for the API and the
+//! per-timeline layer metrics (physical size, layer counts by kind).
 //!
 //! Owns: the cutoff computation (`min(last_record_lsn - gc_horizon_bytes,
 //! LSN at now - pitr_interval)`; the time part from the commit-timestamp
@@ -33,6 +34,7 @@ use crate::tenant::commit_ts::{commit_ts_at, find_lsn_for_timestamp, system_time
 use crate::storage::file::LayerFile;
 use crate::storage::gc::{held_key_runs, removable, GcCandidate, GcResult};
 use crate::storage::index::{self, IndexLayer, IndexPart, TimelineMetadata};
+use crate::storage::LayerKindCounts;
 use crate::metrics;
 
 impl Timeline {
@@ -46,9 +48,36 @@ impl Timeline {
         self.read_layers().historic().map(|l| l.size_bytes).sum()
     }
 
+    /// Layer files by kind (L0, L1, image) and their bytes.
+    pub fn layer_kind_counts(&self) -> LayerKindCounts {
+        LayerKindCounts::of(self.read_layers().historic().map(|l| (&l.desc, l.size_bytes)))
+    }
+
+    /// Set the physical size and layer count gauges of this timeline.
     pub(crate) fn update_physical_size_metric(&self) {
         let (tenant, timeline) = (self.tenant_id.to_string(), self.timeline_id.to_string());
-        metrics::PHYSICAL_SIZE.with_label_values(&[&tenant, &timeline]).set(self.physical_size_bytes() as i64);
+        let counts = self.layer_kind_counts();
+        metrics::PHYSICAL_SIZE.with_label_values(&[&tenant, &timeline]).set(counts.size_bytes as i64);
+        for (kind, n) in [("l0", counts.l0_deltas), ("l1", counts.l1_deltas), ("image", counts.images)] {
+            metrics::LAYERS.with_label_values(&[&tenant, &timeline, kind]).set(n as i64);
+        }
+    }
+
+    /// Drop this timeline's gauges (it was deleted).
+    pub(crate) fn remove_metrics(&self) {
+        let (tenant, timeline) = (self.tenant_id.to_string(), self.timeline_id.to_string());
+        let _ = metrics::PHYSICAL_SIZE.remove_label_values(&[&tenant, &timeline]);
+        for kind in ["l0", "l1", "image"] {
+            let _ = metrics::LAYERS.remove_label_values(&[&tenant, &timeline, kind]);
+        }
+    }
+
+    /// The LSN at `now - pitr_interval` as the last GC pass found it.
+    pub fn last_pitr_cutoff_lsn(&self) -> Option<Lsn> {
+        match self.pitr_cutoff_lsn.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            lsn => Some(Lsn(lsn)),
+        }
     }
 
     /// Record a child timeline branched at `lsn` (a GC retain LSN).
@@ -67,26 +96,33 @@ impl Timeline {
 
     /// The LSN at `now - pitr_interval`, or `None` when no commit time is
     /// known (then only the horizon counts).
-    async fn pitr_cutoff_lsn(&self, last: Lsn) -> Result<Option<Lsn>> {
-        if self.conf.pitr_interval.is_zero() {
+    async fn pitr_cutoff_lsn(&self, last: Lsn, pitr_interval: std::time::Duration) -> Result<Option<Lsn>> {
+        if pitr_interval.is_zero() {
             return Ok(Some(last));
         }
         if commit_ts_at(self, last).await?.is_none() {
             return Ok(None);
         }
-        let Some(t) = SystemTime::now().checked_sub(self.conf.pitr_interval) else { return Ok(None) };
+        let Some(t) = SystemTime::now().checked_sub(pitr_interval) else { return Ok(None) };
         Ok(Some(find_lsn_for_timestamp(self, system_time_to_pg_timestamp(t)).await?.lsn))
     }
 
     /// The cutoff a GC pass now would use (never below the current one).
     pub async fn compute_gc_cutoff(&self) -> Result<Lsn> {
+        Ok(self.gc_cutoffs().await?.cutoff)
+    }
+
+    /// The horizon and PITR cutoffs now, and the GC cutoff they make.
+    async fn gc_cutoffs(&self) -> Result<Cutoffs> {
+        let conf = self.conf();
         let last = self.last_record_lsn();
-        let horizon = Lsn(last.0.saturating_sub(self.conf.gc_horizon_bytes));
-        let cutoff = match self.pitr_cutoff_lsn(last).await? {
+        let horizon = Lsn(last.0.saturating_sub(conf.gc_horizon_bytes));
+        let pitr = self.pitr_cutoff_lsn(last, conf.pitr_interval).await?;
+        let cutoff = match pitr {
             Some(pitr) => pitr.min(horizon),
             None => horizon,
         };
-        Ok(cutoff.max(self.gc_cutoff_lsn()))
+        Ok(Cutoffs { horizon, pitr, cutoff: cutoff.max(self.gc_cutoff_lsn()) })
     }
 
     /// Run a GC pass now: remove the layers no read at or above the cutoff
@@ -106,8 +142,13 @@ impl Timeline {
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
     async fn gc_pass(&self, delete_files: bool) -> Result<GcResult> {
         let _g = self.gc_lock.lock().await;
+        let started = std::time::Instant::now();
         metrics::GC_RUNS.inc();
-        let cutoff = self.compute_gc_cutoff().await?;
+        let layers_before = self.layer_kind_counts();
+        let Cutoffs { horizon, pitr, cutoff } = self.gc_cutoffs().await?;
+        if let Some(pitr) = pitr {
+            self.pitr_cutoff_lsn.store(pitr.0, std::sync::atomic::Ordering::Release);
+        }
         let doomed = self.layers_to_remove(cutoff).await?;
         self.commit_gc(&doomed, cutoff).await?;
         let bytes_removed = doomed.iter().map(|l| l.size_bytes).sum();
@@ -116,9 +157,22 @@ impl Timeline {
         }
         metrics::GC_LAYERS_REMOVED.inc_by(doomed.len() as u64);
         metrics::GC_BYTES_REMOVED.inc_by(bytes_removed);
+        metrics::GC_TIME.observe(started.elapsed().as_secs_f64());
         self.update_physical_size_metric();
-        info!(%cutoff, layers_removed = doomed.len(), bytes_removed, "GC pass");
-        Ok(GcResult { layers_removed: doomed.len(), bytes_removed, cutoff })
+        info!(%cutoff, %horizon, ?pitr, layers_removed = doomed.len(), bytes_removed, "GC pass");
+        let mut retain_lsns = self.retain_lsns();
+        retain_lsns.sort();
+        Ok(GcResult {
+            layers_removed: doomed.len(),
+            bytes_removed,
+            cutoff,
+            horizon_cutoff: horizon,
+            pitr_cutoff: pitr,
+            retain_lsns,
+            layers_before,
+            layers_after: self.layer_kind_counts(),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
     }
 
     /// The layers the removal rule allows removing at `cutoff`.
@@ -166,6 +220,13 @@ impl Timeline {
         let metadata = TimelineMetadata { disk_consistent_lsn: self.disk_consistent_lsn(), ..self.metadata() };
         IndexPart { gc_cutoff_lsn: cutoff, ..IndexPart::new(self.generation, metadata, layers) }
     }
+}
+
+/// The cutoffs of a GC pass.
+struct Cutoffs {
+    horizon: Lsn,
+    pitr: Option<Lsn>,
+    cutoff: Lsn,
 }
 
 /// Delete the files of removed layers and make the deletion durable.
