@@ -147,3 +147,15 @@ pub fn pgbench(url: &str, args: &[&str]) {
     let out = Command::new("/usr/lib/postgresql/15/bin/pgbench").args(args).arg(url).output().expect("run pgbench");
     assert!(out.status.success(), "pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `METHOD http://127.0.0.1:{port}{path}` with an empty body (HTTP/1.0):
+/// the status code and the whole body.
+pub fn http_request(method: &str, port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(conn, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+}
