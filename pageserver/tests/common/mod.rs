@@ -32,14 +32,23 @@ pub fn walredo_lib() -> PathBuf {
     .clone()
 }
 
-/// A template directory shared by the managers of one test binary.
+/// A template directory shared by the managers of one test binary,
+/// removed when the binary exits (a static is never dropped, so a
+/// `TempDir` here would leave one directory per run behind).
 pub fn template_dir() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove_template_dir() {
+        if let Some(dir) = DIR.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
     DIR.get_or_init(|| {
         let user = PgUser::from_env().expect("postgres user");
-        pg_harness::pg_owned_tempdir(&user, "strata-walredo-template-").expect("template dir")
+        let dir = pg_harness::pg_owned_tempdir(&user, "strata-walredo-template-").expect("template dir").keep();
+        // SAFETY: registers a plain function without arguments, run once at exit.
+        unsafe { libc::atexit(remove_template_dir) };
+        dir
     })
-    .path()
     .join("template")
 }
 
