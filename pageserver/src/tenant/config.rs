@@ -119,6 +119,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// The largest unit that divides `n` exactly: `64MiB`; plain bytes otherwise.
+#[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of is newer than rust-version 1.85
 pub fn format_size(n: u64) -> String {
     for (unit, mult) in SIZE_UNITS.iter().filter(|(u, _)| *u != "B") {
         if n != 0 && n % mult == 0 {
