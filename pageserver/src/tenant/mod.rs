@@ -1,10 +1,13 @@
 //! Tenants and timelines: [`repository`] (the registry and the on-disk
 //! layout, branching), [`timeline`] (LSNs, writes, the layer walk of
 //! GetPage@LSN, flush, image creation, compaction and GC passes) and
-//! [`commit_ts`] (commit times per LSN, the LSN for a timestamp).
+//! [`commit_ts`] (commit times per LSN, the LSN for a timestamp);
+//! [`attach`] (a tenant's link to remote storage: upload queues, attach
+//! from and detach to object storage).
 //!
 //! Storage formats live in [`crate::storage`]; this module decides *when*
 //! layers are written, merged and removed.
+pub mod attach;
 pub mod commit_ts;
 pub mod repository;
 pub mod timeline;
