@@ -98,12 +98,16 @@ async fn upload_attach_and_split_brain(config: RemoteStorageConfig) -> anyhow::R
     let expected = pages(&tl_a, rel, lsn).await?;
     assert!(expected.len() > 10);
 
-    // A second pageserver attaches at generation 2.
-    generation::write_generation(&storage, tl_a.tenant_id, 2, &cancel).await?;
+    // A second pageserver attaches at generation 2 (a lower one is refused).
     let downloads_before = pageserver::metrics::LAYER_DOWNLOADS.get();
     let repo_b = open(dir_b.path(), &storage).await?;
     repo_b.attach_tenant(tl_a.tenant_id, 2).await?;
     let tl_b = repo_b.get_timeline(tl_a.tenant_id, tl_a.timeline_id)?;
+    let dir_c = workdir();
+    let repo_c = open(dir_c.path(), &storage).await?;
+    let refused = repo_c.attach_tenant(tl_a.tenant_id, 1).await.unwrap_err().to_string();
+    assert!(refused.contains("generation 2"), "{refused}");
+    repo_c.shutdown(false).await;
     assert!(pageserver::metrics::LAYER_DOWNLOADS.get() > downloads_before, "attach downloaded layers");
     assert_eq!(tl_b.disk_consistent_lsn(), lsn);
     assert_eq!(pages(&tl_b, rel, lsn).await?, expected, "the attached pageserver reads the same pages");

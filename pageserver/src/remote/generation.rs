@@ -1,6 +1,8 @@
 //! Generations: each attach of a tenant gets a higher number from the
-//! control plane, which records it in object storage
-//! (`tenants/<tenant>/generation.json`) before it tells the pageserver.
+//! control plane (which keeps the numbers in its state); the attaching
+//! pageserver records it in object storage
+//! (`tenants/<tenant>/generation.json`) before it reads anything, and
+//! refuses a number lower than the recorded one.
 //! The record is the authority a pageserver checks before it does anything
 //! that a newer attachment could be hurt by: deleting remote objects and
 //! advancing `remote_consistent_lsn` (which lets safekeepers delete WAL).
@@ -50,7 +52,7 @@ pub async fn read_generation(
     }
 }
 
-/// Record `generation` for `tenant_id` (the control plane's side).
+/// Record `generation` for `tenant_id` (done by attach).
 pub async fn write_generation(
     storage: &GenericRemoteStorage,
     tenant_id: TenantId,

@@ -2,7 +2,9 @@
 //! upload queue per loaded timeline, attach of a tenant that has no local
 //! state from object storage, and detach.
 //!
-//! Attach, for a generation `G` the control plane has recorded: for every
+//! Attach, for a generation `G` the control plane handed out (it keeps the
+//! numbers in its state): `G` is refused if the tenant's generation record
+//! is higher, else recorded; then for every
 //! remote timeline, the newest index at or below `G` is read, its layer
 //! files are downloaded into a fresh timeline directory, and the index is
 //! written locally as generation `G` (new layers get `G`); then the tenant
@@ -28,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use utils::id::TenantId;
 
-use crate::remote::download;
+use crate::remote::{download, generation};
 use crate::remote::upload_queue::RemoteTimelineClient;
 use crate::storage::index::{self, IndexPart};
 use crate::tenant::repository::{RepoError, Repository, Tenant};
@@ -72,6 +74,16 @@ impl Repository {
         if self.get_tenant(tenant_id).is_ok() || tenant_dir.exists() {
             return Err(RepoError::AlreadyExists(format!("tenant {tenant_id} (detach it first)")));
         }
+        let cancel = CancellationToken::new();
+        let recorded = generation::read_generation(&storage, tenant_id, &cancel).await.map_err(remote_err)?;
+        if let Some(recorded) = recorded.filter(|r| *r > generation) {
+            return Err(RepoError::AlreadyExists(format!(
+                "tenant {tenant_id} at generation {recorded}: attach with a higher generation than {generation}"
+            )));
+        }
+        // Recorded before any index is read: from now on an older
+        // attachment deletes nothing (see crate::remote::generation).
+        generation::write_generation(&storage, tenant_id, generation, &cancel).await.map_err(remote_err)?;
         let result = self.download_tenant(&storage, tenant_id, generation).await;
         match result {
             Ok(timelines) => {
