@@ -68,19 +68,42 @@ impl Cluster {
         out.push(Component {
             name: "pageserver".into(),
             binary: bin.join("pageserver"),
-            args: vec![
-                "--workdir".into(),
-                dir.join("data").display().to_string(),
-                "--listen-pg".into(),
-                format!("127.0.0.1:{}", ps.pg_port),
-                "--listen-http".into(),
-                format!("127.0.0.1:{}", ps.http_port),
-            ],
+            args: pageserver_args(ps, &dir),
             ports: vec![ps.pg_port, ps.http_port],
             ready_url: format!("http://127.0.0.1:{}/metrics", ps.http_port),
             dir,
         });
         Ok(out)
+    }
+
+    /// Attach, at a new generation, every tenant the control plane knows
+    /// that the pageserver does not have (its directory was lost): the
+    /// pageserver restores it from remote storage, then the branches' WAL
+    /// sources are set again (they lived in the lost directory).
+    pub async fn reattach_missing_tenants(&self) -> anyhow::Result<()> {
+        if self.conf.pageserver.remote_storage.is_none() {
+            return Ok(());
+        }
+        let api = crate::api::Api::default();
+        let present: Vec<utils::id::TenantId> =
+            serde_json::from_value(api.get(&format!("{}/v1/tenant", self.pageserver_http())).await?)?;
+        let mut state = crate::state::State::load(&self.repo)?;
+        for t in state.tenants() {
+            if present.contains(&t) {
+                continue;
+            }
+            let generation = state.next_generation(t);
+            state.save(&self.repo)?;
+            let url = format!("{}/v1/tenant/{t}/attach", self.pageserver_http());
+            api.post(&url, &serde_json::json!({ "generation": generation }))
+                .await
+                .with_context(|| format!("attach tenant {t} from {}", self.conf.pageserver.remote_storage.as_deref().unwrap_or("")))?;
+            for b in state.branches.iter().filter(|b| b.tenant_id == t) {
+                self.point_pageserver_at_safekeepers(&api, t, b.timeline_id).await?;
+            }
+            println!("{:<14} tenant {t} attached from remote storage (generation {generation})", "pageserver");
+        }
+        Ok(())
     }
 
     /// Start every component that is not running; stops what it started if
@@ -133,4 +156,23 @@ impl Cluster {
         }
         Ok(lines)
     }
+}
+
+/// The pageserver's command line.
+fn pageserver_args(ps: &crate::config::PageserverConf, dir: &Path) -> Vec<String> {
+    let mut args = vec![
+        "--workdir".into(),
+        dir.join("data").display().to_string(),
+        "--listen-pg".into(),
+        format!("127.0.0.1:{}", ps.pg_port),
+        "--listen-http".into(),
+        format!("127.0.0.1:{}", ps.http_port),
+    ];
+    let options = [("--remote-storage", &ps.remote_storage), ("--s3-endpoint", &ps.s3_endpoint), ("--s3-region", &ps.s3_region)];
+    for (flag, value) in options {
+        if let Some(v) = value {
+            args.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    args
 }

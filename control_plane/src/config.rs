@@ -28,6 +28,15 @@ pub struct SafekeeperConf {
 pub struct PageserverConf {
     pub pg_port: u16,
     pub http_port: u16,
+    /// Object storage for layers and indexes: a directory or
+    /// `s3://BUCKET/PREFIX` (absent in repositories made before it existed:
+    /// then the pageserver's disk is the only copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_storage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,7 +59,13 @@ impl Config {
         Config {
             endpoint_base_port: default_endpoint_base_port(),
             broker: BrokerConf { http_port: base_port },
-            pageserver: PageserverConf { pg_port: pageserver_pg_port, http_port: pageserver_pg_port + 1 },
+            pageserver: PageserverConf {
+                pg_port: pageserver_pg_port,
+                http_port: pageserver_pg_port + 1,
+                remote_storage: None,
+                s3_endpoint: None,
+                s3_region: None,
+            },
             safekeepers: (1..=safekeepers)
                 .map(|id| SafekeeperConf {
                     id,

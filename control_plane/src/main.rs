@@ -40,6 +40,18 @@ enum Cmd {
         /// First port tried for computes.
         #[arg(long, default_value_t = 55432)]
         endpoint_base_port: u16,
+        /// Object storage for the pageserver's layers and indexes: a
+        /// directory, s3://BUCKET/PREFIX (credentials from AWS_*), or
+        /// "none" (the pageserver's disk is then the only copy).
+        /// Default: <repo>/remote.
+        #[arg(long)]
+        remote_storage: Option<String>,
+        /// S3 endpoint URL, for S3-compatible servers.
+        #[arg(long)]
+        s3_endpoint: Option<String>,
+        /// S3 region.
+        #[arg(long)]
+        s3_region: Option<String>,
     },
     /// Start every component in the background and wait until each is ready.
     Start,
@@ -231,14 +243,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo_dir = std::path::absolute(&cli.repo_dir).with_context(|| format!("resolve {}", cli.repo_dir.display()))?;
     let repo = repo_dir.as_path();
     match cli.command {
-        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port } => {
+        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, remote_storage, s3_endpoint, s3_region } => {
             anyhow::ensure!(safekeepers >= 1, "a cluster needs at least one safekeeper");
             let mut conf = Config::with_ports(safekeepers, pageserver_port, base_port);
             conf.endpoint_base_port = endpoint_base_port;
+            conf.pageserver.remote_storage = match remote_storage.as_deref() {
+                Some("none") => None,
+                Some(location) if location.starts_with("s3://") => Some(location.to_string()),
+                Some(dir) => Some(std::path::absolute(dir)?.display().to_string()),
+                None => Some(repo.join("remote").display().to_string()),
+            };
+            let is_s3 = conf.pageserver.remote_storage.as_deref().is_some_and(|l| l.starts_with("s3://"));
+            anyhow::ensure!(is_s3 || (s3_endpoint.is_none() && s3_region.is_none()), "--s3-endpoint and --s3-region need --remote-storage s3://BUCKET/PREFIX");
+            (conf.pageserver.s3_endpoint, conf.pageserver.s3_region) = (s3_endpoint, s3_region);
             let path = conf.save_new(repo)?;
             println!("initialized {} ({} safekeeper(s)); next: strata start", path.display(), safekeepers);
         }
-        Cmd::Start => Cluster::load(repo)?.start().await?,
+        Cmd::Start => {
+            let cluster = Cluster::load(repo)?;
+            cluster.start().await?;
+            cluster.reattach_missing_tenants().await?;
+        }
         Cmd::Stop => {
             let cluster = Cluster::load(repo)?;
             for ep in Endpoint::list(repo)?.iter().filter(|e| e.running_pid().is_some()) {

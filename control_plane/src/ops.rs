@@ -57,6 +57,11 @@ impl Cluster {
             let body = json!({ "timeline_id": tl, "start_lsn": start, "peers": peers, "quorum": self.quorum() });
             api.post(&url, &body).await.with_context(|| format!("create timeline on safekeeper {}", sk.id))?;
         }
+        self.point_pageserver_at_safekeepers(api, t, tl).await
+    }
+
+    /// Point the pageserver's walreceiver of a timeline at every safekeeper.
+    pub(crate) async fn point_pageserver_at_safekeepers(&self, api: &Api, t: TenantId, tl: TimelineId) -> anyhow::Result<()> {
         anyhow::ensure!(!self.conf.safekeepers.is_empty(), "no safekeepers configured");
         let conninfos: Vec<String> = self
             .conf

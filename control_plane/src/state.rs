@@ -25,6 +25,10 @@ pub struct State {
     pub default_tenant: Option<TenantId>,
     #[serde(default)]
     pub branches: Vec<Branch>,
+    /// The last generation handed out per tenant (tenants never attached
+    /// again are at 1, the generation they were created with).
+    #[serde(default)]
+    pub generations: std::collections::BTreeMap<TenantId, u32>,
 }
 
 impl State {
@@ -42,6 +46,22 @@ impl State {
         std::fs::write(&tmp, toml::to_string_pretty(self)?)?;
         std::fs::rename(&tmp, repo.join(STATE_FILE))?;
         Ok(())
+    }
+
+    /// Every tenant with a branch.
+    pub fn tenants(&self) -> Vec<TenantId> {
+        let mut out: Vec<TenantId> = self.branches.iter().map(|b| b.tenant_id).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Hand out the next generation of `tenant` (save the state before
+    /// using it: a number is never handed out twice).
+    pub fn next_generation(&mut self, tenant: TenantId) -> u32 {
+        let g = self.generations.entry(tenant).or_insert(1);
+        *g += 1;
+        *g
     }
 
     pub fn tenant(&self, given: Option<TenantId>) -> anyhow::Result<TenantId> {

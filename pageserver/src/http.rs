@@ -74,6 +74,7 @@ use crate::tenant::config::{effective_map, ConfigError, TenantConfOverrides};
 use crate::tenant::repository::{RepoError, Repository};
 use crate::tenant::timeline::{CompactResult, GcResult, PageReconstructError, Timeline};
 use crate::ingest::walreceiver::{self, WalReceiverStatus, WalSource};
+use crate::remote::upload_queue::RemoteStatus;
 
 /// The OpenAPI 3 description served at `GET /v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -104,6 +105,8 @@ impl From<RepoError> for ApiError {
             RepoError::TenantNotFound(_) | RepoError::TimelineNotFound(..) => StatusCode::NOT_FOUND,
             RepoError::AlreadyExists(_) | RepoError::HasChildren(..) => StatusCode::CONFLICT,
             RepoError::InvalidBranchLsn(_) | RepoError::Import(_) | RepoError::BelowGcCutoff { .. } => StatusCode::BAD_REQUEST,
+            RepoError::NoRemoteStorage => StatusCode::BAD_REQUEST,
+            RepoError::Remote(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if let RepoError::Page(p) = e {
@@ -201,6 +204,10 @@ pub struct TimelineDetail {
     /// Bytes of all relations at `last_record_lsn` (only with `include_size=true`).
     pub logical_size: Option<u64>,
     pub walreceiver: WalReceiverStatus,
+    /// What safekeepers may remove WAL below (0 without remote storage).
+    pub remote_consistent_lsn: Lsn,
+    /// The upload queue's state (absent without remote storage).
+    pub remote: Option<RemoteStatus>,
 }
 
 async fn detail(tl: &Timeline, include_size: bool) -> ApiResult<TimelineDetail> {
@@ -223,6 +230,8 @@ async fn detail(tl: &Timeline, include_size: bool) -> ApiResult<TimelineDetail> 
         pitr_cutoff_lsn: tl.last_pitr_cutoff_lsn(),
         logical_size,
         walreceiver: walreceiver::status(tl),
+        remote_consistent_lsn: tl.remote_consistent_lsn(),
+        remote: tl.remote().map(|r| r.status()),
     })
 }
 
@@ -330,6 +339,35 @@ async fn gc(
     Ok(Json(tl.gc_now().await?))
 }
 
+/// `POST /v1/tenant/{tenant_id}/attach`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// The generation the control plane recorded for this attach.
+    pub generation: u32,
+}
+
+async fn attach_tenant(
+    State(repo): State<Arc<Repository>>,
+    ApiPath(tenant_id): ApiPath<TenantId>,
+    ApiJson(req): ApiJson<AttachRequest>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    if req.generation == 0 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "generation must be at least 1".into()));
+    }
+    let tenant = repo.attach_tenant(tenant_id, req.generation).await?;
+    let timelines: Vec<TimelineId> = tenant.timelines().iter().map(|t| t.timeline_id).collect();
+    let body = serde_json::json!({ "tenant_id": tenant_id, "generation": req.generation, "timelines": timelines });
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn detach_tenant(
+    State(repo): State<Arc<Repository>>,
+    ApiPath(tenant_id): ApiPath<TenantId>,
+) -> ApiResult<Json<serde_json::Value>> {
+    repo.detach_tenant(tenant_id).await?;
+    Ok(Json(serde_json::json!({ "tenant_id": tenant_id, "detached": true })))
+}
+
 async fn list_timelines(
     State(repo): State<Arc<Repository>>,
     ApiPath(tenant_id): ApiPath<TenantId>,
@@ -431,6 +469,8 @@ async fn stop_wal_source(
 #[derive(Debug, Deserialize)]
 struct CheckpointQuery {
     image_layers: Option<bool>,
+    /// How long to wait for the flushed layers to be uploaded (default 60).
+    upload_timeout_s: Option<u64>,
 }
 
 async fn checkpoint(
@@ -442,6 +482,13 @@ async fn checkpoint(
     tl.freeze_and_flush().await?;
     if q.image_layers.unwrap_or(false) {
         tl.create_image_layers(tl.disk_consistent_lsn()).await?;
+    }
+    if let Some(remote) = tl.remote() {
+        let wait = std::time::Duration::from_secs(q.upload_timeout_s.unwrap_or(60));
+        if tokio::time::timeout(wait, remote.wait_uploaded()).await.is_err() {
+            let reason = remote.status().last_error.unwrap_or_else(|| "still uploading".into());
+            return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("flushed, but not uploaded within {}s: {reason}", wait.as_secs())));
+        }
     }
     Ok(Json(detail(&tl, false).await?))
 }
@@ -530,6 +577,8 @@ http_api::routes! {
     post "/v1/tenant" => create_tenant,
     get "/v1/tenant/{tenant_id}/config" => get_tenant_config,
     put "/v1/tenant/{tenant_id}/config" => put_tenant_config,
+    post "/v1/tenant/{tenant_id}/attach" => attach_tenant,
+    post "/v1/tenant/{tenant_id}/detach" => detach_tenant,
     get "/v1/tenant/{tenant_id}/timeline" => list_timelines,
     post "/v1/tenant/{tenant_id}/timeline" => create_timeline,
     get "/v1/tenant/{tenant_id}/timeline/{timeline_id}" => get_timeline,

@@ -9,6 +9,8 @@
 //! * [`storage`]: the formats and rules underneath — key space, values,
 //!   in-memory and file layers, the layer map, the index file, key
 //!   partitions, the compaction merge and the GC rule.
+//! * [`remote`]: object storage — the upload queue, generations, attach
+//!   and layer downloads.
 //! * [`walredo`]: rebuilds page versions (stock PostgreSQL + Rust-applied).
 //! * [`read`]: basebackup and the page service.
 //! * [`http`]: the management API; [`metrics`].
@@ -21,6 +23,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod read;
+pub mod remote;
 pub mod storage;
 pub mod tenant;
 pub mod walredo;

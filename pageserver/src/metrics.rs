@@ -128,3 +128,64 @@ pub static COMPACTION_TIME: LazyLock<Histogram> = LazyLock::new(|| {
 /// Time of one GC pass.
 pub static GC_TIME: LazyLock<Histogram> =
     LazyLock::new(|| histogram("strata_pageserver_gc_seconds", "Time of one GC pass of a timeline", LONG_TIME_BUCKETS));
+
+/// Layer files uploaded to remote storage.
+pub static LAYER_UPLOADS: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_pageserver_remote_layer_uploads_total", "Layer files uploaded to remote storage"));
+
+/// Index objects uploaded to remote storage.
+pub static INDEX_UPLOADS: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_pageserver_remote_index_uploads_total", "Index objects uploaded to remote storage"));
+
+/// Remote layer objects deleted (after an index without them was uploaded).
+pub static REMOTE_DELETIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_remote_layer_deletions_total", "Remote layer objects deleted")
+});
+
+/// Remote deletions and LSN advances skipped because a newer generation
+/// holds the tenant.
+pub static STALE_GENERATION_SKIPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_pageserver_remote_stale_generation_skips_total",
+        "Remote deletions or remote_consistent_lsn advances refused: a newer generation holds the tenant",
+    )
+});
+
+/// Failed attempts of an upload-queue batch (each is retried).
+pub static UPLOAD_QUEUE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_remote_upload_errors_total", "Failed upload-queue batches (retried)")
+});
+
+/// Layer files downloaded from remote storage.
+pub static LAYER_DOWNLOADS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_remote_layer_downloads_total", "Layer files downloaded from remote storage")
+});
+
+/// Time to download one layer file.
+pub static LAYER_DOWNLOAD_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "strata_pageserver_remote_layer_download_seconds",
+        "Time to download one layer file",
+        &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0],
+    )
+});
+
+/// Operations waiting in upload queues.
+pub static UPLOAD_QUEUE_PENDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_pageserver_remote_upload_queue_pending",
+        "Operations queued for remote storage, per timeline",
+        &["tenant_id", "timeline_id"]
+    )
+    .expect("metric names are unique")
+});
+
+/// Bytes of a timeline's layers in remote storage (its last uploaded index).
+pub static REMOTE_PHYSICAL_SIZE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_pageserver_remote_physical_size_bytes",
+        "Bytes of the layers named by a timeline's last uploaded index",
+        &["tenant_id", "timeline_id"]
+    )
+    .expect("metric names are unique")
+});

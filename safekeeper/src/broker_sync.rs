@@ -58,6 +58,20 @@ fn commit_from_view(tl: &Timeline, view: &TimelineView) -> Option<Lsn> {
     quorum_lsn(flushes, state.quorum)
 }
 
+/// The lowest flush LSN any other peer last published, however long ago;
+/// 0 while some peer has never been seen.
+fn peer_horizon(tl: &Timeline, view: &TimelineView) -> Lsn {
+    let peers = tl.persistent().peers;
+    let mut horizon = Lsn(u64::MAX);
+    for id in peers.iter().filter(|id| **id != tl.safekeeper_id) {
+        match view.safekeepers.iter().find(|p| p.info.safekeeper_id == *id) {
+            Some(p) => horizon = horizon.min(p.info.flush_lsn),
+            None => return Lsn(0),
+        }
+    }
+    horizon
+}
+
 /// Infos of the other peers of the timeline that published recently.
 fn fresh_peers(tl: &Timeline, view: &TimelineView) -> Vec<SafekeeperTimelineInfo> {
     let peers = tl.persistent().peers;
@@ -153,6 +167,7 @@ async fn subscribe_loop(tl: Arc<Timeline>, client: BrokerClient) {
             Ok(view) => {
                 version = Some(view.version);
                 tl.set_peer_view(fresh_peers(&tl, &view));
+                tl.set_peer_horizon(peer_horizon(&tl, &view));
                 if let Some(candidate) = commit_from_view(&tl, &view) {
                     tl.advance_commit_lsn(candidate);
                 }

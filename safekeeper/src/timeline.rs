@@ -26,6 +26,7 @@
 //! the durable end), so a cancelled caller never publishes a stale flush.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,10 @@ pub struct Timeline {
     compute: watch::Sender<Option<ComputeSpec>>,
     /// Fresh broker infos of the other peers (None until the first view).
     peer_view: watch::Sender<Option<Vec<SafekeeperTimelineInfo>>>,
+    /// The lowest flush LSN last published by any peer (stale or not); 0
+    /// until every peer has been seen. WAL at or above it is kept, so a
+    /// peer that falls behind can still recover from this one.
+    peer_horizon_lsn: AtomicU64,
     /// Peer recovery asked for by the control plane.
     recovery: watch::Sender<Option<RecoveryTarget>>,
     /// Held by every WAL change as a whole (append + publish, term change,
@@ -174,6 +179,7 @@ impl Timeline {
             commit_lsn: watch::Sender::new(commit),
             compute: watch::Sender::new(state.compute.clone()),
             peer_view: watch::Sender::new(None),
+            peer_horizon_lsn: AtomicU64::new(0),
             recovery: watch::Sender::new(None),
             persist_lock: Arc::new(tokio::sync::Mutex::new(())),
             writer: tokio::sync::Mutex::new(()),
@@ -224,6 +230,12 @@ impl Timeline {
     /// Term of the last WAL held.
     pub fn last_log_term(&self) -> u64 {
         self.lock().persistent.term_history.last_log_term(self.flush_lsn())
+    }
+    pub fn set_peer_horizon(&self, lsn: Lsn) {
+        self.peer_horizon_lsn.store(lsn.0, std::sync::atomic::Ordering::Release);
+    }
+    pub fn peer_horizon(&self) -> Lsn {
+        Lsn(self.peer_horizon_lsn.load(std::sync::atomic::Ordering::Acquire))
     }
     pub fn set_peer_view(&self, infos: Vec<SafekeeperTimelineInfo>) {
         self.peer_view.send_replace(Some(infos));
@@ -471,11 +483,20 @@ impl Timeline {
     }
 
     /// Remove whole WAL segments nobody needs: below the remote-consistent
-    /// LSN (pageservers hold that WAL durably elsewhere), below commit_lsn and
-    /// below every connected replica's flush position. Returns how many.
+    /// LSN (pageservers hold that WAL durably elsewhere), below commit_lsn,
+    /// below every connected replica's flush position and below every
+    /// peer's last published flush position (a peer that is down may need
+    /// it to recover; until WAL is offloaded, a long-down peer holds WAL
+    /// here). Returns how many.
     pub async fn remove_old_wal(&self, replica_min_flush: Option<Lsn>) -> Result<usize, TimelineError> {
-        let remote = self.lock().persistent.remote_consistent_lsn;
+        let (remote, has_peers) = {
+            let st = self.lock();
+            (st.persistent.remote_consistent_lsn, st.persistent.peers.iter().any(|p| *p != self.safekeeper_id))
+        };
         let mut horizon = remote.min(self.commit_lsn());
+        if has_peers {
+            horizon = horizon.min(self.peer_horizon());
+        }
         if let Some(replica) = replica_min_flush {
             horizon = horizon.min(replica);
         }

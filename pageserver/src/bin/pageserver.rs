@@ -1,7 +1,8 @@
 //! The `pageserver` binary: opens the repository in `--workdir`, serves the
 //! HTTP management API on `--listen-http` and the page service on
-//! `--listen-pg`, and resumes nothing by itself (WAL sources are set per
-//! timeline through the API). Stops on SIGINT/SIGTERM, flushing in-memory
+//! `--listen-pg`, and resumes the WAL sources recorded per timeline. With
+//! `--remote-storage`, every layer and index is uploaded there and tenants
+//! can be attached from it. Stops on SIGINT/SIGTERM, flushing in-memory
 //! layers first.
 //!
 //! The storage flags are the defaults of every tenant; a tenant may
@@ -51,6 +52,27 @@ struct Args {
     /// Background compaction check period (e.g. "20s"; "0s": only after flushes).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     compaction_period: std::time::Duration,
+    /// Object storage for layers and indexes: a directory, or
+    /// s3://BUCKET/PREFIX (credentials from the AWS_* variables). Without
+    /// it, the local disk is the only copy.
+    #[arg(long, env = "STRATA_REMOTE_STORAGE")]
+    remote_storage: Option<String>,
+    /// S3 endpoint URL (for S3-compatible servers).
+    #[arg(long, requires = "remote_storage")]
+    s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, requires = "remote_storage")]
+    s3_region: Option<String>,
+}
+
+fn remote_storage(args: &Args) -> anyhow::Result<Option<remote_storage::GenericRemoteStorage>> {
+    let Some(location) = &args.remote_storage else { return Ok(None) };
+    let mut config = remote_storage::RemoteStorageConfig::parse_location(location)
+        .with_context(|| format!("--remote-storage {location}"))?;
+    config.set_s3_options(args.s3_endpoint.clone(), args.s3_region.clone()).context("--s3-endpoint/--s3-region")?;
+    let storage = remote_storage::GenericRemoteStorage::new(&config).with_context(|| format!("remote storage {location}"))?;
+    info!(%location, "remote storage configured");
+    Ok(Some(storage))
 }
 
 #[tokio::main]
@@ -69,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     conf.timeline.gc_period = args.gc_period;
     conf.timeline.compaction_threshold = usize::try_from(args.compaction_threshold).context("--compaction-threshold")?;
     conf.timeline.compaction_period = args.compaction_period;
+    conf.remote_storage = remote_storage(&args)?;
     let repo = Repository::open(conf).await.context("open repository")?;
     let http = tokio::net::TcpListener::bind(args.listen_http).await.context("bind HTTP")?;
     let pg = tokio::net::TcpListener::bind(args.listen_pg).await.context("bind page service")?;

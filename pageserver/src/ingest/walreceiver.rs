@@ -310,7 +310,7 @@ async fn send_feedback(tl: &Timeline, kind: WalSourceKind, stream: &mut Replicat
                 .send(StrataFeedback {
                     write_lsn: last,
                     disk_consistent_lsn: disk,
-                    remote_consistent_lsn: Lsn(0),
+                    remote_consistent_lsn: tl.remote_consistent_lsn(),
                     timeline_size_bytes: 0,
                     send_time_us: now,
                 })

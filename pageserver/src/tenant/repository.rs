@@ -50,6 +50,7 @@ use crate::storage::layer_map::LayerMap;
 use crate::storage::{LayerDesc, FIRST_GENERATION};
 use crate::tenant::config::{self as tenant_config, ConfigError, TenantConf, TenantConfOverrides};
 use crate::tenant::timeline::{PageReconstructError, Timeline, TimelineConf};
+use crate::tenant::attach::SHUTDOWN_UPLOAD_WAIT;
 use crate::walredo::{PostgresRedoManager, WalRedoConfig, WalRedoError};
 
 pub use crate::storage::index::TimelineMetadata;
@@ -89,6 +90,10 @@ pub enum RepoError {
     WalRedo(#[from] WalRedoError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("remote storage: {0}")]
+    Remote(String),
+    #[error("no remote storage is configured for this pageserver")]
+    NoRemoteStorage,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
@@ -129,13 +134,15 @@ pub struct PageServerConf {
     /// [`crate::tenant::config`]).
     pub timeline: TimelineConf,
     pub walredo: WalRedoConfig,
+    /// Object storage for layers and indexes (none: local disk only).
+    pub remote_storage: Option<remote_storage::GenericRemoteStorage>,
 }
 
 impl PageServerConf {
     pub fn new(workdir: impl Into<PathBuf>) -> PageServerConf {
         let workdir = workdir.into();
         let walredo = WalRedoConfig::new(workdir.join("walredo"));
-        PageServerConf { workdir, timeline: TimelineConf::default(), walredo }
+        PageServerConf { workdir, timeline: TimelineConf::default(), walredo, remote_storage: None }
     }
 }
 
@@ -149,9 +156,17 @@ pub struct Tenant {
     broken: Mutex<HashMap<TimelineId, String>>,
     /// The background loop (see [`crate::tenant::tasks`]).
     background: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Generation of this attachment: new timelines' indexes carry it (the
+    /// highest of the loaded indexes', or the one given at attach).
+    pub generation: std::sync::atomic::AtomicU32,
 }
 
 impl Tenant {
+    /// Generation of this attachment.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn timelines(&self) -> Vec<Arc<Timeline>> {
         let mut v: Vec<_> = self.timelines.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         v.sort_by_key(|t| t.timeline_id);
@@ -175,7 +190,7 @@ impl Tenant {
 
 pub struct Repository {
     pub conf: PageServerConf,
-    tenants: RwLock<HashMap<TenantId, Arc<Tenant>>>,
+    pub(crate) tenants: RwLock<HashMap<TenantId, Arc<Tenant>>>,
     pub walredo: Arc<PostgresRedoManager>,
 }
 
@@ -193,36 +208,46 @@ impl Repository {
             .await
             .map_err(|e| RepoError::Import(e.to_string()))??;
         for (tenant_id, timelines) in found {
-            let dir = repo.tenant_dir(tenant_id);
-            let overrides = tokio::task::spawn_blocking(move || tenant_config::load(&dir))
-                .await
-                .map_err(|e| RepoError::Import(e.to_string()))?;
-            let (overrides, config_error) = match overrides {
-                Ok(o) => (o, None),
-                Err(e) => (TenantConfOverrides::default(), Some(e.to_string())),
-            };
-            let tenant = repo.insert_tenant(tenant_id, overrides);
-            if let Some(reason) = config_error {
-                for id in timelines {
-                    tenant.set_broken(id, reason.clone());
-                }
-                continue;
-            }
-            let mut loaded = Vec::new();
-            for id in timelines {
-                let d = repo.timeline_dir(tenant_id, id);
-                let result = tokio::task::spawn_blocking(move || load_timeline_dir(&d))
-                    .await
-                    .map_err(|e| RepoError::Import(e.to_string()))?;
-                match result {
-                    Ok(Some((index, layers))) => loaded.push((id, index, layers)),
-                    Ok(None) => {}
-                    Err(e) => tenant.set_broken(id, e.to_string()),
-                }
-            }
-            repo.load_in_ancestor_order(&tenant, loaded).await?;
+            repo.load_tenant(tenant_id, timelines).await?;
         }
         Ok(repo)
+    }
+
+    /// Load a tenant from its directory: its settings, then its timelines
+    /// (a tenant whose settings are unreadable has every timeline broken).
+    pub(crate) async fn load_tenant(&self, tenant_id: TenantId, timelines: Vec<TimelineId>) -> Result<Arc<Tenant>, RepoError> {
+        let dir = self.tenant_dir(tenant_id);
+        let overrides = tokio::task::spawn_blocking(move || tenant_config::load(&dir))
+            .await
+            .map_err(|e| RepoError::Import(e.to_string()))?;
+        let (overrides, config_error) = match overrides {
+            Ok(o) => (o, None),
+            Err(e) => (TenantConfOverrides::default(), Some(e.to_string())),
+        };
+        let tenant = self.insert_tenant(tenant_id, overrides);
+        if let Some(reason) = config_error {
+            for id in timelines {
+                tenant.set_broken(id, reason.clone());
+            }
+            return Ok(tenant);
+        }
+        let mut loaded = Vec::new();
+        for id in timelines {
+            let d = self.timeline_dir(tenant_id, id);
+            let result = tokio::task::spawn_blocking(move || load_timeline_dir(&d))
+                .await
+                .map_err(|e| RepoError::Import(e.to_string()))?;
+            match result {
+                Ok(Some((index, layers))) => {
+                    tenant.generation.fetch_max(index.generation, std::sync::atomic::Ordering::AcqRel);
+                    loaded.push((id, index, layers));
+                }
+                Ok(None) => {}
+                Err(e) => tenant.set_broken(id, e.to_string()),
+            }
+        }
+        self.load_in_ancestor_order(&tenant, loaded).await?;
+        Ok(tenant)
     }
 
     /// Register loaded timelines, ancestors first; a timeline whose
@@ -263,7 +288,7 @@ impl Repository {
 
     /// Register a tenant (if it is not) with `overrides`, and start its
     /// background loop when a runtime is there to run it.
-    fn insert_tenant(&self, tenant_id: TenantId, overrides: TenantConfOverrides) -> Arc<Tenant> {
+    pub(crate) fn insert_tenant(&self, tenant_id: TenantId, overrides: TenantConfOverrides) -> Arc<Tenant> {
         let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = tenants.get(&tenant_id) {
             return Arc::clone(t);
@@ -277,6 +302,7 @@ impl Repository {
             timelines: Mutex::new(HashMap::new()),
             broken: Mutex::new(HashMap::new()),
             background: Mutex::new(None),
+            generation: std::sync::atomic::AtomicU32::new(FIRST_GENERATION),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             let weak = Arc::downgrade(&tenant);
@@ -293,7 +319,7 @@ impl Repository {
         self.conf.workdir.join("tenants").join(tenant_id.to_string())
     }
 
-    fn timeline_dir(&self, tenant_id: TenantId, timeline_id: TimelineId) -> PathBuf {
+    pub(crate) fn timeline_dir(&self, tenant_id: TenantId, timeline_id: TimelineId) -> PathBuf {
         self.conf.workdir.join("tenants").join(tenant_id.to_string()).join("timelines").join(timeline_id.to_string())
     }
 
@@ -320,6 +346,7 @@ impl Repository {
         if let Some(ancestor) = &tl.ancestor {
             ancestor.add_branch_point(timeline_id, tl.ancestor_lsn);
         }
+        self.start_uploads(&tl, index);
         tl.update_physical_size_metric();
         if let Some(source) = crate::ingest::walreceiver::persisted_source(&tl) {
             crate::ingest::walreceiver::start(&tl, source).await;
@@ -443,7 +470,7 @@ impl Repository {
             initdb_lsn: ancestor.initdb_lsn,
             wal_seg_size: ancestor.wal_seg_size,
         };
-        let index = IndexPart::new(FIRST_GENERATION, md, Vec::new());
+        let index = IndexPart::new(tenant.generation(), md, Vec::new());
         let (d, i) = (dir.clone(), index.clone());
         tokio::task::spawn_blocking(move || {
             fs::create_dir_all(&d)?;
@@ -488,7 +515,7 @@ impl Repository {
             dir.clone(),
             tenant.conf.subscribe(),
             None,
-            &IndexPart::new(FIRST_GENERATION, md, Vec::new()),
+            &IndexPart::new(tenant.generation(), md, Vec::new()),
             LayerMap::default(),
             Arc::clone(&self.walredo),
         ));
@@ -496,6 +523,12 @@ impl Repository {
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&dir);
             return Err(RepoError::Import(e.to_string()));
+        }
+        let d = dir.clone();
+        match tokio::task::spawn_blocking(move || index::load(&d)).await {
+            Ok(Ok(index)) => self.start_uploads(&tl, &index),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(RepoError::Import(e.to_string())),
         }
         tenant.timelines.lock().unwrap_or_else(|e| e.into_inner()).insert(new_id, Arc::clone(&tl));
         info!(%tenant_id, timeline_id = %new_id, lsn = %tl.last_record_lsn(), "imported timeline");
@@ -519,6 +552,9 @@ impl Repository {
         crate::ingest::walreceiver::remove(&tl).await;
         tl.shutdown();
         tl.remove_metrics();
+        if let Some(remote) = tl.remote() {
+            remote.delete_everything().await.map_err(|e| RepoError::Remote(e.to_string()))?;
+        }
         tenant.timelines.lock().unwrap_or_else(|e| e.into_inner()).remove(&timeline_id);
         if let Some(ancestor) = &tl.ancestor {
             ancestor.remove_branch_point(timeline_id);
@@ -555,6 +591,9 @@ impl Repository {
             }
             tl.shutdown();
         }
+        // A graceful stop uploads what was just flushed; a crash-like one
+        // (tests) leaves the queue to the next start's reconcile.
+        self.finish_uploads(if flush { SHUTDOWN_UPLOAD_WAIT } else { std::time::Duration::ZERO }).await;
         self.walredo.shutdown().await;
     }
 }

@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,6 +60,7 @@ pub(crate) use gc::check_branch_lsn;
 use crate::storage::key::*;
 use crate::storage::file::{LayerFile, LayerFileError, LayerFileWriter};
 use crate::storage::index::{self, IndexLayer, IndexPart, TimelineMetadata};
+use crate::remote::upload_queue::RemoteTimelineClient;
 use crate::storage::inmemory::InMemoryLayer;
 use crate::storage::layer_map::{LayerMap, SearchLayer};
 use crate::storage::partition::{partition, Partition};
@@ -192,6 +193,8 @@ pub struct Timeline {
     /// Latest relation sizes, for ingest (valid at last_record_lsn).
     rel_size_cache: RwLock<HashMap<(RelFileNode, u8), u32>>,
     pub(crate) walredo: Arc<PostgresRedoManager>,
+    /// The upload queue, when the pageserver has remote storage.
+    remote: OnceLock<Arc<RemoteTimelineClient>>,
 }
 
 impl std::fmt::Debug for Timeline {
@@ -243,6 +246,7 @@ impl Timeline {
             index_lock: tokio::sync::Mutex::new(()),
             rel_size_cache: RwLock::new(HashMap::new()),
             walredo,
+            remote: OnceLock::new(),
         }
     }
 
@@ -687,11 +691,7 @@ impl Timeline {
         let _i = self.index_lock.lock().await;
         let dcl = flushed.map_or(Lsn(0), |(_, lsn)| lsn).max(self.disk_consistent_lsn());
         let index = self.index_with(&files, dcl);
-        let dir = self.path.clone();
-        tokio::task::spawn_blocking(move || index::save(&dir, &index))
-            .await
-            .map_err(other)?
-            .map_err(|e| other(format!("writing {}: {e}", self.path.join(index::INDEX_FILE).display())))?;
+        self.save_index(index, &files, &[]).await?;
         {
             let mut map = self.write_layers();
             for file in files {
@@ -704,6 +704,45 @@ impl Timeline {
         self.disk_consistent_lsn.fetch_max(dcl.0, Ordering::AcqRel);
         self.update_physical_size_metric();
         Ok(())
+    }
+
+    /// Make `index` durable locally, then queue the upload of the layer
+    /// files it adds (`added`), of the index itself, and the remote deletion
+    /// of the layers it drops (`removed`). Callers hold `index_lock`.
+    pub(super) async fn save_index(
+        &self,
+        index: IndexPart,
+        added: &[Arc<LayerFile>],
+        removed: &[Arc<LayerFile>],
+    ) -> Result<()> {
+        let (dir, saved) = (self.path.clone(), index.clone());
+        tokio::task::spawn_blocking(move || index::save(&dir, &saved))
+            .await
+            .map_err(other)?
+            .map_err(|e| other(format!("writing {}: {e}", self.path.join(index::INDEX_FILE).display())))?;
+        if let Some(remote) = self.remote.get() {
+            let added: Vec<IndexLayer> = added.iter().map(|l| index_entry(l)).collect();
+            remote.schedule_index_with_layers(&added, &index);
+            remote.schedule_deletions(removed.iter().map(|l| index_entry(l).name).collect());
+        }
+        Ok(())
+    }
+
+    /// Attach the upload queue (once, right after the timeline is loaded).
+    pub(crate) fn set_remote(&self, client: Arc<RemoteTimelineClient>) {
+        let _ = self.remote.set(client);
+    }
+
+    /// The upload queue, if the pageserver has remote storage.
+    pub fn remote(&self) -> Option<&Arc<RemoteTimelineClient>> {
+        self.remote.get()
+    }
+
+    /// What safekeepers may remove WAL below: the disk-consistent LSN of
+    /// the last index uploaded under a current generation (0 without remote
+    /// storage: then nothing is durable beyond this pageserver's disk).
+    pub fn remote_consistent_lsn(&self) -> Lsn {
+        self.remote.get().map_or(Lsn(0), |r| r.remote_consistent_lsn())
     }
 
     /// The index of the current layers plus `new` (replacing layers with

@@ -25,7 +25,7 @@ use super::{index_entry, other, Result, Timeline};
 use crate::metrics;
 use crate::storage::compaction::{is_level0, merge_into_l1};
 use crate::storage::file::LayerFile;
-use crate::storage::index::{self, IndexPart, TimelineMetadata};
+use crate::storage::index::{IndexPart, TimelineMetadata};
 use crate::storage::LayerKindCounts;
 
 /// What one on-demand compaction pass did.
@@ -133,11 +133,7 @@ impl Timeline {
             let metadata = TimelineMetadata { disk_consistent_lsn: self.disk_consistent_lsn(), ..self.metadata() };
             IndexPart { gc_cutoff_lsn: self.gc_cutoff_lsn(), ..IndexPart::new(self.generation, metadata, layers) }
         };
-        let dir = self.path.clone();
-        tokio::task::spawn_blocking(move || index::save(&dir, &index))
-            .await
-            .map_err(other)?
-            .map_err(|e| other(format!("writing {}: {e}", self.path.join(index::INDEX_FILE).display())))?;
+        self.save_index(index, add, remove).await?;
         let mut map = self.write_layers();
         for l in remove {
             map.remove(&l.desc);

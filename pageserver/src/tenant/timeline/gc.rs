@@ -33,7 +33,7 @@ use super::{index_entry, other, PageReconstructError, Result, Timeline};
 use crate::tenant::commit_ts::{commit_ts_at, find_lsn_for_timestamp, system_time_to_pg_timestamp};
 use crate::storage::file::LayerFile;
 use crate::storage::gc::{held_key_runs, removable, GcCandidate, GcResult};
-use crate::storage::index::{self, IndexLayer, IndexPart, TimelineMetadata};
+use crate::storage::index::{IndexLayer, IndexPart, TimelineMetadata};
 use crate::storage::LayerKindCounts;
 use crate::metrics;
 
@@ -200,11 +200,7 @@ impl Timeline {
         }
         let _i = self.index_lock.lock().await;
         let index = self.index_without(doomed, cutoff);
-        let dir = self.path.clone();
-        tokio::task::spawn_blocking(move || index::save(&dir, &index))
-            .await
-            .map_err(other)?
-            .map_err(|e| other(format!("writing {}: {e}", self.path.join(index::INDEX_FILE).display())))?;
+        self.save_index(index, &[], doomed).await?;
         self.gc_cutoff_lsn.fetch_max(cutoff.0, std::sync::atomic::Ordering::AcqRel);
         let mut map = self.write_layers();
         for l in doomed {

@@ -1,0 +1,67 @@
+//! The local cluster with object storage: `strata stop; rm -rf
+//! <repo>/pageserver; strata start` brings every tenant back from remote
+//! storage (attached at a new generation), and an endpoint serves every
+//! committed row — those in uploaded layers and those only in safekeeper
+//! WAL above the remote-consistent LSN. Against the default backend
+//! (`<repo>/remote`) and against S3 (moto).
+mod common;
+
+use common::{http_post, psql, url_of, Repo};
+use remote_storage::testing::MotoServer;
+
+fn checkpoint_and_upload(repo: &Repo) -> serde_json::Value {
+    let conf = control_plane::config::Config::load(&repo.path).unwrap();
+    let state = control_plane::state::State::load(&repo.path).unwrap();
+    let main = state.branches.iter().find(|b| b.name == "main").unwrap();
+    let path = format!("/v1/tenant/{}/timeline/{}/checkpoint", main.tenant_id, main.timeline_id);
+    let body = http_post(conf.pageserver.http_port, &path);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("checkpoint answered {body:?}: {e}"))
+}
+
+fn lose_pageserver_and_recover(repo: Repo) {
+    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    psql(&url, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let detail = checkpoint_and_upload(&repo);
+    let remote_lsn = detail["remote_consistent_lsn"].as_str().unwrap().to_string();
+    assert_ne!(remote_lsn, "0/0", "nothing uploaded: {detail}");
+    // Committed after the upload: only in the safekeepers' WAL.
+    psql(&url, "INSERT INTO t SELECT g, 'late' FROM generate_series(20001, 20500) g");
+    let sum = psql(&url, "SELECT count(*), sum(id) FROM t");
+    repo.ok(&["stop"]);
+
+    std::fs::remove_dir_all(repo.path.join("pageserver")).unwrap();
+    let started = repo.ok(&["start"]);
+    assert!(started.contains("attached from remote storage (generation 2)"), "{started}");
+    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    assert_eq!(psql(&url, "SELECT count(*), sum(id) FROM t"), sum, "rows lost with the pageserver's directory");
+    psql(&url, "INSERT INTO t VALUES (0, 'after recovery')");
+    assert_eq!(psql(&url, "SELECT count(*) FROM t WHERE v = 'after recovery'"), "1");
+}
+
+#[test]
+fn pageserver_directory_lost_default_backend() {
+    let repo = common::start_cluster(Repo::new(), 1);
+    let conf = control_plane::config::Config::load(&repo.path).unwrap();
+    let expected = repo.path.join("remote").display().to_string();
+    assert_eq!(conf.pageserver.remote_storage.as_deref(), Some(expected.as_str()));
+    lose_pageserver_and_recover(repo);
+}
+
+#[test]
+fn pageserver_directory_lost_s3_backend() {
+    let moto = MotoServer::start();
+    let mut repo = Repo::new();
+    repo.envs.extend([
+        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
+    ]);
+    let (base, ps, endpoints) = common::free_ports();
+    let location = format!("s3://{}/cli", moto.bucket());
+    repo.ok(&[
+        "init", "--base-port", &base.to_string(), "--pageserver-port", &ps.to_string(), "--endpoint-base-port",
+        &endpoints.to_string(), "--remote-storage", &location, "--s3-endpoint", &moto.endpoint(), "--s3-region", "us-east-1",
+    ]);
+    repo.ok(&["start"]);
+    repo.ok(&["tenant", "create", "--set-default"]);
+    lose_pageserver_and_recover(repo);
+}

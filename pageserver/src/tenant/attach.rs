@@ -1,0 +1,157 @@
+//! A tenant's link to remote storage, as the repository sees it: one
+//! upload queue per loaded timeline, attach of a tenant that has no local
+//! state from object storage, and detach.
+//!
+//! Attach, for a generation `G` the control plane handed out (it keeps the
+//! numbers in its state): `G` is refused if the tenant's generation record
+//! is higher, else recorded; then for every
+//! remote timeline, the newest index at or below `G` is read, its layer
+//! files are downloaded into a fresh timeline directory, and the index is
+//! written locally as generation `G` (new layers get `G`); then the tenant
+//! loads as at startup, and each timeline's upload queue starts by
+//! uploading that index as `G`'s own. The timeline resumes WAL ingest at
+//! the index's `disk_consistent_lsn`, which is the remote-consistent LSN
+//! the safekeepers were told, so they still hold the WAL after it.
+//!
+//! Invariants: an attach never overwrites local state (a tenant that exists
+//! is refused); a failed attach removes what it wrote. Detach flushes and
+//! waits for uploads before it removes local state, so nothing ingested is
+//! lost.
+//!
+//! Cancellation: dropping an attach part-way leaves a tenant directory
+//! without complete timelines; the next startup ignores timelines without
+//! an index, and an attach of the same tenant is refused until the
+//! directory is removed (detach does it).
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use utils::id::TenantId;
+
+use crate::remote::{download, generation};
+use crate::remote::upload_queue::RemoteTimelineClient;
+use crate::storage::index::{self, IndexPart};
+use crate::tenant::repository::{RepoError, Repository, Tenant};
+use crate::tenant::timeline::Timeline;
+
+/// How long a graceful shutdown waits for queued uploads.
+pub const SHUTDOWN_UPLOAD_WAIT: Duration = Duration::from_secs(30);
+
+fn remote_err(e: impl std::fmt::Display) -> RepoError {
+    RepoError::Remote(e.to_string())
+}
+
+impl Repository {
+    /// Start the upload queue of a just-loaded timeline whose durable local
+    /// index is `index` (nothing without remote storage).
+    pub(crate) fn start_uploads(&self, tl: &Timeline, index: &IndexPart) {
+        if let Some(storage) = &self.conf.remote_storage {
+            let client = RemoteTimelineClient::start(storage.clone(), tl.tenant_id, tl.timeline_id, tl.path.clone(), index);
+            tl.set_remote(client);
+        }
+    }
+
+    /// Wait (up to `wait`) for every timeline's queued uploads, then stop
+    /// the queues.
+    pub(crate) async fn finish_uploads(&self, wait: Duration) {
+        for tl in self.all_timelines() {
+            if let Some(remote) = tl.remote() {
+                if !wait.is_zero() && tokio::time::timeout(wait, remote.wait_uploaded()).await.is_err() {
+                    warn!(tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id, "uploads still queued at shutdown; the next start redoes them");
+                }
+                remote.shutdown();
+            }
+        }
+    }
+
+    /// Attach `tenant_id` from remote storage as `generation` (see the
+    /// module doc).
+    pub async fn attach_tenant(&self, tenant_id: TenantId, generation: u32) -> Result<Arc<Tenant>, RepoError> {
+        let storage = self.conf.remote_storage.clone().ok_or(RepoError::NoRemoteStorage)?;
+        let tenant_dir = self.conf.workdir.join("tenants").join(tenant_id.to_string());
+        if self.get_tenant(tenant_id).is_ok() || tenant_dir.exists() {
+            return Err(RepoError::AlreadyExists(format!("tenant {tenant_id} (detach it first)")));
+        }
+        let cancel = CancellationToken::new();
+        let recorded = generation::read_generation(&storage, tenant_id, &cancel).await.map_err(remote_err)?;
+        if let Some(recorded) = recorded.filter(|r| *r > generation) {
+            return Err(RepoError::AlreadyExists(format!(
+                "tenant {tenant_id} at generation {recorded}: attach with a higher generation than {generation}"
+            )));
+        }
+        // Recorded before any index is read: from now on an older
+        // attachment deletes nothing (see crate::remote::generation).
+        generation::write_generation(&storage, tenant_id, generation, &cancel).await.map_err(remote_err)?;
+        let result = self.download_tenant(&storage, tenant_id, generation).await;
+        match result {
+            Ok(timelines) => {
+                let tenant = self.load_tenant(tenant_id, timelines).await?;
+                tenant.generation.store(generation, Ordering::Release);
+                info!(%tenant_id, generation, timelines = tenant.timelines().len(), "attached tenant");
+                Ok(tenant)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&tenant_dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Download every timeline's newest index (at or below `generation`)
+    /// and its layers; write the indexes locally as `generation`.
+    async fn download_tenant(
+        &self,
+        storage: &remote_storage::GenericRemoteStorage,
+        tenant_id: TenantId,
+        generation: u32,
+    ) -> Result<Vec<utils::id::TimelineId>, RepoError> {
+        let cancel = CancellationToken::new();
+        let ids = download::list_timelines(storage, tenant_id, &cancel).await.map_err(remote_err)?;
+        let timelines_dir = self.conf.workdir.join("tenants").join(tenant_id.to_string()).join("timelines");
+        tokio::fs::create_dir_all(&timelines_dir).await.map_err(|e| remote_err(format!("{}: {e}", timelines_dir.display())))?;
+        let mut attached = Vec::new();
+        for id in ids {
+            let Some((found, index)) =
+                download::newest_index(storage, tenant_id, id, generation, &cancel).await.map_err(remote_err)?
+            else {
+                continue;
+            };
+            let dir = self.timeline_dir(tenant_id, id);
+            tokio::fs::create_dir_all(&dir).await.map_err(|e| remote_err(format!("{}: {e}", dir.display())))?;
+            for layer in &index.layers {
+                download::download_layer(storage, tenant_id, id, layer, &dir, &cancel).await.map_err(remote_err)?;
+            }
+            let local = IndexPart { generation, ..index };
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || index::save(&d, &local))
+                .await
+                .map_err(remote_err)?
+                .map_err(|e| remote_err(format!("{}: {e}", dir.display())))?;
+            info!(%tenant_id, timeline_id = %id, from_generation = found, "downloaded timeline");
+            attached.push(id);
+        }
+        Ok(attached)
+    }
+
+    /// Flush every timeline of the tenant, wait for its uploads, and remove
+    /// its local state.
+    pub async fn detach_tenant(&self, tenant_id: TenantId) -> Result<(), RepoError> {
+        let tenant = self.get_tenant(tenant_id)?;
+        for tl in tenant.timelines() {
+            crate::ingest::walreceiver::remove(&tl).await;
+            tl.freeze_and_flush().await?;
+            if let Some(remote) = tl.remote() {
+                remote.wait_uploaded().await;
+                remote.shutdown();
+            }
+            tl.shutdown();
+        }
+        self.tenants.write().unwrap_or_else(|e| e.into_inner()).remove(&tenant_id);
+        let dir = tenant.path.clone();
+        tokio::fs::remove_dir_all(&dir).await.map_err(|e| remote_err(format!("removing {}: {e}", dir.display())))?;
+        info!(%tenant_id, "detached tenant");
+        Ok(())
+    }
+}
