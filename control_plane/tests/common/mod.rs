@@ -128,21 +128,12 @@ pub fn pageserver_http(repo: &Repo) -> String {
 
 /// `GET http://127.0.0.1:{port}{path}` (HTTP/1.0, whole body).
 pub fn http_get(port: u16, path: &str) -> String {
-    http_request("GET", port, path)
+    http_request("GET", port, path).1
 }
 
 /// `POST http://127.0.0.1:{port}{path}` without a body (HTTP/1.0, whole body).
 pub fn http_post(port: u16, path: &str) -> String {
-    http_request("POST", port, path)
-}
-
-fn http_request(method: &str, port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(conn, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+    http_request("POST", port, path).1
 }
 
 /// The value of an unlabelled Prometheus sample `name` in `metrics`; `None`
