@@ -21,6 +21,10 @@
 //!   a restart would not find.
 //! * A branch's own layers hold only LSNs above `ancestor_lsn`; reads below
 //!   that continue in the ancestor at `ancestor_lsn`.
+//! * Backpressure: at most [`MAX_FROZEN_LAYERS`] frozen layers exist;
+//!   ingest waits ([`Timeline::wait_for_flush_backlog`]) before adding more.
+//! * An import writes image layer files and then the first index
+//!   ([`Timeline::commit_import`] via [`crate::ingest::import`]).
 //! * Reads below `gc_cutoff_lsn` are refused; GC (submodule `gc`) removes
 //!   only layers no read at or above it, and no child branch point, needs.
 //!
