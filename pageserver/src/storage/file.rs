@@ -519,11 +519,13 @@ impl LayerFile {
         Ok(b)
     }
 
-    fn flat_entry(&self, opened: &Opened, i: u64, cached: bool) -> Result<IndexEntry, LayerFileError> {
+    /// Entry `i` of a version-1 index. Always through the cache (also for
+    /// scans: a chunk holds 195 consecutive entries, read once).
+    fn flat_entry(&self, opened: &Opened, i: u64) -> Result<IndexEntry, LayerFileError> {
         let IndexShape::Flat { offset } = opened.shape else { return Err(self.err("not a flat index")) };
         let chunk = i / FLAT_CHUNK_ENTRIES;
         let load = || self.read_flat_chunk(opened, offset, chunk);
-        let buf = if cached { block_cache::global().get_or_load(opened.file_id, chunk, load)? } else { load()? };
+        let buf = block_cache::global().get_or_load(opened.file_id, chunk, load)?;
         let at = (i % FLAT_CHUNK_ENTRIES) as usize * LEAF_ENTRY_SIZE;
         Ok(decode_leaf_entry(&buf[at..]))
     }
@@ -536,7 +538,7 @@ impl LayerFile {
                 let (mut lo, mut hi) = (0, opened.entries);
                 while lo < hi {
                     let mid = lo + (hi - lo) / 2;
-                    let e = self.flat_entry(opened, mid, cached)?;
+                    let e = self.flat_entry(opened, mid)?;
                     if (e.key, e.lsn) < target {
                         lo = mid + 1;
                     } else {
@@ -583,9 +585,9 @@ impl LayerFile {
     }
 
     /// The entry at the cursor, if it is not past the end.
-    fn current(&self, opened: &Opened, cursor: &Cursor, cached: bool) -> Result<Option<IndexEntry>, LayerFileError> {
+    fn current(&self, opened: &Opened, cursor: &Cursor, _cached: bool) -> Result<Option<IndexEntry>, LayerFileError> {
         let e = match cursor {
-            Cursor::Flat(i) if *i < opened.entries => self.flat_entry(opened, *i, cached)?,
+            Cursor::Flat(i) if *i < opened.entries => self.flat_entry(opened, *i)?,
             Cursor::Flat(_) => return Ok(None),
             Cursor::BTree(path) => match path.last() {
                 Some((leaf, i)) if *i < block_count(leaf) => leaf_entry(leaf, *i),
