@@ -286,13 +286,25 @@ impl Cluster {
         if let Some(prev) = prev {
             url.push_str(&format!("&prev_lsn={prev}"));
         }
-        let archive = api.download(&url).await?;
-        if ep.pgdata.exists() {
-            std::fs::remove_dir_all(&ep.pgdata).with_context(|| format!("remove old {}", ep.pgdata.display()))?;
-        }
-        std::fs::create_dir_all(&ep.pgdata)?;
-        tar::Archive::new(&archive[..]).unpack(&ep.pgdata).context("unpack basebackup")?;
-        Ok(())
+        // Streamed to a file beside the data directory, then unpacked from
+        // it: the tar is never held in memory.
+        let mut tar_name = ep.pgdata.file_name().unwrap_or_default().to_os_string();
+        tar_name.push(".basebackup.tar");
+        let tar_path = ep.pgdata.with_file_name(tar_name);
+        api.download_to(&url, &tar_path).await?;
+        let (pgdata, tar) = (ep.pgdata.clone(), tar_path.clone());
+        let unpacked = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            if pgdata.exists() {
+                std::fs::remove_dir_all(&pgdata).with_context(|| format!("remove old {}", pgdata.display()))?;
+            }
+            std::fs::create_dir_all(&pgdata)?;
+            let file = std::fs::File::open(&tar).with_context(|| format!("open {}", tar.display()))?;
+            tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file)).unpack(&pgdata).context("unpack basebackup")
+        })
+        .await
+        .context("unpack task")?;
+        let _ = std::fs::remove_file(&tar_path);
+        unpacked
     }
 
     /// `strata endpoint stop`.

@@ -189,3 +189,33 @@ pub static REMOTE_PHYSICAL_SIZE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric names are unique")
 });
+
+/// Lookups of layer-file index blocks served by the block cache.
+pub static INDEX_CACHE_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_layer_index_cache_hits_total", "Layer index block reads served by the block cache")
+});
+
+/// Layer-file index blocks read from disk (cache misses).
+pub static INDEX_CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_layer_index_cache_misses_total", "Layer index block reads from disk")
+});
+
+/// Bytes held by the layer index block cache (bounded by its budget).
+pub static INDEX_CACHE_BYTES: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!("strata_pageserver_layer_index_cache_bytes", "Bytes of layer index blocks cached")
+        .expect("metric names are unique")
+});
+
+/// Time ingest waited for frozen in-memory layers to be flushed.
+pub static INGEST_BACKPRESSURE_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
+    prometheus::register_counter!(
+        "strata_pageserver_ingest_backpressure_seconds_total",
+        "Time WAL ingest waited for frozen in-memory layers to be flushed"
+    )
+    .expect("metric names are unique")
+});
+
+/// Times WAL ingest had to wait for frozen in-memory layers to be flushed.
+pub static INGEST_BACKPRESSURE_WAITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_ingest_backpressure_waits_total", "Times WAL ingest waited for frozen layers to be flushed")
+});

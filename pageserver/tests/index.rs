@@ -57,17 +57,17 @@ async fn index_is_written_after_flush_and_image_creation_and_reloaded_after_rest
     assert_eq!(index.gc_cutoff_lsn, Lsn(0));
     assert_eq!(index.metadata.disk_consistent_lsn, tl.disk_consistent_lsn());
     assert_eq!(index.metadata.ancestor_timeline, None);
-    assert_eq!(names_in_index(&index), names_in_map(&tl), "the import's flush wrote the index");
+    assert_eq!(names_in_index(&index), names_in_map(&tl), "the import wrote the index");
     assert_eq!(index.layers.len(), 1);
     let layer = &index.layers[0];
-    assert_eq!(layer.kind, LayerKind::Delta);
+    assert_eq!(layer.kind, LayerKind::Image, "an import writes image layers");
     assert!(layer.name.ends_with("-g00000001"), "{}", layer.name);
     assert_eq!(layer.size_bytes, std::fs::metadata(path.join(&layer.name))?.len());
 
     let created = tl.create_image_layers(lsn).await?;
     assert!(created >= 1);
     let index = index::load(&path)?;
-    assert_eq!(index.layers.iter().filter(|l| l.kind == LayerKind::Image).count(), created);
+    assert_eq!(index.layers.iter().filter(|l| l.kind == LayerKind::Image).count(), created + 1, "the import's and the new");
     assert_eq!(names_in_index(&index), names_in_map(&tl));
     let control = tl.control_file(lsn).await?;
     let dbs = tl.list_dbs(lsn).await?;

@@ -8,26 +8,39 @@
 //!
 //! Invariants: the directory must be shut down cleanly (`pg_control` state
 //! "shut down", CRC valid) and its checkpoint record readable from its
-//! `pg_wal`; otherwise the import fails and nothing is kept. The values are
-//! held in memory until the import is flushed to one layer file, so the
-//! data directory must fit in memory (fine for initdb output and tests).
-//! User tablespaces (`pg_tblspc`) are not imported.
+//! `pg_wal`; otherwise the import fails and nothing is kept. User
+//! tablespaces (`pg_tblspc`) are not imported.
 //!
-//! Cancellation: file reading runs in `spawn_blocking`; dropping the import
-//! leaves an unfinished timeline directory without an index.
+//! Streaming: the directory is read in key order (files listed first,
+//! relation files read in 1 MiB chunks) straight into image layer files at
+//! the import LSN, each cut at a key boundary once it holds about
+//! `checkpoint_distance` bytes; their key ranges together cover the key
+//! space. Memory is a read buffer, one file writer's buffers and the list
+//! of finished files — independent of the directory's size. The index
+//! naming the files is written last, so a failed or interrupted import
+//! leaves a directory without an index, which does not load as a timeline
+//! (the repository removes it on error; a restart skips it).
+//!
+//! Cancellation: reading and writing run in one `spawn_blocking` task;
+//! dropping the import lets that task finish on its own thread and leaves
+//! an unfinished timeline directory without an index.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use postgres_ffi::pg_constants::*;
 use postgres_ffi::{DecodedRecord, RelFileNode, WalStreamDecoder};
+use tracing::{info, instrument};
 use utils::lsn::Lsn;
 
+use crate::storage::file::{LayerFile, LayerFileWriter};
 use crate::storage::key::*;
-use crate::tenant::timeline::{PageReconstructError, Timeline};
 use crate::storage::value::*;
+use crate::storage::LayerDesc;
+use crate::tenant::timeline::{PageReconstructError, Timeline};
 use postgres_ffi::controlfile::{ControlFile, DbState};
 
 /// Blocks per relation segment file (`RELSEG_SIZE`).
@@ -115,10 +128,17 @@ fn checkpoint_record_end(pgdata: &Path, loc: Lsn, tli: u32, seg_size: u64, syste
     Ok(rec.end_lsn)
 }
 
-/// Every key/value of the data directory (blocking).
-pub fn scan_datadir(pgdata: &Path, control: &ControlInfo) -> Result<Vec<(Key, Bytes)>, ImportError> {
-    let mut out: Vec<(Key, Bytes)> = Vec::new();
-    let mut dbdir = BTreeSet::new();
+/// Where [`scan_datadir`] sends the values, in key order.
+pub type Sink<'a> = dyn FnMut(Key, Bytes) -> Result<(), ImportError> + 'a;
+
+/// Send every key/value of the data directory to `sink`, in key order
+/// (see [`crate::storage::key`]): the database directory; per database
+/// its relmapper file, relation directory, then per relation fork its
+/// blocks and size; the SLRUs; two-phase state; `pg_control` and the
+/// checkpoint. Files are listed first (names only) and read in chunks of
+/// [`READ_CHUNK_BYTES`], so memory does not depend on their sizes.
+/// Blocking.
+pub fn scan_datadir(pgdata: &Path, control: &ControlInfo, sink: &mut Sink<'_>) -> Result<(), ImportError> {
     let mut dirs = vec![(GLOBALTABLESPACE_OID, 0u32, pgdata.join("global"))];
     let base = pgdata.join("base");
     for entry in fs::read_dir(&base).map_err(|e| file_err(&base, e))? {
@@ -127,67 +147,98 @@ pub fn scan_datadir(pgdata: &Path, control: &ControlInfo) -> Result<Vec<(Key, By
             dirs.push((DEFAULTTABLESPACE_OID, db, entry.path()));
         }
     }
+    dirs.sort();
+    let dbdir: BTreeSet<(u32, u32)> = dirs.iter().map(|(spc, db, _)| (*spc, *db)).collect();
+    sink(DBDIR_KEY, encode_dbdir(&dbdir))?;
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
     for (spc, db, dir) in dirs {
-        dbdir.insert((spc, db));
-        import_rel_dir(&mut out, spc, db, &dir)?;
+        import_rel_dir(sink, &mut buf, spc, db, &dir)?;
     }
-    out.push((DBDIR_KEY, encode_dbdir(&dbdir)));
     for kind in ALL_SLRU_KINDS {
-        import_slru(&mut out, kind, &pgdata.join(slru_dir_name(kind)))?;
+        import_slru(sink, kind, &pgdata.join(slru_dir_name(kind)))?;
     }
     let twophase = pgdata.join("pg_twophase");
-    let mut xids = BTreeSet::new();
+    let mut files = BTreeMap::new();
     if let Ok(entries) = fs::read_dir(&twophase) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if let (8, Ok(xid)) = (name.len(), u32::from_str_radix(&name, 16)) {
-                let data = fs::read(entry.path()).map_err(|e| file_err(&entry.path(), e))?;
-                out.push((twophase_file_key(xid), Bytes::from(data)));
-                xids.insert(xid);
+                files.insert(xid, entry.path());
             }
         }
     }
-    out.push((TWOPHASEDIR_KEY, encode_u32_set(&xids)));
-    out.push((CONTROLFILE_KEY, control.raw.clone()));
-    out.push((CHECKPOINT_KEY, control.checkpoint.clone()));
-    Ok(out)
+    let xids: BTreeSet<u32> = files.keys().copied().collect();
+    sink(TWOPHASEDIR_KEY, encode_u32_set(&xids))?;
+    for (xid, path) in files {
+        let data = fs::read(&path).map_err(|e| file_err(&path, e))?;
+        sink(twophase_file_key(xid), Bytes::from(data))?;
+    }
+    sink(CONTROLFILE_KEY, control.raw.clone())?;
+    sink(CHECKPOINT_KEY, control.checkpoint.clone())?;
+    Ok(())
 }
 
+/// Bytes read from a relation file at a time.
+pub const READ_CHUNK_BYTES: usize = 1 << 20;
+
 /// Relation files `<relnode>[_fsm|_vm|_init][.segno]` and `pg_filenode.map`.
-fn import_rel_dir(out: &mut Vec<(Key, Bytes)>, spc: u32, db: u32, dir: &Path) -> Result<(), ImportError> {
-    let mut sizes: BTreeMap<(u32, u8), u32> = BTreeMap::new();
+fn import_rel_dir(sink: &mut Sink<'_>, buf: &mut [u8], spc: u32, db: u32, dir: &Path) -> Result<(), ImportError> {
+    let mut relmap = None;
+    // (rel, fork) → segno → file.
+    let mut forks: BTreeMap<(u32, u8), BTreeMap<u32, std::path::PathBuf>> = BTreeMap::new();
     for entry in fs::read_dir(dir).map_err(|e| file_err(dir, e))? {
         let entry = entry.map_err(|e| file_err(dir, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        let path = entry.path();
         if name == "pg_filenode.map" {
-            let data = fs::read(&path).map_err(|e| file_err(&path, e))?;
-            out.push((relmap_file_key(spc, db), Bytes::from(data)));
+            relmap = Some(entry.path());
             continue;
         }
         let Some((rel_node, fork, segno)) = parse_rel_file_name(&name) else { continue };
+        forks.entry((rel_node, fork)).or_default().insert(segno, entry.path());
+    }
+    if let Some(path) = relmap {
         let data = fs::read(&path).map_err(|e| file_err(&path, e))?;
-        if data.len() % BLCKSZ != 0 {
-            return Err(file_err(&path, format!("size {} is not a multiple of {BLCKSZ}", data.len())));
-        }
-        let data = Bytes::from(data);
-        let rel = RelFileNode { spc_node: spc, db_node: db, rel_node };
-        let first = segno * RELSEG_SIZE;
-        let nblocks = (data.len() / BLCKSZ) as u32;
-        for i in 0..nblocks {
-            let page = data.slice(i as usize * BLCKSZ..(i as usize + 1) * BLCKSZ);
-            out.push((rel_block_key(rel, fork, first + i), page));
-        }
-        let size = sizes.entry((rel_node, fork)).or_default();
-        *size = (*size).max(first + nblocks);
+        sink(relmap_file_key(spc, db), Bytes::from(data))?;
     }
-    let dir_set: BTreeSet<(u32, u8)> = sizes.keys().copied().collect();
-    for ((rel_node, fork), n) in sizes {
+    let dir_set: BTreeSet<(u32, u8)> = forks.keys().copied().collect();
+    sink(rel_dir_key(spc, db), encode_reldir(&dir_set))?;
+    for ((rel_node, fork), segments) in forks {
         let rel = RelFileNode { spc_node: spc, db_node: db, rel_node };
-        out.push((rel_size_key(rel, fork), encode_u32(n)));
+        let mut size = 0u32;
+        for (segno, path) in segments {
+            let first = segno.checked_mul(RELSEG_SIZE).ok_or_else(|| file_err(&path, "segment number too large"))?;
+            let nblocks = stream_blocks(&path, buf, |i, page| sink(rel_block_key(rel, fork, first + i), page))?;
+            size = size.max(first + nblocks);
+        }
+        sink(rel_size_key(rel, fork), encode_u32(size))?;
     }
-    out.push((rel_dir_key(spc, db), encode_reldir(&dir_set)));
     Ok(())
+}
+
+/// Read `path` in chunks, calling `f` with each block number and page;
+/// the number of blocks.
+fn stream_blocks(
+    path: &Path,
+    buf: &mut [u8],
+    mut f: impl FnMut(u32, Bytes) -> Result<(), ImportError>,
+) -> Result<u32, ImportError> {
+    let mut file = fs::File::open(path).map_err(|e| file_err(path, e))?;
+    let len = file.metadata().map_err(|e| file_err(path, e))?.len();
+    if len % BLCKSZ as u64 != 0 {
+        return Err(file_err(path, format!("size {len} is not a multiple of {BLCKSZ}")));
+    }
+    let nblocks = u32::try_from(len / BLCKSZ as u64).map_err(|_| file_err(path, format!("size {len} is too large")))?;
+    let mut blkno = 0u32;
+    while blkno < nblocks {
+        let n = ((nblocks - blkno) as usize).min(buf.len() / BLCKSZ);
+        let chunk = &mut buf[..n * BLCKSZ];
+        file.read_exact(chunk).map_err(|e| file_err(path, format!("read block {blkno}: {e}")))?;
+        for (i, page) in chunk.chunks_exact(BLCKSZ).enumerate() {
+            f(blkno + i as u32, Bytes::copy_from_slice(page))?;
+        }
+        blkno += n as u32;
+    }
+    Ok(nblocks)
 }
 
 /// `16384`, `16384_vm`, `16384.1`, `16384_fsm.2` → (rel, fork, segno).
@@ -206,43 +257,129 @@ pub fn parse_rel_file_name(name: &str) -> Option<(u32, u8, u32)> {
     Some((rel.parse().ok()?, fork, segno))
 }
 
-fn import_slru(out: &mut Vec<(Key, Bytes)>, kind: crate::walredo::SlruKind, dir: &Path) -> Result<(), ImportError> {
-    let mut segs = BTreeSet::new();
+fn import_slru(sink: &mut Sink<'_>, kind: crate::walredo::SlruKind, dir: &Path) -> Result<(), ImportError> {
+    let mut segs = BTreeMap::new();
     for entry in fs::read_dir(dir).map_err(|e| file_err(dir, e))? {
         let entry = entry.map_err(|e| file_err(dir, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
         let Ok(segno) = u32::from_str_radix(&name, 16) else { continue };
-        let data = Bytes::from(fs::read(entry.path()).map_err(|e| file_err(&entry.path(), e))?);
+        segs.insert(segno, entry.path());
+    }
+    let segnos: BTreeSet<u32> = segs.keys().copied().collect();
+    sink(slru_dir_key(kind), encode_u32_set(&segnos))?;
+    for (segno, path) in segs {
+        // An SLRU segment is at most 32 pages.
+        let data = Bytes::from(fs::read(&path).map_err(|e| file_err(&path, e))?);
         let npages = (data.len() / BLCKSZ) as u32;
         for i in 0..npages {
             let page = data.slice(i as usize * BLCKSZ..(i as usize + 1) * BLCKSZ);
-            out.push((slru_block_key(kind, segno, i), page));
+            sink(slru_block_key(kind, segno, i), page)?;
         }
-        out.push((slru_segment_size_key(kind, segno), encode_u32(npages)));
-        segs.insert(segno);
+        sink(slru_segment_size_key(kind, segno), encode_u32(npages))?;
     }
-    out.push((slru_dir_key(kind), encode_u32_set(&segs)));
     Ok(())
 }
 
-/// Import `pgdata` into the empty timeline `tl` at `control.checkpoint_end`
-/// and flush it to a layer file (which also writes the index).
-pub async fn import_datadir(tl: &Timeline, pgdata: &Path, control: &ControlInfo) -> Result<Lsn, ImportError> {
-    let lsn = control.checkpoint_end;
-    let (dir, c) = (pgdata.to_path_buf(), control.clone());
-    let values = tokio::task::spawn_blocking(move || scan_datadir(&dir, &c))
-        .await
-        .map_err(|e| file_err(pgdata, e))??;
-    {
-        let _w = tl.write_lock.lock().await;
-        let items = values.into_iter().map(|(k, v)| (k, lsn, Value::Image(v))).collect();
-        tl.put_batch(items)?;
-        tl.finish_write(lsn);
-        tl.set_prev_record_lsn(control.checkpoint_loc);
-        tl.freeze_locked();
+/// Writes the values of an import, in key order, to image layer files at
+/// one LSN, cut at a key boundary once a file holds `target_bytes`; the
+/// files' key ranges are contiguous and cover the whole key space.
+struct ImageLayerSink {
+    dir: std::path::PathBuf,
+    lsn: Lsn,
+    generation: u32,
+    target_bytes: u64,
+    writer: Option<LayerFileWriter>,
+    files: Vec<LayerFile>,
+    stats: ImportStats,
+}
+
+/// What an import wrote.
+#[derive(Clone, Debug, Default)]
+pub struct ImportStats {
+    /// Values (pages and metadata) imported.
+    pub values: u64,
+    /// Bytes of values read from the data directory.
+    pub value_bytes: u64,
+    /// Image layer files written.
+    pub layer_files: usize,
+    /// Bytes of the largest layer file.
+    pub max_layer_file_bytes: u64,
+}
+
+impl ImageLayerSink {
+    fn writer_from(&self, start: Key) -> Result<LayerFileWriter, ImportError> {
+        let desc = LayerDesc { key_range: start..Key::MAX, lsn_range: self.lsn..self.lsn + 1, is_image: true, generation: self.generation };
+        LayerFileWriter::new(&self.dir, desc).map_err(|e| file_err(&self.dir, format!("creating an image layer: {e}")))
     }
-    tl.flush_frozen_layers().await?;
-    Ok(lsn)
+
+    fn put(&mut self, key: Key, value: Bytes) -> Result<(), ImportError> {
+        let mut w = match self.writer.take() {
+            Some(mut w) if w.bytes_written() >= self.target_bytes && w.last_key() != Some(key) => {
+                w.set_key_end(key);
+                self.finish_file(w)?;
+                self.writer_from(key)?
+            }
+            Some(w) => w,
+            None => self.writer_from(Key::MIN)?,
+        };
+        self.stats.values += 1;
+        self.stats.value_bytes += value.len() as u64;
+        w.put(key, self.lsn, &Value::Image(value)).map_err(|e| file_err(&self.dir, format!("writing an image layer: {e}")))?;
+        self.writer = Some(w);
+        Ok(())
+    }
+
+    fn finish_file(&mut self, w: LayerFileWriter) -> Result<(), ImportError> {
+        let file = w.finish().map_err(|e| file_err(&self.dir, format!("writing an image layer: {e}")))?;
+        self.stats.layer_files += 1;
+        self.stats.max_layer_file_bytes = self.stats.max_layer_file_bytes.max(file.size_bytes);
+        self.files.push(file);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(Vec<LayerFile>, ImportStats), ImportError> {
+        let w = match self.writer.take() {
+            Some(w) => w,
+            None => self.writer_from(Key::MIN)?,
+        };
+        self.finish_file(w)?;
+        Ok((self.files, self.stats))
+    }
+}
+
+/// Import `pgdata` into the empty timeline `tl` at `control.checkpoint_end`:
+/// image layer files of about `checkpoint_distance` bytes each, written
+/// while the directory is read (one blocking task), then the index naming
+/// them. Until the index is written the directory does not load as a
+/// timeline; on error the caller removes it.
+pub async fn import_datadir(tl: &Timeline, pgdata: &Path, control: &ControlInfo) -> Result<Lsn, ImportError> {
+    Ok(import_datadir_stats(tl, pgdata, control).await?.0)
+}
+
+/// [`import_datadir`], with what it wrote.
+#[instrument(skip_all, fields(tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id))]
+pub async fn import_datadir_stats(tl: &Timeline, pgdata: &Path, control: &ControlInfo) -> Result<(Lsn, ImportStats), ImportError> {
+    let lsn = control.checkpoint_end;
+    let sink = ImageLayerSink {
+        dir: tl.path.clone(),
+        lsn,
+        generation: tl.generation,
+        target_bytes: tl.conf().checkpoint_distance.max(1) as u64,
+        writer: None,
+        files: Vec::new(),
+        stats: ImportStats::default(),
+    };
+    let (dir, c) = (pgdata.to_path_buf(), control.clone());
+    let (files, stats) = tokio::task::spawn_blocking(move || {
+        let mut sink = sink;
+        scan_datadir(&dir, &c, &mut |k, v| sink.put(k, v))?;
+        sink.finish()
+    })
+    .await
+    .map_err(|e| file_err(pgdata, e))??;
+    tl.commit_import(files.into_iter().map(Arc::new).collect(), lsn, control.checkpoint_loc).await?;
+    info!(%lsn, values = stats.values, bytes = stats.value_bytes, layer_files = stats.layer_files, "imported data directory");
+    Ok((lsn, stats))
 }
 
 /// A fresh cluster made by stock `initdb` (as the unprivileged user) in a

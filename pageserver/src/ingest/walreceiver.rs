@@ -20,6 +20,13 @@
 //! connection resumes at `last_record_lsn`, so a switch leaves no gap and
 //! ingests no record twice.
 //!
+//! Backpressure: before a message of WAL is ingested, the task waits while
+//! [`crate::tenant::timeline::MAX_FROZEN_LAYERS`] frozen in-memory layers
+//! are not flushed yet (still sending feedback every second, and starting
+//! a flush again if none runs), so memory does not pile up when flushes
+//! are slower than the WAL; the time waited is counted in
+//! `strata_pageserver_ingest_backpressure_seconds_total`.
+//!
 //! Owns: the task and its [`WalReceiverStatus`] (kept in the timeline).
 //! Invariants: WAL is ingested strictly in order from `last_record_lsn`;
 //! a gap or decode error ends the connection and the next one restarts
@@ -359,7 +366,7 @@ async fn stream_once(
         let msg = tokio::select! {
             _ = cancel.cancelled() => return Ok(true),
             _ = tick.tick() => {
-                if tl.should_freeze() {
+                if tl.should_freeze() && !tl.flush_backlog_full() {
                     let _w = tl.write_lock.lock().await;
                     tl.freeze_locked();
                     spawn_flush(tl);
@@ -378,6 +385,20 @@ async fn stream_once(
         match msg {
             None => return Ok(false),
             Some(ReplicationMessage::XLogData(d)) => {
+                // Backpressure: no more WAL into memory while the frozen
+                // layers wait for their flush; keep answering the source.
+                while tl.flush_backlog_full() {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(true),
+                        _ = tl.wait_for_flush_backlog() => {}
+                        _ = tick.tick() => {
+                            if !tl.flush_in_progress() {
+                                spawn_flush(tl); // the last one failed: retry
+                            }
+                            send_feedback(tl, source.kind, &mut stream).await?;
+                        }
+                    }
+                }
                 if d.wal_start != decoder.available_lsn() {
                     return Err(format!("WAL gap: got data at {}, expected {}", d.wal_start, decoder.available_lsn()));
                 }

@@ -74,12 +74,10 @@ pub fn held_key_runs(layer: &LayerFile) -> Result<Vec<Range<Key>>, LayerFileErro
         return Ok(vec![layer.desc.key_range.clone()]);
     }
     let mut runs: Vec<(Key, Range<Key>)> = Vec::new();
-    for key in layer.keys()? {
-        match runs.last_mut() {
-            Some((class, run)) if *class == class_start(key) => run.end = key.next(),
-            _ => runs.push((class_start(key), key..key.next())),
-        }
-    }
+    layer.for_each_key(|key| match runs.last_mut() {
+        Some((class, run)) if *class == class_start(key) => run.end = key.next(),
+        _ => runs.push((class_start(key), key..key.next())),
+    })?;
     Ok(runs.into_iter().map(|(_, r)| r).collect())
 }
 

@@ -7,6 +7,7 @@
 //!
 //! * [`inmemory`]: the in-memory layer.
 //! * [`file`]: the on-disk format shared by delta and image layers.
+//! * [`block_cache`]: the bounded, process-wide cache of layer index blocks.
 //! * [`layer_map`]: the set of layers of a timeline and the search.
 //! * [`index`]: `index.json`, the timeline's durable layer set and metadata.
 //! * [`partition`]: the key partitions image layers are made for.
@@ -28,6 +29,7 @@
 //!
 //! Cancellation: nothing here awaits; file I/O is blocking and callers run
 //! it in `spawn_blocking`.
+pub mod block_cache;
 pub mod compaction;
 pub mod file;
 pub mod gc;

@@ -21,6 +21,10 @@
 //!   a restart would not find.
 //! * A branch's own layers hold only LSNs above `ancestor_lsn`; reads below
 //!   that continue in the ancestor at `ancestor_lsn`.
+//! * Backpressure: at most [`MAX_FROZEN_LAYERS`] frozen layers exist;
+//!   ingest waits ([`Timeline::wait_for_flush_backlog`]) before adding more.
+//! * An import writes image layer files and then the first index
+//!   ([`Timeline::commit_import`] via [`crate::ingest::import`]).
 //! * Reads below `gc_cutoff_lsn` are refused; GC (submodule `gc`) removes
 //!   only layers no read at or above it, and no child branch point, needs.
 //!
@@ -38,7 +42,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -195,7 +199,19 @@ pub struct Timeline {
     pub(crate) walredo: Arc<PostgresRedoManager>,
     /// The upload queue, when the pageserver has remote storage.
     remote: OnceLock<Arc<RemoteTimelineClient>>,
+    /// Signalled whenever a flush removed a frozen layer (backpressure).
+    flushed: tokio::sync::Notify,
+    /// Most frozen layers seen at once (for tests of the backpressure).
+    frozen_high_water: AtomicUsize,
+    /// Test hook: flushes wait while set ([`Timeline::pause_flushes_for_tests`]).
+    flush_paused: tokio::sync::watch::Sender<bool>,
+    flush_paused_flag: AtomicBool,
 }
+
+/// Ingest waits while this many frozen in-memory layers are not flushed
+/// yet ([`Timeline::wait_for_flush_backlog`]), so at most this many exist:
+/// memory stays at about `(MAX_FROZEN_LAYERS + 1) * checkpoint_distance`.
+pub const MAX_FROZEN_LAYERS: usize = 2;
 
 impl std::fmt::Debug for Timeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -245,6 +261,10 @@ impl Timeline {
             flush_lock: tokio::sync::Mutex::new(()),
             index_lock: tokio::sync::Mutex::new(()),
             rel_size_cache: RwLock::new(HashMap::new()),
+            flushed: tokio::sync::Notify::new(),
+            frozen_high_water: AtomicUsize::new(0),
+            flush_paused: tokio::sync::watch::Sender::new(false),
+            flush_paused_flag: AtomicBool::new(false),
             walredo,
             remote: OnceLock::new(),
         }
@@ -621,7 +641,62 @@ impl Timeline {
             }
             open.freeze(end);
             map.frozen.push(open);
+            self.frozen_high_water.fetch_max(map.frozen.len(), Ordering::Relaxed);
         }
+    }
+
+    /// Whether ingest must wait for a flush before taking more WAL: at
+    /// least [`MAX_FROZEN_LAYERS`] frozen layers are not flushed yet.
+    pub fn flush_backlog_full(&self) -> bool {
+        self.read_layers().frozen.len() >= MAX_FROZEN_LAYERS
+    }
+
+    /// Whether a flush holds the flush lock now.
+    pub fn flush_in_progress(&self) -> bool {
+        self.flush_lock.try_lock().is_err()
+    }
+
+    /// Wait (asynchronously) until fewer than [`MAX_FROZEN_LAYERS`] frozen
+    /// layers wait for their flush. The time waited is added to
+    /// `strata_pageserver_ingest_backpressure_seconds_total`, also when the
+    /// wait is cancelled (dropping it is safe: it changes nothing).
+    pub async fn wait_for_flush_backlog(&self) {
+        struct Timer(Option<std::time::Instant>);
+        impl Drop for Timer {
+            fn drop(&mut self) {
+                if let Some(t) = self.0 {
+                    metrics::INGEST_BACKPRESSURE_SECONDS.inc_by(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let mut timer = Timer(None);
+        loop {
+            let notified = self.flushed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.flush_backlog_full() {
+                return;
+            }
+            if timer.0.is_none() {
+                timer.0 = Some(std::time::Instant::now());
+                metrics::INGEST_BACKPRESSURE_WAITS.inc();
+            }
+            notified.await;
+        }
+    }
+
+    /// The most frozen layers that existed at once so far.
+    #[doc(hidden)]
+    pub fn frozen_layers_high_water(&self) -> usize {
+        self.frozen_high_water.load(Ordering::Relaxed)
+    }
+
+    /// Test hook: while paused, flushes wait (holding the flush lock)
+    /// before writing anything.
+    #[doc(hidden)]
+    pub fn pause_flushes_for_tests(&self, paused: bool) {
+        self.flush_paused_flag.store(paused, Ordering::Release);
+        self.flush_paused.send_replace(paused);
     }
 
     /// Freeze the open layer and flush every frozen layer to disk.
@@ -639,6 +714,10 @@ impl Timeline {
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
     pub async fn flush_frozen_layers(&self) -> Result<()> {
         let _f = self.flush_lock.lock().await;
+        if self.flush_paused_flag.load(Ordering::Acquire) {
+            let mut paused = self.flush_paused.subscribe();
+            let _ = paused.wait_for(|p| !*p).await;
+        }
         let mut flushed = false;
         loop {
             let Some(frozen) = self.read_layers().frozen.first().cloned() else { break };
@@ -688,8 +767,30 @@ impl Timeline {
         files: Vec<Arc<LayerFile>>,
         flushed: Option<(&Arc<InMemoryLayer>, Lsn)>,
     ) -> Result<()> {
+        let frozen = flushed.map(|(frozen, _)| frozen);
+        self.commit_layers_at(files, frozen, flushed.map_or(Lsn(0), |(_, lsn)| lsn)).await
+    }
+
+    /// Make the image layer files of an import (at `lsn`, the timeline's
+    /// first state) part of the timeline: last record and disk-consistent
+    /// LSN become `lsn`. Writes the timeline's first index.
+    pub(crate) async fn commit_import(&self, files: Vec<Arc<LayerFile>>, lsn: Lsn, prev_record_lsn: Lsn) -> Result<()> {
+        {
+            let _w = self.write_lock.lock().await;
+            self.finish_write(lsn);
+            self.set_prev_record_lsn(prev_record_lsn);
+        }
+        self.commit_layers_at(files, None, lsn).await
+    }
+
+    async fn commit_layers_at(
+        &self,
+        files: Vec<Arc<LayerFile>>,
+        flushed: Option<&Arc<InMemoryLayer>>,
+        new_disk_consistent_lsn: Lsn,
+    ) -> Result<()> {
         let _i = self.index_lock.lock().await;
-        let dcl = flushed.map_or(Lsn(0), |(_, lsn)| lsn).max(self.disk_consistent_lsn());
+        let dcl = new_disk_consistent_lsn.max(self.disk_consistent_lsn());
         let index = self.index_with(&files, dcl);
         self.save_index(index, &files, &[]).await?;
         {
@@ -697,9 +798,12 @@ impl Timeline {
             for file in files {
                 map.insert(file);
             }
-            if let Some((frozen, _)) = flushed {
+            if let Some(frozen) = flushed {
                 map.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
             }
+        }
+        if flushed.is_some() {
+            self.flushed.notify_waiters();
         }
         self.disk_consistent_lsn.fetch_max(dcl.0, Ordering::AcqRel);
         self.update_physical_size_metric();
