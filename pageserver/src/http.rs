@@ -11,8 +11,11 @@
 //!   a branch (`ancestor_timeline_id`, optional `ancestor_start_lsn`) or an
 //!   import (`import_pgdata`: path of a shut-down PostgreSQL 15 data directory)
 //! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}[?include_size=true]` — detail
-//!   (LSNs, layer counts, `current_physical_size`, `gc_cutoff_lsn`, `pitr_cutoff_lsn`)
+//!   (LSNs, layer counts, `current_physical_size` (all layers, local or remote),
+//!   `resident_physical_size` (on local disk), `remote_consistent_lsn`, `gc_cutoff_lsn`,
+//!   `pitr_cutoff_lsn`)
 //! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/layers` — the layer files
+//!   (each `resident` or only in remote storage)
 //! * `POST   /v1/tenant/{tenant_id}/timeline/{timeline_id}/compact[?force=true]` — a
 //!   compaction pass now (L0 → L1 when `compaction_threshold` L0 files exist, or any
 //!   with `force`; then image layers where needed); what it did
@@ -44,8 +47,9 @@
 //! Errors are `{"error": "..."}` with 400 (bad request / below the branch
 //! point), 404 (unknown tenant, timeline, relation or block, or no such
 //! route), 405 (method not allowed), 409 (conflict), 415/422 (request body
-//! not JSON / not of the expected shape), 504 (LSN not ingested in time) or
-//! 500. Malformed path, query and body input is rejected by the extractors
+//! not JSON / not of the expected shape), 503 (remote storage unavailable,
+//! e.g. a layer a read needs could not be downloaded: the message names
+//! it), 504 (LSN not ingested in time) or 500. Malformed path, query and body input is rejected by the extractors
 //! [`ApiPath`], [`ApiQuery`] and [`ApiJson`] with the same JSON body.
 //!
 //! Routes are declared once, in the `routes!` table of [`router`]: it both
@@ -91,6 +95,7 @@ impl From<PageReconstructError> for ApiError {
             MissingKey { .. } | RelationNotFound { .. } | BlockBeyondEnd { .. } => StatusCode::NOT_FOUND,
             BelowBranchPoint { .. } | BelowGcCutoff { .. } => StatusCode::BAD_REQUEST,
             WaitLsnTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            LayerDownload { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
@@ -150,6 +155,9 @@ pub struct LayerInfo {
     pub lsn_end: Lsn,
     pub size_bytes: u64,
     pub generation: u32,
+    /// Whether the file is on local disk (else only in remote storage,
+    /// downloaded when a read needs it).
+    pub resident: bool,
 }
 
 /// `GET .../layers`.
@@ -177,6 +185,7 @@ pub struct LayerCounts {
     pub delta_files: usize,
     pub image_files: usize,
     pub in_memory: usize,
+    /// Bytes of the layer files on local disk (`resident_physical_size`).
     pub bytes_on_disk: u64,
 }
 
@@ -195,8 +204,11 @@ pub struct TimelineDetail {
     pub pg_version: u32,
     pub system_id: u64,
     pub layers: LayerCounts,
-    /// Bytes of the timeline's layer files.
+    /// Bytes of the timeline's layer files, on local disk or only in
+    /// remote storage.
     pub current_physical_size: u64,
+    /// Bytes of the layer files on local disk.
+    pub resident_physical_size: u64,
     /// Reads, branches and basebackups below it are refused (GC may have removed their layers).
     pub gc_cutoff_lsn: Lsn,
     /// The LSN at `now - pitr_interval` as the last GC pass found it (null before one).
@@ -211,7 +223,8 @@ pub struct TimelineDetail {
 }
 
 async fn detail(tl: &Timeline, include_size: bool) -> ApiResult<TimelineDetail> {
-    let (delta_files, image_files, in_memory, bytes_on_disk) = tl.layer_stats();
+    let (delta_files, image_files, in_memory, all_layer_bytes) = tl.layer_stats();
+    let resident = tl.resident_physical_size_bytes();
     let logical_size = if include_size { Some(tl.logical_size(tl.last_record_lsn()).await?) } else { None };
     Ok(TimelineDetail {
         tenant_id: tl.tenant_id,
@@ -224,8 +237,9 @@ async fn detail(tl: &Timeline, include_size: bool) -> ApiResult<TimelineDetail> 
         initdb_lsn: tl.initdb_lsn,
         pg_version: tl.pg_version,
         system_id: tl.system_id,
-        layers: LayerCounts { delta_files, image_files, in_memory, bytes_on_disk },
-        current_physical_size: bytes_on_disk,
+        layers: LayerCounts { delta_files, image_files, in_memory, bytes_on_disk: resident },
+        current_physical_size: all_layer_bytes,
+        resident_physical_size: resident,
         gc_cutoff_lsn: tl.gc_cutoff_lsn(),
         pitr_cutoff_lsn: tl.last_pitr_cutoff_lsn(),
         logical_size,
@@ -294,9 +308,10 @@ async fn list_layers(
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
     let (_, _, in_memory_layers, current_physical_size) = tl.layer_stats();
     let layers = tl
-        .layers()
+        .historic_layers()
         .into_iter()
-        .map(|l| {
+        .map(|file| {
+            let l = crate::storage::index::IndexLayer::new(file.file_name(), &file.desc, file.size_bytes);
             let level = match l.desc() {
                 Ok(d) if !d.is_image => Some(if is_level0(&d) { "L0" } else { "L1" }),
                 _ => None,
@@ -311,6 +326,7 @@ async fn list_layers(
                 lsn_end: l.lsn_end,
                 size_bytes: l.size_bytes,
                 generation: l.generation,
+                resident: file.is_resident(),
             }
         })
         .collect();

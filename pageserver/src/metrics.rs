@@ -91,14 +91,41 @@ pub static GC_LAYERS_REMOVED: LazyLock<IntCounter> =
 pub static GC_BYTES_REMOVED: LazyLock<IntCounter> =
     LazyLock::new(|| counter("strata_pageserver_gc_reclaimed_bytes_total", "Bytes of layer files removed by GC"));
 
-/// Bytes of a timeline's layer files.
+/// Bytes of a timeline's layer files, on local disk or only in remote
+/// storage (the API's `current_physical_size`).
 pub static PHYSICAL_SIZE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "strata_pageserver_physical_size_bytes",
-        "Bytes of a timeline's layer files",
+        "Bytes of a timeline's layer files, resident or remote-only",
         &["tenant_id", "timeline_id"]
     )
     .expect("metric names are unique")
+});
+
+/// Bytes of a timeline's layer files on local disk (seed 001's
+/// `pageserver_resident_physical_size`).
+pub static RESIDENT_PHYSICAL_SIZE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "strata_pageserver_resident_physical_size_bytes",
+        "Bytes of a timeline's layer files on local disk",
+        &["tenant_id", "timeline_id"]
+    )
+    .expect("metric names are unique")
+});
+
+/// Layer files evicted (deleted locally, kept in remote storage).
+pub static LAYER_EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_layer_evictions_total", "Layer files evicted from local disk (kept in remote storage)")
+});
+
+/// Eviction passes that found the resident size over the limit.
+pub static EVICTION_PASSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_eviction_passes_total", "Eviction passes run with the resident size over the limit")
+});
+
+/// Layer downloads that failed after all attempts.
+pub static LAYER_DOWNLOAD_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_remote_layer_download_errors_total", "Layer downloads that failed after all attempts")
 });
 
 /// Layer files of a timeline by kind (`l0`, `l1`, `image`).
@@ -180,7 +207,8 @@ pub static UPLOAD_QUEUE_PENDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric names are unique")
 });
 
-/// Bytes of a timeline's layers in remote storage (its last uploaded index).
+/// Bytes of a timeline's layers in remote storage (its last uploaded
+/// index; seed 001's `pageserver_remote_physical_size`).
 pub static REMOTE_PHYSICAL_SIZE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "strata_pageserver_remote_physical_size_bytes",

@@ -1,9 +1,11 @@
 //! The `pageserver` binary: opens the repository in `--workdir`, serves the
 //! HTTP management API on `--listen-http` and the page service on
 //! `--listen-pg`, and resumes the WAL sources recorded per timeline. With
-//! `--remote-storage`, every layer and index is uploaded there and tenants
-//! can be attached from it. Stops on SIGINT/SIGTERM, flushing in-memory
-//! layers first.
+//! `--remote-storage`, every layer and index is uploaded there, tenants
+//! can be attached from it, layers are downloaded when a read needs them,
+//! and `--resident-limit` bounds the layer bytes kept on local disk
+//! (least recently used layers are evicted back to remote-only). Stops on
+//! SIGINT/SIGTERM, flushing in-memory layers first.
 //!
 //! The storage flags are the defaults of every tenant; a tenant may
 //! override them (`PUT /v1/tenant/{tenant_id}/config`, `strata tenant
@@ -63,6 +65,15 @@ struct Args {
     /// S3 region.
     #[arg(long, requires = "remote_storage")]
     s3_region: Option<String>,
+    /// Budget of layer files on local disk, all tenants together (e.g.
+    /// "64MiB", "10GiB"; default unlimited): least recently used layers
+    /// that are uploaded are evicted to stay under it.
+    #[arg(long, requires = "remote_storage", value_parser = parse_resident_limit)]
+    resident_limit: Option<u64>,
+}
+
+fn parse_resident_limit(s: &str) -> Result<u64, String> {
+    pageserver::tenant::config::parse_size(s).ok_or_else(|| format!("'{s}' is not a size (e.g. 64MiB, 10GiB)"))
 }
 
 fn remote_storage(args: &Args) -> anyhow::Result<Option<remote_storage::GenericRemoteStorage>> {
@@ -92,6 +103,10 @@ async fn main() -> anyhow::Result<()> {
     conf.timeline.compaction_threshold = usize::try_from(args.compaction_threshold).context("--compaction-threshold")?;
     conf.timeline.compaction_period = args.compaction_period;
     conf.remote_storage = remote_storage(&args)?;
+    conf.resident_limit_bytes = args.resident_limit;
+    if let Some(limit) = args.resident_limit {
+        info!(resident_limit_bytes = limit, "resident size limit");
+    }
     let repo = Repository::open(conf).await.context("open repository")?;
     let http = tokio::net::TcpListener::bind(args.listen_http).await.context("bind HTTP")?;
     let pg = tokio::net::TcpListener::bind(args.listen_pg).await.context("bind page service")?;

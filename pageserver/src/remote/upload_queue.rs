@@ -212,6 +212,24 @@ impl RemoteTimelineClient {
         self.lock().remote_layers.contains_key(name)
     }
 
+    /// The size the last uploaded index records for layer `name`, if it
+    /// names it.
+    pub fn uploaded_size(&self, name: &str) -> Option<u64> {
+        self.lock().remote_layers.get(name).copied()
+    }
+
+    /// Whether a newer generation holds the tenant (as last checked): then
+    /// it may delete objects this attachment's index names.
+    pub fn is_stale(&self) -> bool {
+        self.lock().stale
+    }
+
+    /// Cancelled by [`RemoteTimelineClient::shutdown`]: for the timeline's
+    /// other remote operations (layer downloads).
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
     pub fn status(&self) -> RemoteStatus {
         let q = self.lock();
         RemoteStatus {

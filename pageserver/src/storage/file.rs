@@ -41,6 +41,13 @@
 //! index entry pointing outside the file) is a [`LayerFileError`] naming
 //! the file; nothing here panics on file content.
 //!
+//! Residence ([`residence`]): a [`LayerFile`] may be *remote* — named by
+//! the timeline's index but only in remote storage, downloaded on demand.
+//! Reading a remote layer is a [`LayerFileError`] (see
+//! [`LayerFileError::is_not_resident`]); readers take a [`LayerPin`] and
+//! make the layer resident first, and the pin keeps it from being evicted
+//! until the read is done.
+//!
 //! Cancellation: all functions do blocking file I/O: async callers use
 //! `spawn_blocking`. A writer dropped before `finish` leaves its `.tmp`
 //! file (removed at the next start).
@@ -49,7 +56,7 @@ use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use utils::lsn::Lsn;
@@ -58,6 +65,9 @@ use super::block_cache::{self, Block};
 use super::{LayerDesc, ReconstructResult, ValueReconstructState};
 use crate::storage::key::{Key, KEY_SIZE};
 use crate::storage::value::Value;
+
+mod residence;
+pub use residence::{EvictOutcome, LayerPin};
 
 const MAGIC: &[u8; 8] = b"STRATALY";
 const FOOTER_MAGIC: &[u8; 8] = b"STRATEND";
@@ -81,12 +91,23 @@ const MAX_DEPTH: u32 = 12;
 /// Entries of a version-1 index per chunk read through the cache.
 const FLAT_CHUNK_ENTRIES: u64 = (INDEX_BLOCK_SIZE / LEAF_ENTRY_SIZE) as u64;
 
-/// A damaged or unreadable layer file.
+/// A damaged or unreadable layer file, or one that is not on local disk.
 #[derive(Debug, thiserror::Error)]
 #[error("layer file {path}: {reason}")]
 pub struct LayerFileError {
     pub path: PathBuf,
     pub reason: String,
+}
+
+/// The reason of [`LayerFileError`] for a layer that is only in remote
+/// storage.
+pub const NOT_RESIDENT: &str = "not on local disk (remote only: download it first)";
+
+impl LayerFileError {
+    /// Whether the file was not read because it is not resident.
+    pub fn is_not_resident(&self) -> bool {
+        self.reason == NOT_RESIDENT
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -315,12 +336,20 @@ impl LayerFileWriter {
     }
 }
 
-/// An immutable layer file on local disk.
+/// An immutable layer file: on local disk (resident), or only in remote
+/// storage (see [`residence`]).
 pub struct LayerFile {
     pub path: PathBuf,
     pub desc: LayerDesc,
     pub size_bytes: u64,
-    opened: OnceLock<Result<Arc<Opened>, String>>,
+    /// The opened file (a failure to open is remembered until eviction).
+    /// Taken only in blocking code; `residence.resident` changes only while
+    /// it is held (see [`residence`]).
+    opened: Mutex<Option<Result<Arc<Opened>, String>>>,
+    residence: residence::Residence,
+    /// What GC must see covered before removing this layer, once computed
+    /// (kept across eviction: GC needs no download for it).
+    pub(crate) gc_key_runs: OnceLock<Vec<Range<Key>>>,
 }
 
 /// Where the index is.
@@ -374,18 +403,53 @@ fn leaf_entry(b: &[u8], i: usize) -> IndexEntry {
 }
 
 impl LayerFile {
+    /// A layer whose complete file is on local disk.
     pub fn new(path: PathBuf, desc: LayerDesc, size_bytes: u64) -> LayerFile {
-        LayerFile { path, desc, size_bytes, opened: OnceLock::new() }
+        LayerFile::with_residence(path, desc, size_bytes, true)
+    }
+
+    /// A layer that is only in remote storage (its file is downloaded on
+    /// demand to `path`).
+    pub fn new_remote(path: PathBuf, desc: LayerDesc, size_bytes: u64) -> LayerFile {
+        LayerFile::with_residence(path, desc, size_bytes, false)
+    }
+
+    fn with_residence(path: PathBuf, desc: LayerDesc, size_bytes: u64, resident: bool) -> LayerFile {
+        LayerFile {
+            path,
+            desc,
+            size_bytes,
+            opened: Mutex::new(None),
+            residence: residence::Residence::new(resident),
+            gc_key_runs: OnceLock::new(),
+        }
+    }
+
+    /// The file name (the index's name for the layer, which may be a name
+    /// from before generations).
+    pub fn file_name(&self) -> String {
+        self.path.file_name().map_or_else(|| self.desc.file_name(), |n| n.to_string_lossy().into_owned())
     }
 
     fn err(&self, reason: impl Into<String>) -> LayerFileError {
         LayerFileError { path: self.path.clone(), reason: reason.into() }
     }
 
-    /// Open the file and check header and footer (once; a failure is
-    /// remembered).
+    fn not_resident(&self) -> LayerFileError {
+        self.err(NOT_RESIDENT)
+    }
+
+    /// Open the file and check header and footer (once while resident; a
+    /// failure is remembered). A layer that is not resident is an error
+    /// ([`LayerFileError::not_resident`]): callers pin it resident first
+    /// (see [`residence`]). Blocking.
     fn opened(&self) -> Result<Arc<Opened>, LayerFileError> {
-        self.opened.get_or_init(|| self.open().map(Arc::new)).clone().map_err(|reason| self.err(reason))
+        let mut slot = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.residence.is_resident() {
+            return Err(self.not_resident());
+        }
+        let opened = slot.get_or_insert_with(|| self.open().map(Arc::new));
+        opened.clone().map_err(|reason| self.err(reason))
     }
 
     fn open(&self) -> Result<Opened, String> {
@@ -931,6 +995,38 @@ mod tests {
         let full = w.finish().unwrap();
         assert_eq!(full.verify().unwrap(), LEAF_CAPACITY);
         assert!(full.has_key_in(&(key(LEAF_CAPACITY as u32 - 1)..Key::MAX)).unwrap());
+    }
+
+    #[test]
+    fn eviction_waits_for_pins_and_open_handles_and_download_restores() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LayerFileWriter::new(dir.path(), desc()).unwrap();
+        for (k, l, v) in values(500) {
+            w.put(k, l, &v).unwrap();
+        }
+        let file = Arc::new(w.finish().unwrap());
+        let copy = std::fs::read(&file.path).unwrap();
+        check_lookups(&file, 500);
+        let pin = file.pin();
+        assert_eq!(file.try_evict().unwrap(), EvictOutcome::Pinned);
+        drop(pin);
+        let scan = file.values().unwrap();
+        assert_eq!(file.try_evict().unwrap(), EvictOutcome::InUse, "a scan holds the opened handle");
+        drop(scan);
+        let used_before = file.last_use();
+        assert_eq!(file.try_evict().unwrap(), EvictOutcome::Evicted);
+        assert!(!file.path.exists(), "eviction deletes the local file");
+        assert!(!file.is_resident());
+        assert_eq!(file.try_evict().unwrap(), EvictOutcome::NotResident);
+        let mut st = ValueReconstructState::default();
+        let err = file.get_value_reconstruct_data(key(0), Lsn(0)..Lsn(u64::MAX), &mut st).unwrap_err();
+        assert!(err.is_not_resident(), "{err}");
+        assert!(err.to_string().contains(&file.desc.file_name()), "the error names the layer: {err}");
+        // What a download does: the complete file under its name, then mark it.
+        std::fs::write(&file.path, &copy).unwrap();
+        file.mark_resident();
+        assert!(file.last_use() > used_before);
+        check_lookups(&file, 500);
     }
 
     #[test]

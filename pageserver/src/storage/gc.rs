@@ -23,6 +23,11 @@
 //! for their segment, which the rule itself never removes, so removing all
 //! chosen layers at once is safe.
 //!
+//! Remote layers: GC never downloads. A remote delta layer's keys are the
+//! runs remembered from when it was resident, or else its whole key range
+//! (see [`held_key_runs`]); deleting a removed remote layer's local file
+//! finds none.
+//!
 //! Cancellation: nothing here awaits; [`held_key_runs`] reads a layer's
 //! index (blocking file I/O, callers use `spawn_blocking`).
 use std::ops::Range;
@@ -68,9 +73,21 @@ pub struct GcCandidate {
 
 /// The key ranges that must be covered by newer images before `layer` can
 /// go: the whole range of an image layer; per key class, the span of the
-/// keys a delta layer holds. Blocking (reads the layer's index).
-pub fn held_key_runs(layer: &LayerFile) -> Result<Vec<Range<Key>>, LayerFileError> {
+/// keys a delta layer holds. Blocking (reads a resident delta layer's
+/// index once; the runs are kept with the layer, also after eviction).
+///
+/// GC downloads nothing: a remote delta layer whose runs are not known
+/// (not read since an attach or a restart) counts as holding its whole key
+/// range — conservative, it may be kept longer, never removed early.
+pub fn held_key_runs(layer: &Arc<LayerFile>) -> Result<Vec<Range<Key>>, LayerFileError> {
     if layer.desc.is_image {
+        return Ok(vec![layer.desc.key_range.clone()]);
+    }
+    if let Some(runs) = layer.gc_key_runs.get() {
+        return Ok(runs.clone());
+    }
+    let pin = layer.pin_untouched();
+    if !pin.is_resident() {
         return Ok(vec![layer.desc.key_range.clone()]);
     }
     let mut runs: Vec<(Key, Range<Key>)> = Vec::new();
@@ -78,7 +95,9 @@ pub fn held_key_runs(layer: &LayerFile) -> Result<Vec<Range<Key>>, LayerFileErro
         Some((class, run)) if *class == class_start(key) => run.end = key.next(),
         _ => runs.push((class_start(key), key..key.next())),
     })?;
-    Ok(runs.into_iter().map(|(_, r)| r).collect())
+    let runs: Vec<Range<Key>> = runs.into_iter().map(|(_, r)| r).collect();
+    let _ = layer.gc_key_runs.set(runs.clone());
+    Ok(runs)
 }
 
 /// Whether images in `[lsn_end, upto]` cover every run.

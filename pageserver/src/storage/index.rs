@@ -12,8 +12,10 @@
 //!   the old or the new index, never a mix.
 //! * It names only layer files that were complete and durable before it was
 //!   written (writers finish the layer file first), so after a crash every
-//!   named file exists with the recorded size; files it does not name are
-//!   crash leftovers.
+//!   named file exists with the recorded size — or, with remote storage, is
+//!   in remote storage (evicted, or not downloaded since an attach: the
+//!   repository checks the remote index names it); files it does not name
+//!   are crash leftovers.
 //! * Loading never panics on file content: damage is an [`IndexError`]
 //!   naming the file and what is wrong.
 //!
@@ -210,21 +212,33 @@ pub fn load(dir: &Path) -> Result<IndexPart, IndexError> {
 
 /// Check that every layer the index names is in `dir` with its size.
 pub fn check_layer_files(dir: &Path, index: &IndexPart) -> Result<(), IndexError> {
+    match missing_layer_files(dir, index)?.into_iter().next() {
+        Some(layer) => Err(IndexError::MissingLayer { path: dir.join(INDEX_FILE), name: layer.name }),
+        None => Ok(()),
+    }
+}
+
+/// The layers the index names that are not in `dir` (with remote storage,
+/// they may be remote-only: evicted, or never downloaded since an attach).
+/// A file that is there must have its recorded size.
+pub fn missing_layer_files(dir: &Path, index: &IndexPart) -> Result<Vec<IndexLayer>, IndexError> {
     let path = dir.join(INDEX_FILE);
+    let mut missing = Vec::new();
     for layer in &index.layers {
         let actual_bytes = match fs::metadata(dir.join(&layer.name)) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(IndexError::MissingLayer { path, name: layer.name.clone() });
+                missing.push(layer.clone());
+                continue;
             }
             Err(source) => return Err(IndexError::Io { path: dir.join(&layer.name), source }),
         };
         if actual_bytes != layer.size_bytes {
             let (name, expected_bytes) = (layer.name.clone(), layer.size_bytes);
-            return Err(IndexError::LayerSize { path, name, expected_bytes, actual_bytes });
+            return Err(IndexError::LayerSize { path: path.clone(), name, expected_bytes, actual_bytes });
         }
     }
-    Ok(())
+    Ok(missing)
 }
 
 #[cfg(test)]

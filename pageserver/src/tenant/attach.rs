@@ -6,13 +6,23 @@
 //! Attach, for a generation `G` the control plane handed out (it keeps the
 //! numbers in its state): `G` is refused if the tenant's generation record
 //! is higher, else recorded; then the tenant's settings object, if any,
-//! becomes its local `config.json`; then for every remote timeline, the newest index at or below `G` is read, its layer
-//! files are downloaded into a fresh timeline directory, and the index is
-//! written locally as generation `G` (new layers get `G`); then the tenant
-//! loads as at startup, and each timeline's upload queue starts by
+//! becomes its local `config.json`; then for every remote timeline, the
+//! newest index at or below `G` is read and written locally, as generation
+//! `G` (new layers get `G`), into a fresh timeline directory — no layer
+//! file is downloaded: the tenant loads as at startup, every layer the
+//! index names becomes a remote layer (seed 001's RemoteLayer), and reads
+//! download what they need on demand. Each timeline's upload queue starts by
 //! uploading that index as `G`'s own. The timeline resumes WAL ingest at
 //! the index's `disk_consistent_lsn`, which is the remote-consistent LSN
 //! the safekeepers were told, so they still hold the WAL after it.
+//!
+//! Loading (at startup or attach) accepts an index naming files that are
+//! not on local disk when remote storage holds them: the newest remote
+//! index at or below the local index's generation names each with its size
+//! ([`Repository::check_remote_only_layers`]). Without remote storage, or
+//! when the remote index does not name one, the timeline fails to load as
+//! before; when remote storage cannot be read, they load as remote layers
+//! (a read that needs one then fails naming it, until storage is back).
 //!
 //! Invariants: an attach never overwrites local state (a tenant that exists
 //! is refused); a failed attach removes what it wrote. Detach flushes and
@@ -23,19 +33,20 @@
 //! without complete timelines; the next startup ignores timelines without
 //! an index, and an attach of the same tenant is refused until the
 //! directory is removed (detach does it).
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use utils::id::TenantId;
+use utils::id::{TenantId, TimelineId};
 
 use crate::remote::{download, generation, tenant_config as remote_config};
 use crate::remote::upload_queue::RemoteTimelineClient;
-use crate::storage::index::{self, IndexPart};
+use crate::storage::index::{self, IndexError, IndexPart};
 use crate::tenant::config::{self as tenant_config, TenantConfOverrides};
-use crate::tenant::repository::{RepoError, Repository, Tenant};
+use crate::tenant::repository::{LoadedDir, RepoError, Repository, Tenant};
 use crate::tenant::timeline::Timeline;
 
 /// How long a graceful shutdown waits for queued uploads.
@@ -48,7 +59,9 @@ fn remote_err(e: impl std::fmt::Display) -> RepoError {
 impl Repository {
     /// Start the upload queue of a just-loaded timeline whose durable local
     /// index is `index` (nothing without remote storage).
+    /// Also links the timeline to the eviction task (woken after downloads).
     pub(crate) fn start_uploads(&self, tl: &Timeline, index: &IndexPart) {
+        tl.set_evictor(Arc::clone(&self.evictor));
         if let Some(storage) = &self.conf.remote_storage {
             let client = RemoteTimelineClient::start(storage.clone(), tl.tenant_id, tl.timeline_id, tl.path.clone(), index);
             tl.set_remote(client);
@@ -112,7 +125,8 @@ impl Repository {
     }
 
     /// Download every timeline's newest index (at or below `generation`)
-    /// and its layers; write the indexes locally as `generation`.
+    /// and write it locally as `generation` (no layer file: they are
+    /// downloaded on demand).
     async fn download_tenant(
         &self,
         storage: &remote_storage::GenericRemoteStorage,
@@ -140,19 +154,59 @@ impl Repository {
             };
             let dir = self.timeline_dir(tenant_id, id);
             tokio::fs::create_dir_all(&dir).await.map_err(|e| remote_err(format!("{}: {e}", dir.display())))?;
-            for layer in &index.layers {
-                download::download_layer(storage, tenant_id, id, layer, &dir, &cancel).await.map_err(remote_err)?;
-            }
+            let (layers, bytes) = (index.layers.len(), index.layers.iter().map(|l| l.size_bytes).sum::<u64>());
             let local = IndexPart { generation, ..index };
             let d = dir.clone();
             tokio::task::spawn_blocking(move || index::save(&d, &local))
                 .await
                 .map_err(remote_err)?
                 .map_err(|e| remote_err(format!("{}: {e}", dir.display())))?;
-            info!(%tenant_id, timeline_id = %id, from_generation = found, "downloaded timeline");
+            info!(%tenant_id, timeline_id = %id, from_generation = found, remote_layers = layers, remote_bytes = bytes, "attached timeline (layers downloaded on demand)");
             attached.push(id);
         }
         Ok(attached)
+    }
+
+    /// Check that remote storage holds the layers a loaded timeline
+    /// directory lacks (see the module doc).
+    pub(crate) async fn check_remote_only_layers(
+        &self,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        dir: &LoadedDir,
+    ) -> Result<(), RepoError> {
+        let Some(first) = dir.missing.first() else { return Ok(()) };
+        let index_path = self.timeline_dir(tenant_id, timeline_id).join(index::INDEX_FILE);
+        let Some(storage) = &self.conf.remote_storage else {
+            return Err(IndexError::MissingLayer { path: index_path, name: first.name.clone() }.into());
+        };
+        let cancel = CancellationToken::new();
+        let generation = dir.index.generation;
+        let remote = match download::newest_index(storage, tenant_id, timeline_id, generation, &cancel).await {
+            Ok(Some((_, remote))) => remote,
+            Ok(None) => {
+                return Err(remote_err(format!(
+                    "index file {} names layer file {}, which is missing, and remote storage has no index of the timeline",
+                    index_path.display(),
+                    first.name
+                )))
+            }
+            Err(e) => {
+                warn!(%tenant_id, %timeline_id, remote_only = dir.missing.len(), "cannot read the remote index to check the layers missing locally ({e}); loading them as remote layers");
+                return Ok(());
+            }
+        };
+        let names: HashMap<&str, u64> = remote.layers.iter().map(|l| (l.name.as_str(), l.size_bytes)).collect();
+        if let Some(l) = dir.missing.iter().find(|l| names.get(l.name.as_str()) != Some(&l.size_bytes)) {
+            return Err(remote_err(format!(
+                "index file {} names layer file {} of {} bytes, which is missing locally and not in the newest remote index (generation {generation} or older) either",
+                index_path.display(),
+                l.name,
+                l.size_bytes
+            )));
+        }
+        info!(%tenant_id, %timeline_id, remote_only = dir.missing.len(), "layers not on local disk are in remote storage (downloaded on demand)");
+        Ok(())
     }
 
     /// Flush every timeline of the tenant, wait for its uploads, and remove

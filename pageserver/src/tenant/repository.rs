@@ -12,7 +12,9 @@
 //! * A timeline is what its index says: startup loads the index, not a
 //!   directory scan. Layer files the index does not name, and temporary
 //!   files, are crash leftovers and are deleted (each logged). An index
-//!   naming a missing or short file, or a damaged index, fails that
+//!   naming a short file, a missing file that remote storage does not hold
+//!   (see [`crate::tenant::attach`]; with remote storage a missing file is
+//!   a remote layer, downloaded on demand), or a damaged index, fails that
 //!   timeline's load (and its branches'); the other timelines are served
 //!   and [`Repository::get_timeline`] reports the reason.
 //! * A timeline directory with neither index nor `metadata` is an
@@ -136,13 +138,17 @@ pub struct PageServerConf {
     pub walredo: WalRedoConfig,
     /// Object storage for layers and indexes (none: local disk only).
     pub remote_storage: Option<remote_storage::GenericRemoteStorage>,
+    /// Budget of the layer files on local disk, all timelines together
+    /// (none: unlimited); see [`crate::tenant::eviction`]. Needs remote
+    /// storage to evict anything.
+    pub resident_limit_bytes: Option<u64>,
 }
 
 impl PageServerConf {
     pub fn new(workdir: impl Into<PathBuf>) -> PageServerConf {
         let workdir = workdir.into();
         let walredo = WalRedoConfig::new(workdir.join("walredo"));
-        PageServerConf { workdir, timeline: TimelineConf::default(), walredo, remote_storage: None }
+        PageServerConf { workdir, timeline: TimelineConf::default(), walredo, remote_storage: None, resident_limit_bytes: None }
     }
 }
 
@@ -203,6 +209,11 @@ pub struct Repository {
     pub conf: PageServerConf,
     pub(crate) tenants: RwLock<HashMap<TenantId, Arc<Tenant>>>,
     pub walredo: Arc<PostgresRedoManager>,
+    /// Wakes the eviction task (timelines do after each download).
+    pub(crate) evictor: Arc<tokio::sync::Notify>,
+    pub(crate) eviction_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Eviction passes run one at a time.
+    pub(crate) eviction_lock: tokio::sync::Mutex<()>,
 }
 
 impl Repository {
@@ -213,7 +224,14 @@ impl Repository {
         let tenants_dir = conf.workdir.join("tenants");
         fs::create_dir_all(&tenants_dir).map_err(io_err(&tenants_dir))?;
         let walredo = Arc::new(PostgresRedoManager::new(conf.walredo.clone())?);
-        let repo = Arc::new(Repository { conf, tenants: RwLock::new(HashMap::new()), walredo });
+        let repo = Arc::new(Repository {
+            conf,
+            tenants: RwLock::new(HashMap::new()),
+            walredo,
+            evictor: Arc::new(tokio::sync::Notify::new()),
+            eviction_task: Mutex::new(None),
+            eviction_lock: tokio::sync::Mutex::new(()),
+        });
         let dir = tenants_dir.clone();
         let found = tokio::task::spawn_blocking(move || scan_tenants(&dir))
             .await
@@ -221,6 +239,7 @@ impl Repository {
         for (tenant_id, timelines) in found {
             repo.load_tenant(tenant_id, timelines).await?;
         }
+        repo.start_eviction_task();
         Ok(repo)
     }
 
@@ -245,14 +264,17 @@ impl Repository {
         let mut loaded = Vec::new();
         for id in timelines {
             let d = self.timeline_dir(tenant_id, id);
-            let result = tokio::task::spawn_blocking(move || load_timeline_dir(&d))
+            let result = tokio::task::spawn_blocking(move || load_timeline_dir_lazy(&d))
                 .await
                 .map_err(|e| RepoError::Import(e.to_string()))?;
             match result {
-                Ok(Some((index, layers))) => {
-                    tenant.generation.fetch_max(index.generation, std::sync::atomic::Ordering::AcqRel);
-                    loaded.push((id, index, layers));
-                }
+                Ok(Some(dir)) => match self.check_remote_only_layers(tenant_id, id, &dir).await {
+                    Ok(()) => {
+                        tenant.generation.fetch_max(dir.index.generation, std::sync::atomic::Ordering::AcqRel);
+                        loaded.push((id, dir.index, dir.layers));
+                    }
+                    Err(e) => tenant.set_broken(id, e.to_string()),
+                },
                 Ok(None) => {}
                 Err(e) => tenant.set_broken(id, e.to_string()),
             }
@@ -590,6 +612,7 @@ impl Repository {
 
     /// Stop walreceivers, flush in-memory layers if `flush`, stop redo.
     pub async fn shutdown(&self, flush: bool) {
+        self.stop_eviction_task();
         let tenants: Vec<_> = self.tenants.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for tenant in tenants {
             if let Some(task) = tenant.background.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -651,30 +674,60 @@ fn scan_tenants(dir: &Path) -> Result<ScannedTenants, RepoError> {
 
 /// Load one timeline directory: from its index, or by migrating a
 /// directory from before the index; `None` for an unfinished creation.
-/// Blocking.
+/// Every layer the index names must be on local disk. Blocking.
 pub fn load_timeline_dir(dir: &Path) -> Result<Option<(IndexPart, LayerMap)>, RepoError> {
+    match load_timeline_dir_lazy(dir)? {
+        Some(loaded) => match loaded.missing.first() {
+            Some(layer) => Err(IndexError::MissingLayer { path: dir.join(index::INDEX_FILE), name: layer.name.clone() }.into()),
+            None => Ok(Some((loaded.index, loaded.layers))),
+        },
+        None => Ok(None),
+    }
+}
+
+/// A timeline directory as [`load_timeline_dir_lazy`] found it.
+pub struct LoadedDir {
+    pub index: IndexPart,
+    /// Every layer the index names; those whose file is missing are remote.
+    pub layers: LayerMap,
+    /// The layers whose file is missing (the caller checks that remote
+    /// storage holds them).
+    pub missing: Vec<IndexLayer>,
+}
+
+/// [`load_timeline_dir`], except that layers whose file is missing are
+/// registered as remote and listed. Blocking.
+pub fn load_timeline_dir_lazy(dir: &Path) -> Result<Option<LoadedDir>, RepoError> {
     if index::exists(dir) {
         let index = index::load(dir)?;
-        index::check_layer_files(dir, &index)?;
+        let missing = index::missing_layer_files(dir, &index)?;
         remove_leftovers(dir, &index)?;
-        let layers = layer_map_of(dir, &index)?;
-        return Ok(Some((index, layers)));
+        let layers = layer_map_of(dir, &index, &missing)?;
+        return Ok(Some(LoadedDir { index, layers, missing }));
     }
     if dir.join(METADATA_FILE).exists() {
-        return migrate(dir).map(Some);
+        return migrate(dir).map(|(index, layers)| Some(LoadedDir { index, layers, missing: Vec::new() }));
     }
     warn!(dir = %dir.display(), "timeline directory without index (unfinished creation); skipped");
     Ok(None)
 }
 
-/// The layer map of the layers an (already checked) index names.
-fn layer_map_of(dir: &Path, index: &IndexPart) -> Result<LayerMap, RepoError> {
+/// The layer map of the layers an (already checked) index names; those in
+/// `missing` are remote.
+fn layer_map_of(dir: &Path, index: &IndexPart, missing: &[IndexLayer]) -> Result<LayerMap, RepoError> {
     let descs = index.layer_descs().map_err(|reason| {
         RepoError::Index(IndexError::Corrupt { path: dir.join(index::INDEX_FILE), reason })
     })?;
+    let remote: std::collections::HashSet<&str> = missing.iter().map(|l| l.name.as_str()).collect();
     let mut map = LayerMap::default();
     for (layer, desc) in index.layers.iter().zip(descs) {
-        map.insert(Arc::new(LayerFile::new(dir.join(&layer.name), desc, layer.size_bytes)));
+        let (path, size) = (dir.join(&layer.name), layer.size_bytes);
+        let file = if remote.contains(layer.name.as_str()) {
+            LayerFile::new_remote(path, desc, size)
+        } else {
+            LayerFile::new(path, desc, size)
+        };
+        map.insert(Arc::new(file));
     }
     Ok(map)
 }

@@ -32,9 +32,17 @@
 //! (freeze, image creation, compaction, GC), so a change of the tenant's
 //! config applies to a running timeline without a restart.
 //!
+//! * Layer files may be remote-only (after an attach, or evicted): a read
+//!   pins each layer it visits and makes it resident first (submodule
+//!   `ondemand`: one download per layer however many readers wait, not
+//!   cancelled when one goes away), then does the blocking read with the
+//!   pin held, so eviction never takes a layer from under a read.
+//!   Compaction and image creation do the same for what they read; GC
+//!   reads nothing of a remote layer (see [`crate::storage::gc`]).
+//!
 //! Cancellation: reads are cancel-safe (dropping them leaves no state
 //! behind; a blocking file read that was started completes on its own
-//! thread). Dropping `flush_frozen_layers` after a file was written but
+//! thread; a download that was started completes for the others). Dropping `flush_frozen_layers` after a file was written but
 //! before the index named it leaves a file that the next flush overwrites
 //! or the next restart removes (the index does not name it); dropping it
 //! after the index was written leaves the frozen layer in the map, and the
@@ -56,9 +64,11 @@ use utils::seqwait::SeqWait;
 
 mod compaction;
 mod gc;
+mod ondemand;
 
 pub use crate::storage::gc::GcResult;
 pub use compaction::CompactResult;
+pub use ondemand::{Residency, DOWNLOAD_ATTEMPTS};
 pub(crate) use gc::check_branch_lsn;
 
 use crate::storage::key::*;
@@ -150,6 +160,10 @@ pub enum PageReconstructError {
     BlockBeyondEnd { rel: RelFileNode, forknum: u8, blkno: u32, nblocks: u32, lsn: Lsn },
     #[error("corrupt value of {key:?}: {reason}")]
     Corrupt { key: Key, reason: String },
+    /// A layer the read needs is only in remote storage and could not be
+    /// downloaded (after retries).
+    #[error("layer {layer} of timeline {timeline_id} could not be downloaded from remote storage: {reason}")]
+    LayerDownload { layer: String, timeline_id: TimelineId, reason: String },
     #[error("timeline is shutting down")]
     Cancelled,
     #[error("{0}")]
@@ -199,6 +213,8 @@ pub struct Timeline {
     pub(crate) walredo: Arc<PostgresRedoManager>,
     /// The upload queue, when the pageserver has remote storage.
     remote: OnceLock<Arc<RemoteTimelineClient>>,
+    /// Downloads of remote layers in flight, and residency counters.
+    ondemand: Arc<ondemand::OnDemand>,
     /// Signalled whenever a flush removed a frozen layer (backpressure).
     flushed: tokio::sync::Notify,
     /// Most frozen layers seen at once (for tests of the backpressure).
@@ -267,6 +283,7 @@ impl Timeline {
             flush_paused_flag: AtomicBool::new(false),
             walredo,
             remote: OnceLock::new(),
+            ondemand: Arc::default(),
         }
     }
 
@@ -345,6 +362,11 @@ impl Timeline {
         (map.historic_len() - images, images, map.frozen.len() + map.open.is_some() as usize, bytes)
     }
 
+    /// The layer files (resident or remote-only).
+    pub fn historic_layers(&self) -> Vec<Arc<LayerFile>> {
+        self.read_layers().historic().cloned().collect()
+    }
+
     /// Paths of the layer files (for tests and the HTTP API).
     pub fn layer_files(&self) -> Vec<(LayerDesc, PathBuf)> {
         self.read_layers().historic().map(|l| (l.desc.clone(), l.path.clone())).collect()
@@ -369,10 +391,13 @@ impl Timeline {
                 let result = match found.layer {
                     SearchLayer::InMemory(layer) => layer.get_value_reconstruct_data(key, range, &mut state),
                     SearchLayer::File(layer) => {
+                        // Pinned (and downloaded if remote) before the
+                        // blocking read; the pin lives until it is done.
+                        let pin = tl.ensure_resident(&layer).await?;
                         let st = std::mem::take(&mut state);
                         let (res, st) = tokio::task::spawn_blocking(move || {
                             let mut st = st;
-                            let res = layer.get_value_reconstruct_data(key, range, &mut st);
+                            let res = pin.layer().get_value_reconstruct_data(key, range, &mut st);
                             (res, st)
                         })
                         .await
@@ -929,12 +954,16 @@ impl Timeline {
             };
             parts.into_iter().filter_map(with_deltas).collect()
         };
+        let mut pinned = Vec::with_capacity(candidates.len());
+        for (p, deltas) in candidates {
+            pinned.push((p, self.ensure_all_resident(&deltas).await?));
+        }
         tokio::task::spawn_blocking(move || {
             let mut needed = Vec::new();
-            for (p, deltas) in candidates {
+            for (p, deltas) in pinned {
                 let mut with_data = 0;
                 for d in &deltas {
-                    with_data += d.has_key_in(&p.key_range)? as usize;
+                    with_data += d.layer().has_key_in(&p.key_range)? as usize;
                 }
                 if with_data >= threshold {
                     needed.push(p);
@@ -1004,6 +1033,5 @@ impl Timeline {
 /// The index entry of a layer file, under its actual file name (which may
 /// be a name from before generations).
 fn index_entry(layer: &LayerFile) -> IndexLayer {
-    let name = layer.path.file_name().map_or_else(|| layer.desc.file_name(), |n| n.to_string_lossy().into_owned());
-    IndexLayer::new(name, &layer.desc, layer.size_bytes)
+    IndexLayer::new(layer.file_name(), &layer.desc, layer.size_bytes)
 }

@@ -10,7 +10,8 @@
 //! files are deleted. Readers see either the L0s or the L1s, never both.
 //!
 //! Invariants: runs under `gc_lock`, so GC never deletes an L0 file being
-//! merged and never sees a half-applied swap.
+//! merged and never sees a half-applied swap. Remote L0 files are
+//! downloaded before the merge and pinned until it is done.
 //!
 //! Cancellation: dropped before the index write, the L1 files are
 //! unnamed leftovers (removed at the next start); after it, the L0 files
@@ -100,9 +101,14 @@ impl Timeline {
             return Ok(Merged::default());
         }
         let started = std::time::Instant::now();
+        // Remote L0s are downloaded first; the pins keep them until the merge is done.
+        let pins = self.ensure_all_resident(&l0).await?;
         let (dir, inputs) = (self.path.clone(), l0.clone());
         let (target, generation) = (self.conf().compaction_target_size_bytes, self.generation);
-        let l1 = tokio::task::spawn_blocking(move || merge_into_l1(&dir, &inputs, target, generation))
+        let l1 = tokio::task::spawn_blocking(move || {
+            let _pins = pins;
+            merge_into_l1(&dir, &inputs, target, generation)
+        })
             .await
             .map_err(other)?
             .map_err(|e| other(format!("compaction: {e}")))?;

@@ -43,7 +43,7 @@ impl Timeline {
         self.read_layers().historic().map(|l| index_entry(l)).collect()
     }
 
-    /// Bytes of all layer files.
+    /// Bytes of all layer files, on local disk or only in remote storage.
     pub fn physical_size_bytes(&self) -> u64 {
         self.read_layers().historic().map(|l| l.size_bytes).sum()
     }
@@ -58,6 +58,7 @@ impl Timeline {
         let (tenant, timeline) = (self.tenant_id.to_string(), self.timeline_id.to_string());
         let counts = self.layer_kind_counts();
         metrics::PHYSICAL_SIZE.with_label_values(&[&tenant, &timeline]).set(counts.size_bytes as i64);
+        self.update_resident_size_metric();
         for (kind, n) in [("l0", counts.l0_deltas), ("l1", counts.l1_deltas), ("image", counts.images)] {
             metrics::LAYERS.with_label_values(&[&tenant, &timeline, kind]).set(n as i64);
         }
@@ -67,6 +68,8 @@ impl Timeline {
     pub(crate) fn remove_metrics(&self) {
         let (tenant, timeline) = (self.tenant_id.to_string(), self.timeline_id.to_string());
         let _ = metrics::PHYSICAL_SIZE.remove_label_values(&[&tenant, &timeline]);
+        let _ = metrics::RESIDENT_PHYSICAL_SIZE.remove_label_values(&[&tenant, &timeline]);
+        let _ = metrics::REMOTE_PHYSICAL_SIZE.remove_label_values(&[&tenant, &timeline]);
         for kind in ["l0", "l1", "image"] {
             let _ = metrics::LAYERS.remove_label_values(&[&tenant, &timeline, kind]);
         }
