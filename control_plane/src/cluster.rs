@@ -168,7 +168,12 @@ fn pageserver_args(ps: &crate::config::PageserverConf, dir: &Path) -> Vec<String
         "--listen-http".into(),
         format!("127.0.0.1:{}", ps.http_port),
     ];
-    let options = [("--remote-storage", &ps.remote_storage), ("--s3-endpoint", &ps.s3_endpoint), ("--s3-region", &ps.s3_region)];
+    let options = [
+        ("--remote-storage", &ps.remote_storage),
+        ("--s3-endpoint", &ps.s3_endpoint),
+        ("--s3-region", &ps.s3_region),
+        ("--resident-limit", &ps.resident_limit),
+    ];
     for (flag, value) in options {
         if let Some(v) = value {
             args.extend([flag.to_string(), v.clone()]);

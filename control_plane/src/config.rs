@@ -37,6 +37,30 @@ pub struct PageserverConf {
     pub s3_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3_region: Option<String>,
+    /// Budget of layer files on the pageserver's disk (`64MiB`, `10GiB`;
+    /// absent: unlimited), passed as `--resident-limit`: least recently
+    /// used layers that are in object storage are evicted to stay under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_limit: Option<String>,
+}
+
+/// Bytes of a size written `1024`, `512KiB`, `64MiB`, `10GiB` or `1TiB`
+/// (binary units, case-insensitive, whole numbers), as the pageserver reads
+/// it; `None` for anything else.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -65,6 +89,7 @@ impl Config {
                 remote_storage: None,
                 s3_endpoint: None,
                 s3_region: None,
+                resident_limit: None,
             },
             safekeepers: (1..=safekeepers)
                 .map(|id| SafekeeperConf {

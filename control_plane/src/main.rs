@@ -52,6 +52,11 @@ enum Cmd {
         /// S3 region.
         #[arg(long)]
         s3_region: Option<String>,
+        /// Budget of layer files on the pageserver's disk, e.g. 64MiB or
+        /// 10GiB (default unlimited): least recently used layers that are
+        /// in object storage are evicted, and downloaded again when read.
+        #[arg(long, value_name = "SIZE")]
+        pageserver_resident_limit: Option<String>,
     },
     /// Start every component in the background and wait until each is ready.
     Start,
@@ -243,7 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo_dir = std::path::absolute(&cli.repo_dir).with_context(|| format!("resolve {}", cli.repo_dir.display()))?;
     let repo = repo_dir.as_path();
     match cli.command {
-        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, remote_storage, s3_endpoint, s3_region } => {
+        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit } => {
             anyhow::ensure!(safekeepers >= 1, "a cluster needs at least one safekeeper");
             let mut conf = Config::with_ports(safekeepers, pageserver_port, base_port);
             conf.endpoint_base_port = endpoint_base_port;
@@ -256,6 +261,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let is_s3 = conf.pageserver.remote_storage.as_deref().is_some_and(|l| l.starts_with("s3://"));
             anyhow::ensure!(is_s3 || (s3_endpoint.is_none() && s3_region.is_none()), "--s3-endpoint and --s3-region need --remote-storage s3://BUCKET/PREFIX");
             (conf.pageserver.s3_endpoint, conf.pageserver.s3_region) = (s3_endpoint, s3_region);
+            if let Some(limit) = &pageserver_resident_limit {
+                anyhow::ensure!(
+                    control_plane::config::parse_size(limit).is_some(),
+                    "--pageserver-resident-limit {limit:?} is not a size (e.g. 64MiB, 10GiB)"
+                );
+                anyhow::ensure!(conf.pageserver.remote_storage.is_some(), "--pageserver-resident-limit needs object storage (not --remote-storage none): evicted layers are read back from it");
+            }
+            conf.pageserver.resident_limit = pageserver_resident_limit;
             let path = conf.save_new(repo)?;
             println!("initialized {} ({} safekeeper(s)); next: strata start", path.display(), safekeepers);
         }

@@ -327,7 +327,9 @@ impl Cluster {
 
     /// One line per branch: pageserver LSNs, safekeeper commit LSN, how far
     /// ingest lags behind it, the database size at the last record, and the
-    /// layer files' size; then the pageserver's whole size on disk.
+    /// layer files' size — all of them (`PHYSICAL`), on the pageserver's disk
+    /// (`RESIDENT`) and in object storage (`REMOTE`, as last uploaded); then
+    /// the pageserver's whole size on disk.
     pub async fn timeline_status_lines(&self) -> anyhow::Result<Vec<String>> {
         let api = Api::default();
         let state = State::load(&self.repo)?;
@@ -337,8 +339,8 @@ impl Cluster {
         }
         lines.push(String::new());
         lines.push(format!(
-            "{:<16} {:<34} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
-            "BRANCH", "TIMELINE", "LAST_RECORD", "DISK_CONS", "SK_COMMIT", "LAG", "DB_SIZE", "LAYERS"
+            "{:<16} {:<34} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "BRANCH", "TIMELINE", "LAST_RECORD", "DISK_CONS", "SK_COMMIT", "LAG", "DB_SIZE", "PHYSICAL", "RESIDENT", "REMOTE"
         ));
         for b in &state.branches {
             let url = format!("{}?include_size=true", self.ps(&Self::timeline_path(b.tenant_id, b.timeline_id)));
@@ -352,11 +354,13 @@ impl Cluster {
             };
             let size = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_u64()).map(human_bytes).unwrap_or_else(|| "-".into());
             let db_size = size(detail.as_ref().map(|d| &d["logical_size"]));
-            let layers = size(detail.as_ref().map(|d| &d["layers"]["bytes_on_disk"]));
+            let physical = size(detail.as_ref().map(|d| &d["current_physical_size"]));
+            let resident = size(detail.as_ref().map(|d| &d["resident_physical_size"]));
+            let remote = size(detail.as_ref().map(|d| &d["remote"]["remote_physical_size"]));
             let commit = commit.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
             lines.push(format!(
-                "{:<16} {:<34} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
-                b.name, b.timeline_id.to_string(), get("last_record_lsn"), get("disk_consistent_lsn"), commit, lag, db_size, layers
+                "{:<16} {:<34} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                b.name, b.timeline_id.to_string(), get("last_record_lsn"), get("disk_consistent_lsn"), commit, lag, db_size, physical, resident, remote
             ));
             lines.extend(self.safekeeper_lines(&api, b, detail.as_ref()).await);
         }
