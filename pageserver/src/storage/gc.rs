@@ -134,6 +134,26 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_delta_counts_its_whole_key_range_until_its_keys_are_known() {
+        let d = layer(false, 0..10, 0x11..0x20);
+        let remote = Arc::new(LayerFile::new_remote("/nonexistent/layer".into(), d.desc.clone(), 1));
+        // No file to read: the conservative answer, without an error.
+        assert_eq!(held_key_runs(&remote).unwrap(), vec![remote.desc.key_range.clone()]);
+        let key = |f6| Key { field1: 3, field6: f6, ..Key::MIN };
+        let _ = remote.gc_key_runs.set(vec![key(2)..key(3)]);
+        assert_eq!(held_key_runs(&remote).unwrap(), vec![key(2)..key(3)], "runs seen while resident are kept");
+        // The conservative range keeps a delta that the known runs would let go.
+        let mut map = LayerMap::default();
+        for l in [layer(true, 0..5, 0x20..0x21), layer(true, 0..10, 0x05..0x06)] {
+            map.insert(l);
+        }
+        let known = GcCandidate { layer: Arc::clone(&remote), key_runs: vec![key(2)..key(3)] };
+        let unknown = GcCandidate { layer: Arc::clone(&remote), key_runs: vec![remote.desc.key_range.clone()] };
+        assert!(removable(&map, &known, Lsn(0x40), &[]));
+        assert!(!removable(&map, &unknown, Lsn(0x40), &[]));
+    }
+
+    #[test]
     fn covered_below_cutoff_is_removed_unless_a_branch_point_needs_it() {
         let old_image = layer(true, 0..10, 0x10..0x11);
         let delta = layer(false, 0..10, 0x11..0x20);
