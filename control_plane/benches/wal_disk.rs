@@ -1,14 +1,24 @@
 //! Safekeeper disk usage over a long write load, next to the WAL volume
-//! written: `cargo bench -p control_plane --bench wal_disk`. Prints figures
-//! only (no assertion).
+//! written. Prints figures only (no assertion). The cluster's binaries are
+//! taken from the directory of the `strata` binary the bench is built with,
+//! so build them for the same profile first:
 //!
-//! A local cluster of 3 safekeepers with remote storage (`<repo>/remote`),
-//! `pgbench -N` for `STRATA_BENCH_SECONDS` (default 180) with
-//! `STRATA_BENCH_CLIENTS` clients (default 4) at scale `STRATA_BENCH_SCALE`
-//! (default 10). Every 10 s: WAL written since the start, each safekeeper's
-//! WAL on disk, what is offloaded (`backup_lsn`) and what the pageserver
-//! holds in remote storage (`remote_consistent_lsn`). The pageserver uploads
-//! on its own (every frozen in-memory layer); nothing is forced.
+//! ```sh
+//! cargo build --release --workspace --bins && cargo bench -p control_plane --bench wal_disk
+//! cargo build --workspace --bins && cargo bench --profile dev -p control_plane --bench wal_disk
+//! ```
+//!
+//! A local cluster of 3 safekeepers with remote storage (`<repo>/remote`):
+//! `pgbench -i` at scale `STRATA_BENCH_SCALE` (default 10), then pgbench
+//! with `STRATA_BENCH_CLIENTS` clients (default 4) for `STRATA_BENCH_SECONDS`
+//! (default 180) running a write-heavy transaction (an insert of
+//! `STRATA_BENCH_ROWS` rows of 500 bytes, default 100, plus an update of
+//! `pgbench_accounts`). Every 10 s: WAL written since the compute started,
+//! each safekeeper's timeline directory on disk, what is offloaded
+//! (`backup_lsn`), what the pageserver holds in remote storage
+//! (`remote_consistent_lsn`), and the offloaded WAL's size in remote
+//! storage. The pageserver uploads on its own (every frozen in-memory
+//! layer, `--checkpoint-distance-mb` 64); nothing is forced.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -58,17 +68,34 @@ fn main() {
     let seconds = env_num("STRATA_BENCH_SECONDS", 180);
     let clients = env_num("STRATA_BENCH_CLIENTS", 4).to_string();
     let scale = env_num("STRATA_BENCH_SCALE", 10).to_string();
+    let rows = env_num("STRATA_BENCH_ROWS", 100);
     let repo = started_cluster(3);
     let conf = control_plane::config::Config::load(&repo.path).unwrap();
     let state = control_plane::state::State::load(&repo.path).unwrap();
     let main_branch = state.branches.iter().find(|b| b.name == "main").unwrap();
     let (tenant, timeline) = (main_branch.tenant_id.to_string(), main_branch.timeline_id.to_string());
     let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
-    common::pgbench(&url, &["-i", "-q", "-s", &scale]);
     let start: Lsn = psql(&url, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
-    println!("wal_disk: {seconds} s of pgbench -N -c {clients}, scale {scale}; 3 safekeepers, remote storage {}", conf.pageserver.remote_storage.as_deref().unwrap_or("none"));
+    common::pgbench(&url, &["-i", "-q", "-s", &scale]);
+    psql(&url, "CREATE TABLE bench_log(id bigserial, aid int, payload text)");
+    let script_dir = tempfile::tempdir().unwrap();
+    let script = script_dir.path().join("write.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "\\set aid random(1, 100000 * :scale)\nBEGIN;\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n\
+             INSERT INTO bench_log(aid, payload) SELECT :aid, repeat(md5(g::text), 16) FROM generate_series(1, {rows}) g;\nEND;\n"
+        ),
+    )
+    .unwrap();
+    println!(
+        "wal_disk: pgbench -i -s {scale}, then {seconds} s of pgbench -c {clients} inserting {rows} rows of 500 B per transaction; 3 safekeepers, remote storage {}",
+        conf.pageserver.remote_storage.as_deref().unwrap_or("none")
+    );
     let mut load = Command::new("/usr/lib/postgresql/15/bin/pgbench")
-        .args(["-N", "-c", &clients, "-j", "2", "-T", &seconds.to_string(), &url])
+        .args(["-n", "-c", &clients, "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .arg(&script)
+        .arg(&url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -99,8 +126,9 @@ fn main() {
     // Let uploads and one removal round finish.
     std::thread::sleep(Duration::from_secs(25));
     sample(true);
+    let transactions = psql(&url, "SELECT count(*) FROM bench_log").parse::<u64>().unwrap() / rows.max(1);
     println!(
-        "wal_disk figures: {:.0} MiB of WAL written in {seconds} s; largest safekeeper WAL directory {:.0} MiB ({:.1}% of the WAL written)",
+        "wal_disk figures: {:.0} MiB of WAL written ({transactions} transactions in the timed part); largest safekeeper timeline directory at any sample {:.0} MiB ({:.1}% of the WAL written)",
         mib(last_wal),
         mib(max_disk),
         100.0 * max_disk as f64 / last_wal.max(1) as f64
