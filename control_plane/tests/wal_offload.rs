@@ -230,4 +230,20 @@ fn wal_is_offloaded_removed_locally_and_still_served() {
     let status = repo.ok(&["status"]);
     assert!(status.contains("offloaded"), "{status}");
     println!("{status}");
+
+    // A deleted branch takes its offloaded WAL with it.
+    repo.ok(&["timeline", "branch", "--branch-name", "dev"]);
+    let dev = url_of(&repo.ok(&["endpoint", "start", "dev", "--branch-name", "dev"]));
+    psql(&dev, "INSERT INTO t(v) SELECT 'dev' FROM generate_series(1, 1000)");
+    psql(&dev, "SELECT pg_switch_wal()");
+    psql(&dev, "INSERT INTO t(v) VALUES ('dev after the switch')");
+    let state = control_plane::state::State::load(&repo.path).unwrap();
+    let dev_tl = state.branches.iter().find(|b| b.name == "dev").unwrap().timeline_id.to_string();
+    let dev_remote = repo.path.join(format!("remote/wal/{}/{dev_tl}", cl.tenant));
+    let files = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    wait_for("the branch's first segment to be offloaded", Duration::from_secs(60), || files(&dev_remote) >= 1);
+    repo.ok(&["endpoint", "stop", "dev"]);
+    repo.ok(&["timeline", "delete", "dev"]);
+    assert_eq!(files(&dev_remote), 0, "offloaded WAL of the deleted branch is left in remote storage");
+    assert!(files(&cl.remote_dir()) >= copies.len(), "the main branch's offloaded WAL went too");
 }

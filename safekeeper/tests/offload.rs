@@ -77,7 +77,8 @@ fn offloader_seen_by(env: &Env, i: usize) -> anyhow::Result<serde_json::Value> {
 #[test]
 fn one_safekeeper_offloads_and_another_takes_over_when_it_dies() -> anyhow::Result<()> {
     let remote = tempfile::tempdir()?;
-    let mut env = Env::with_remote(3, 2, &[], Some(remote.path()))?;
+    let args = ["--remote-storage".to_string(), remote.path().display().to_string()];
+    let mut env = Env::with_remote(3, 2, &[], &args)?;
     env.pg.sql("CREATE TABLE t(id serial primary key, v text)")?;
     let end = write_segments(&env, 4)?;
     let done = end.segment_start(SEG_SIZE);
@@ -127,5 +128,81 @@ fn one_safekeeper_offloads_and_another_takes_over_when_it_dies() -> anyhow::Resu
     // file (before publishing it).
     let control = safekeeper::control_file::load(&env.sks[1].timeline_dir(env.tenant, env.timeline))?;
     assert!(control.backup_lsn >= done2, "control file backup_lsn {} < {done2}", control.backup_lsn);
+    Ok(())
+}
+
+/// A replication connection to safekeeper `i` of `env`'s timeline.
+async fn connect(env: &Env, i: usize) -> anyhow::Result<pq_proto::ReplicationClient> {
+    let mut conf: pq_proto::ConnConfig = format!("postgresql://test@127.0.0.1:{}/postgres", env.sks[i].pg_port).parse()?;
+    conf.options = Some(format!("-c tenant_id={} -c timeline_id={}", env.tenant, env.timeline));
+    Ok(pq_proto::ReplicationClient::connect_config(&conf).await?)
+}
+
+/// WAL `[start, start + len)` streamed by safekeeper `i`.
+async fn stream_wal(env: &Env, i: usize, start: Lsn, len: u64) -> anyhow::Result<Vec<u8>> {
+    let mut stream = connect(env, i).await?.start_replication(None, start, 1).await?;
+    let mut out = Vec::new();
+    while (out.len() as u64) < len {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await.context("no WAL for 30 s")?? {
+            Some(pq_proto::ReplicationMessage::XLogData(x)) => {
+                anyhow::ensure!(x.wal_start == start + out.len() as u64, "gap in the stream at {}", x.wal_start);
+                out.extend_from_slice(&x.data);
+            }
+            Some(_) => {}
+            None => bail!("stream ended"),
+        }
+    }
+    out.truncate(len as usize);
+    Ok(out)
+}
+
+/// S3 (moto) as remote storage: conditional puts, downloads to files. A
+/// replication client that sends the pageserver's feedback stands in for a
+/// pageserver that has uploaded everything (`remote_consistent_lsn`).
+#[test]
+fn offloaded_wal_in_s3_is_served_after_local_removal() -> anyhow::Result<()> {
+    let moto = remote_storage::testing::MotoServer::start();
+    let args: Vec<String> = ["--remote-storage", &format!("s3://{}/sk", moto.bucket()), "--s3-endpoint", &moto.endpoint(), "--s3-region", "us-east-1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let env = Env::with_remote(1, 1, &[], &args)?;
+    env.pg.sql("CREATE TABLE t(id serial primary key, v text)")?;
+    let end = write_segments(&env, 3)?;
+    let done = end.segment_start(SEG_SIZE);
+    wait_backup(&env, &[0], done)?;
+
+    // Each object is the safekeeper's segment, byte for byte.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let storage = remote_storage::GenericRemoteStorage::new(&moto.config("sk"))?;
+    let cancel = remote_storage::CancellationToken::new();
+    let mut copies = Vec::new();
+    let mut pos = env.start_lsn;
+    while pos < done {
+        let key = safekeeper::wal_backup::segment_key(env.tenant, env.timeline, pos, SEG_SIZE);
+        let object = rt.block_on(storage.download_bytes(&key, &cancel))?;
+        let local = std::fs::read(segment_file(&env.sks[0].timeline_dir(env.tenant, env.timeline), pos))?;
+        anyhow::ensure!(object[..] == local[..], "{key} differs from the local segment");
+        copies.push(local);
+        pos += SEG_SIZE;
+    }
+    // Below min(remote_consistent_lsn, backup_lsn) the local WAL goes.
+    let feedback = rt.block_on(async {
+        let mut stream = connect(&env, 0).await?.start_replication(None, end, 1).await?;
+        let update = pq_proto::StrataFeedback { write_lsn: end, disk_consistent_lsn: end, remote_consistent_lsn: end, timeline_size_bytes: 0, send_time_us: 0 };
+        stream.send(update).await?;
+        anyhow::Ok(stream)
+    })?;
+    wait_until(Duration::from_secs(60), || Ok(env.sks[0].lsn(env.tenant, env.timeline, "timeline_start_lsn")? >= done))
+        .context("old WAL not removed")?;
+    drop(feedback);
+    let dir = env.sks[0].timeline_dir(env.tenant, env.timeline);
+    assert!(!segment_file(&dir, env.start_lsn).exists() && !segment_file(&dir, done - SEG_SIZE).exists());
+    // Still served, from S3: two whole segments from the first one.
+    let streamed = rt.block_on(stream_wal(&env, 0, env.start_lsn, 2 * SEG_SIZE))?;
+    anyhow::ensure!(streamed[..SEG_SIZE as usize] == copies[0][..] && streamed[SEG_SIZE as usize..] == copies[1][..], "streamed WAL differs");
+    assert!(metric(&env, 0, "safekeeper_wal_backup_downloads_total")? >= 2.0);
+    // Nothing left behind by the reader.
+    wait_until(Duration::from_secs(10), || Ok(std::fs::read_dir(dir.join("remote_read")).map_or(true, |mut d| d.next().is_none())))?;
     Ok(())
 }
