@@ -194,3 +194,32 @@ async fn s3_outage_delays_uploads_but_not_ingest() -> anyhow::Result<()> {
     repo.shutdown(false).await;
     Ok(())
 }
+
+/// A tenant's settings follow it to a pageserver that attaches it: they are
+/// uploaded at creation and at every change, and restored by the attach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_settings_are_restored_by_attach() -> anyhow::Result<()> {
+    use pageserver::tenant::config::TenantConfOverrides;
+    let root = tempfile::tempdir()?;
+    let storage = GenericRemoteStorage::new(&RemoteStorageConfig::parse_location(root.path().to_str().unwrap())?)?;
+    let (dir_a, dir_b) = (workdir(), workdir());
+    let repo_a = open(dir_a.path(), &storage).await?;
+    let mut o = TenantConfOverrides::default();
+    o.set_str("gc_horizon", "1MiB")?;
+    let t = repo_a.create_tenant_with_conf(None, o.clone()).await?;
+    let cancel = CancellationToken::new();
+    let uploaded = pageserver::remote::tenant_config::download_tenant_config(&storage, t, &cancel).await?;
+    assert_eq!(uploaded, Some(o.clone()), "uploaded at creation");
+    o.set_str("compaction_threshold", "4")?;
+    o.set_str("pitr_interval", "0s")?;
+    repo_a.set_tenant_config(t, o.clone()).await?;
+    repo_a.shutdown(false).await;
+
+    let repo_b = open(dir_b.path(), &storage).await?;
+    let tenant = repo_b.attach_tenant(t, 2).await?;
+    assert_eq!(tenant.conf.overrides(), o, "the latest settings came with the attach");
+    assert_eq!(tenant.conf.effective().compaction_threshold, 4);
+    assert_eq!(pageserver::tenant::config::load(&dir_b.path().join(format!("tenants/{t}")))?, o, "and are durable locally");
+    repo_b.shutdown(false).await;
+    Ok(())
+}

@@ -68,9 +68,12 @@ fn commit_from_view(tl: &Timeline, view: &TimelineView) -> Option<Lsn> {
 /// The lowest flush LSN any other peer last published, however long ago;
 /// 0 while some peer has never been seen.
 fn peer_horizon(tl: &Timeline, view: &TimelineView) -> Lsn {
-    let peers = tl.persistent().peers;
+    peer_horizon_of(tl.safekeeper_id, &tl.persistent().peers, view)
+}
+
+fn peer_horizon_of(own_id: u64, peers: &[u64], view: &TimelineView) -> Lsn {
     let mut horizon = Lsn(u64::MAX);
-    for id in peers.iter().filter(|id| **id != tl.safekeeper_id) {
+    for id in peers.iter().filter(|id| **id != own_id) {
         match view.safekeepers.iter().find(|p| p.info.safekeeper_id == *id) {
             Some(p) => horizon = horizon.min(p.info.flush_lsn),
             None => return Lsn(0),
@@ -212,6 +215,31 @@ async fn subscribe_loop(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>, client: Br
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(published: &[(u64, u64, u64)]) -> TimelineView {
+        let safekeepers: Vec<serde_json::Value> = published
+            .iter()
+            .map(|&(id, flush, age_ms)| {
+                serde_json::json!({ "info": {
+                    "safekeeper_id": id, "tenant_id": "00000000000000000000000000000001",
+                    "timeline_id": "00000000000000000000000000000002", "term": 1,
+                    "flush_lsn": Lsn(flush), "commit_lsn": Lsn(flush), "remote_consistent_lsn": Lsn(0),
+                    "pg_addr": "", "http_addr": "" }, "age_ms": age_ms })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({ "version": 1, "safekeepers": safekeepers })).unwrap()
+    }
+
+    #[test]
+    fn peer_horizon_waits_for_every_peer_and_keeps_stale_ones() {
+        let peers = [1, 2, 3];
+        assert_eq!(peer_horizon_of(1, &peers, &view(&[(1, 900, 0), (2, 500, 0)])), Lsn(0), "peer 3 never seen");
+        // A peer that stopped publishing long ago still holds the horizon.
+        let v = view(&[(1, 900, 0), (2, 500, 0), (3, 300, 3_600_000)]);
+        assert_eq!(peer_horizon_of(1, &peers, &v), Lsn(300));
+        assert_eq!(peer_horizon_of(3, &peers, &v), Lsn(500), "its own position does not count");
+        assert_eq!(peer_horizon_of(1, &[1], &view(&[(1, 900, 0)])), Lsn(u64::MAX), "no peers: no limit");
+    }
 
     #[test]
     fn quorum_lsn_is_the_qth_highest() {

@@ -72,6 +72,20 @@ impl Repo {
 impl Drop for Repo {
     fn drop(&mut self) {
         let _ = self.run(&["stop"]);
+        // What PostgreSQL processes needed outside the private repository
+        // (endpoint directories, the redo scratch clusters) lives under the
+        // state root; it goes with the repository, or every run leaves it.
+        let mut dirs: Vec<PathBuf> = control_plane::endpoint::Endpoint::list(&self.path)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.runtime_dir())
+            .collect();
+        let walredo = self.path.join("pageserver/data/walredo");
+        let hash = crc32c::crc32c(walredo.to_string_lossy().as_bytes());
+        dirs.push(utils::pg_user::state_root().join("by-path").join(format!("{hash:08x}-walredo")));
+        for dir in dirs.into_iter().filter(|d| !d.starts_with(&self.path)) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

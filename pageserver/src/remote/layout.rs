@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! tenants/<tenant>/generation.json                       the generation record
+//! tenants/<tenant>/config.json                           the tenant's settings (as the local file)
 //! tenants/<tenant>/timelines/<timeline>/<layer file name> a layer (its name
 //!                                                         carries the generation
 //!                                                         that wrote it)
@@ -19,6 +20,8 @@ use utils::id::{TenantId, TimelineId};
 pub const INDEX_PREFIX: &str = "index_part.json-g";
 /// Name of a tenant's generation record.
 pub const GENERATION_RECORD: &str = "generation.json";
+/// Name of a tenant's settings object.
+pub const TENANT_CONFIG: &str = "config.json";
 
 fn path(key: String) -> RemotePath {
     // Every key built here is made of hex ids, fixed words and layer file
@@ -54,6 +57,11 @@ pub fn index_path(tenant_id: TenantId, timeline_id: TimelineId, generation: u32)
 /// `tenants/<tenant>/generation.json`.
 pub fn generation_record_path(tenant_id: TenantId) -> RemotePath {
     path(format!("tenants/{tenant_id}/{GENERATION_RECORD}"))
+}
+
+/// `tenants/<tenant>/config.json`.
+pub fn tenant_config_path(tenant_id: TenantId) -> RemotePath {
+    path(format!("tenants/{tenant_id}/{TENANT_CONFIG}"))
 }
 
 /// The generation of an index object's name, if it is one.

@@ -10,11 +10,14 @@
 //! * [`upload_queue`]: [`upload_queue::RemoteTimelineClient`], one per
 //!   timeline: layer uploads, index uploads and remote deletions in an
 //!   order that keeps the remote state consistent at every moment.
+//! * [`tenant_config`]: the tenant's settings, uploaded when they change
+//!   and restored by attach.
 //! * [`download`]: reading remote indexes and downloading layer files
 //!   (attach, and reads of layers that are not resident).
 pub mod download;
 pub mod generation;
 pub mod layout;
+pub mod tenant_config;
 pub mod upload_queue;
 
 use remote_storage::RemoteStorageError;

@@ -1,11 +1,12 @@
 //! A tenant's link to remote storage, as the repository sees it: one
-//! upload queue per loaded timeline, attach of a tenant that has no local
-//! state from object storage, and detach.
+//! upload queue per loaded timeline, the upload of the tenant's settings,
+//! attach of a tenant that has no local state from object storage, and
+//! detach.
 //!
 //! Attach, for a generation `G` the control plane handed out (it keeps the
 //! numbers in its state): `G` is refused if the tenant's generation record
-//! is higher, else recorded; then for every
-//! remote timeline, the newest index at or below `G` is read, its layer
+//! is higher, else recorded; then the tenant's settings object, if any,
+//! becomes its local `config.json`; then for every remote timeline, the newest index at or below `G` is read, its layer
 //! files are downloaded into a fresh timeline directory, and the index is
 //! written locally as generation `G` (new layers get `G`); then the tenant
 //! loads as at startup, and each timeline's upload queue starts by
@@ -30,9 +31,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use utils::id::TenantId;
 
-use crate::remote::{download, generation};
+use crate::remote::{download, generation, tenant_config as remote_config};
 use crate::remote::upload_queue::RemoteTimelineClient;
 use crate::storage::index::{self, IndexPart};
+use crate::tenant::config::{self as tenant_config, TenantConfOverrides};
 use crate::tenant::repository::{RepoError, Repository, Tenant};
 use crate::tenant::timeline::Timeline;
 
@@ -51,6 +53,16 @@ impl Repository {
             let client = RemoteTimelineClient::start(storage.clone(), tl.tenant_id, tl.timeline_id, tl.path.clone(), index);
             tl.set_remote(client);
         }
+    }
+
+    /// Upload a tenant's settings (nothing without remote storage); done
+    /// after the local file was replaced.
+    pub(crate) async fn upload_tenant_config(&self, tenant_id: TenantId, overrides: &TenantConfOverrides) -> Result<(), RepoError> {
+        let Some(storage) = &self.conf.remote_storage else { return Ok(()) };
+        let cancel = CancellationToken::new();
+        remote_config::upload_tenant_config(storage, tenant_id, overrides, &cancel)
+            .await
+            .map_err(|e| remote_err(format!("tenant {tenant_id}: settings saved locally, upload failed: {e}")))
     }
 
     /// Wait (up to `wait`) for every timeline's queued uploads, then stop
@@ -111,6 +123,14 @@ impl Repository {
         let ids = download::list_timelines(storage, tenant_id, &cancel).await.map_err(remote_err)?;
         let timelines_dir = self.conf.workdir.join("tenants").join(tenant_id.to_string()).join("timelines");
         tokio::fs::create_dir_all(&timelines_dir).await.map_err(|e| remote_err(format!("{}: {e}", timelines_dir.display())))?;
+        if let Some(overrides) = remote_config::download_tenant_config(storage, tenant_id, &cancel).await.map_err(remote_err)? {
+            let dir = self.conf.workdir.join("tenants").join(tenant_id.to_string());
+            let path = dir.join(tenant_config::CONFIG_FILE);
+            tokio::task::spawn_blocking(move || tenant_config::save(&dir, &overrides))
+                .await
+                .map_err(remote_err)?
+                .map_err(|e| remote_err(format!("{}: {e}", path.display())))?;
+        }
         let mut attached = Vec::new();
         for id in ids {
             let Some((found, index)) =

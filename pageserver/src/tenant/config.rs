@@ -26,7 +26,9 @@
 //! * Durable first: [`TenantConf::replace`] writes `config.json` atomically
 //!   (`utils::fs::write_atomic`) and only then publishes the new effective
 //!   settings, so a restart never comes back with settings older than what
-//!   a client was told.
+//!   a client was told. With remote storage, the repository then uploads
+//!   the same bytes (`tenants/<tenant>/config.json`, see
+//!   [`crate::remote::tenant_config`]), and an attach restores them.
 //! * Live update: the effective settings are published through a
 //!   `tokio::sync::watch` channel; every timeline of the tenant holds a
 //!   receiver ([`crate::tenant::timeline::SharedConf`]) and reads the
@@ -119,6 +121,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// The largest unit that divides `n` exactly: `64MiB`; plain bytes otherwise.
+#[allow(clippy::manual_is_multiple_of)] // u64::is_multiple_of is newer than rust-version 1.85
 pub fn format_size(n: u64) -> String {
     for (unit, mult) in SIZE_UNITS.iter().filter(|(u, _)| *u != "B") {
         if n != 0 && n % mult == 0 {
@@ -309,27 +312,35 @@ struct ConfigFile {
     overrides: Value,
 }
 
-/// Read `<tenant_dir>/config.json`; no file means no overrides. Blocking.
-pub fn load(tenant_dir: &Path) -> Result<TenantConfOverrides, ConfigError> {
-    let path = tenant_dir.join(CONFIG_FILE);
-    let bad = |reason: String| ConfigError::File { path: path.clone(), reason };
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TenantConfOverrides::default()),
-        Err(e) => return Err(bad(e.to_string())),
-    };
-    let file: ConfigFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+/// The content of a `config.json` (the local file and the remote object).
+pub fn encode(overrides: &TenantConfOverrides) -> Vec<u8> {
+    let overrides = serde_json::to_value(overrides).unwrap_or_default();
+    serde_json::to_vec_pretty(&ConfigFile { version: CONFIG_VERSION, overrides }).unwrap_or_default()
+}
+
+/// Parse a `config.json` read from `origin` (named in errors).
+pub fn decode(bytes: &[u8], origin: &Path) -> Result<TenantConfOverrides, ConfigError> {
+    let bad = |reason: String| ConfigError::File { path: origin.to_path_buf(), reason };
+    let file: ConfigFile = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     if file.version != CONFIG_VERSION {
         return Err(bad(format!("version {} (this pageserver reads {CONFIG_VERSION})", file.version)));
     }
     TenantConfOverrides::from_json(&file.overrides).map_err(|e| bad(e.to_string()))
 }
 
+/// Read `<tenant_dir>/config.json`; no file means no overrides. Blocking.
+pub fn load(tenant_dir: &Path) -> Result<TenantConfOverrides, ConfigError> {
+    let path = tenant_dir.join(CONFIG_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => decode(&bytes, &path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TenantConfOverrides::default()),
+        Err(e) => Err(ConfigError::File { path, reason: e.to_string() }),
+    }
+}
+
 /// Replace `<tenant_dir>/config.json` atomically. Blocking.
 pub fn save(tenant_dir: &Path, overrides: &TenantConfOverrides) -> std::io::Result<()> {
-    let file = ConfigFile { version: CONFIG_VERSION, overrides: serde_json::to_value(overrides)? };
-    let body = serde_json::to_vec_pretty(&file)?;
-    utils::fs::write_atomic(&tenant_dir.join(CONFIG_FILE), &body)
+    utils::fs::write_atomic(&tenant_dir.join(CONFIG_FILE), &encode(overrides))
 }
 
 /// A tenant's live settings: the overrides, the pageserver defaults they

@@ -161,6 +161,17 @@ pub struct Tenant {
     pub generation: std::sync::atomic::AtomicU32,
 }
 
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("tenant_id", &self.tenant_id)
+            .field("generation", &self.generation())
+            .field("overrides", &self.conf.overrides().to_map())
+            .field("timelines", &self.timelines().len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Tenant {
     /// Generation of this attachment.
     pub fn generation(&self) -> u32 {
@@ -380,6 +391,9 @@ impl Repository {
             .map_err(|e| RepoError::Import(e.to_string()))??;
         self.insert_tenant(id, overrides.clone());
         info!(tenant_id = %id, overrides = ?overrides.to_map(), "created tenant");
+        if !overrides.is_empty() {
+            self.upload_tenant_config(id, &overrides).await?;
+        }
         Ok(id)
     }
 
@@ -395,7 +409,7 @@ impl Repository {
         let tenant = self.get_tenant(tenant_id)?;
         tenant.conf.replace(overrides.clone()).await?;
         info!(%tenant_id, overrides = ?overrides.to_map(), "tenant settings replaced");
-        Ok(())
+        self.upload_tenant_config(tenant_id, &overrides).await
     }
 
     pub fn list_tenants(&self) -> Vec<TenantId> {
