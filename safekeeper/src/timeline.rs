@@ -536,16 +536,9 @@ impl Timeline {
             let p = &st.persistent;
             (p.remote_consistent_lsn, p.backup_lsn, p.peers.iter().any(|p| *p != self.safekeeper_id))
         };
-        let mut horizon = remote.min(self.commit_lsn());
-        if offload {
-            horizon = horizon.min(backup);
-        } else if has_peers {
-            horizon = horizon.min(self.peer_horizon());
-        }
-        if let Some(replica) = replica_min_flush {
-            horizon = horizon.min(replica);
-        }
-        horizon
+        let peer_horizon = has_peers.then(|| self.peer_horizon());
+        let positions = Positions { remote_consistent: remote, commit: self.commit_lsn(), backup, peer_horizon, replica_min_flush };
+        removal_horizon_of(&positions, offload)
     }
 
     /// WAL offloaded to remote storage (by this safekeeper or a peer).
@@ -603,5 +596,55 @@ impl Timeline {
         let mut status = st.acceptor.clone();
         status.last_received_ms_ago = st.last_received.map(|t| t.elapsed().as_millis() as u64);
         status
+    }
+}
+
+/// What WAL removal depends on (see [`removal_horizon_of`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Positions {
+    pub remote_consistent: Lsn,
+    pub commit: Lsn,
+    pub backup: Lsn,
+    /// The lowest flush LSN a peer last published (None: no peers).
+    pub peer_horizon: Option<Lsn>,
+    /// The lowest flush position of the connected replicas.
+    pub replica_min_flush: Option<Lsn>,
+}
+
+/// WAL below this LSN may be removed: below commit_lsn, every connected
+/// replica and the remote-consistent LSN, and then below `backup_lsn` with
+/// WAL offload, or below the peer horizon without it.
+pub fn removal_horizon_of(p: &Positions, offload: bool) -> Lsn {
+    let mut horizon = p.remote_consistent.min(p.commit);
+    if offload {
+        horizon = horizon.min(p.backup);
+    } else if let Some(peers) = p.peer_horizon {
+        horizon = horizon.min(peers);
+    }
+    if let Some(replica) = p.replica_min_flush {
+        horizon = horizon.min(replica);
+    }
+    horizon
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offload_replaces_the_peer_horizon_by_backup_lsn() {
+        let p = Positions { remote_consistent: Lsn(900), commit: Lsn(1000), backup: Lsn(700), peer_horizon: Some(Lsn(100)), replica_min_flush: None };
+        // Without offload, a peer that is far behind holds WAL here.
+        assert_eq!(removal_horizon_of(&p, false), Lsn(100));
+        // With offload it reads the WAL from remote storage; only what is
+        // both uploaded by the pageserver and offloaded goes.
+        assert_eq!(removal_horizon_of(&p, true), Lsn(700));
+        assert_eq!(removal_horizon_of(&Positions { backup: Lsn(950), ..p }, true), Lsn(900));
+        // Never above commit_lsn or a connected replica.
+        assert_eq!(removal_horizon_of(&Positions { remote_consistent: Lsn(2000), backup: Lsn(2000), ..p }, true), Lsn(1000));
+        assert_eq!(removal_horizon_of(&Positions { replica_min_flush: Some(Lsn(50)), ..p }, true), Lsn(50));
+        // Nothing uploaded by a pageserver yet: nothing goes, offloaded or not.
+        assert_eq!(removal_horizon_of(&Positions { remote_consistent: Lsn(0), ..p }, true), Lsn(0));
+        assert_eq!(removal_horizon_of(&Positions { peer_horizon: None, ..p }, false), Lsn(900));
     }
 }
