@@ -446,6 +446,37 @@ mod tests {
         assert_eq!(choose_offloader(own(2, 300), &[], Lsn(400), SEG), None);
     }
 
+    /// Two uploads of one segment (two safekeepers whose views differed for
+    /// a moment): the second finds the same bytes and counts them; different
+    /// bytes under the key are an error, and the object stays as it was.
+    #[tokio::test]
+    async fn a_second_upload_is_harmless_and_a_different_object_is_refused() {
+        const SEG: u64 = 1 << 20;
+        let (dir, remote) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let storage = GenericRemoteStorage::new(&remote_storage::RemoteStorageConfig::parse_location(remote.path().to_str().unwrap()).unwrap()).unwrap();
+        let req = crate::timeline::CreateTimelineRequest { timeline_id: TimelineId::generate(), start_lsn: Lsn(SEG), peers: vec![], quorum: None, wal_seg_size_bytes: SEG };
+        let tl = Timeline::create(&dir.path().join("tl"), 1, TenantId::generate(), &req).unwrap();
+        let path = segment_path(tl.dir(), PG_TLI, Lsn(SEG), SEG);
+        let data: Vec<u8> = (0..SEG).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        assert!(upload_segment(&tl, &storage, Lsn(SEG), 0).await.unwrap());
+        assert!(upload_segment(&tl, &storage, Lsn(SEG), 0).await.unwrap());
+        let key = segment_key(tl.tenant_id, tl.timeline_id, Lsn(SEG), SEG);
+        let cancel = remote_storage::CancellationToken::new();
+        assert_eq!(storage.download_bytes(&key, &cancel).await.unwrap()[..], data[..]);
+        let mut other = data.clone();
+        other[4096] ^= 1;
+        std::fs::write(&path, &other).unwrap();
+        match upload_segment(&tl, &storage, Lsn(SEG), 0).await {
+            Err(WalBackupError::Mismatch { lsn, .. }) => assert_eq!(lsn, Lsn(SEG + 4096)),
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+        assert_eq!(storage.download_bytes(&key, &cancel).await.unwrap()[..], data[..]);
+        // A short local file is never uploaded.
+        std::fs::write(&path, &data[..1000]).unwrap();
+        assert!(matches!(upload_segment(&tl, &storage, Lsn(SEG), 0).await, Err(WalBackupError::Local { .. })));
+    }
+
     #[test]
     fn segment_keys() {
         let (t, tl) = (TenantId::generate(), TimelineId::generate());
