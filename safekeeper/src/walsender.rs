@@ -305,7 +305,14 @@ impl Connection {
             return Ok(());
         }
         let offloaded = match &self.remote {
-            Some(storage) if start < first && start < self.tl.backup_lsn() => wal_backup::segment_exists(storage, &self.tl, start).await?,
+            Some(storage) if start < first && start < self.tl.backup_lsn() => match wal_backup::segment_exists(storage, &self.tl, start).await {
+                Ok(exists) => exists,
+                Err(e) => {
+                    let msg = format!("requested starting point {start} is below the WAL on this safekeeper ({first}), and remote storage does not answer: {e}");
+                    self.pgb.send_error("58030", &msg)?;
+                    return Ok(());
+                }
+            },
             _ => false,
         };
         if (start < first && !offloaded) || start > flush {
