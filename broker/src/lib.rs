@@ -32,6 +32,11 @@ pub struct SafekeeperTimelineInfo {
     pub pg_addr: String,
     /// HTTP management address (`host:port`).
     pub http_addr: String,
+    /// WAL offloaded to remote storage: every whole segment of the timeline
+    /// below it is there. `None` from a safekeeper without remote storage
+    /// (or one older than WAL offload); such a safekeeper never offloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_lsn: Option<Lsn>,
 }
 
 /// A timeline's view: every safekeeper that has published for it.
@@ -47,4 +52,23 @@ pub struct TimelineView {
 pub struct PublishedInfo {
     pub info: SafekeeperTimelineInfo,
     pub age_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infos_without_backup_lsn_still_parse() {
+        let (t, tl) = (TenantId::generate(), TimelineId::generate());
+        let old = serde_json::json!({
+            "safekeeper_id": 1, "tenant_id": t, "timeline_id": tl, "term": 2, "flush_lsn": "0/100",
+            "commit_lsn": "0/80", "remote_consistent_lsn": "0/0", "pg_addr": "a:1", "http_addr": "a:2",
+        });
+        let info: SafekeeperTimelineInfo = serde_json::from_value(old).unwrap();
+        assert_eq!(info.backup_lsn, None);
+        let new = SafekeeperTimelineInfo { backup_lsn: Some(Lsn(0x1000000)), ..info };
+        let back: SafekeeperTimelineInfo = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
+    }
 }

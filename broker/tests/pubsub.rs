@@ -25,6 +25,7 @@ fn info(sk: u64, tenant_id: TenantId, timeline_id: TimelineId, flush: u64) -> Sa
         remote_consistent_lsn: Lsn(0),
         pg_addr: format!("127.0.0.1:{}", 5000 + sk),
         http_addr: String::new(),
+        backup_lsn: None,
     }
 }
 

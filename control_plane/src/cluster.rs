@@ -46,18 +46,7 @@ impl Cluster {
             out.push(Component {
                 name: format!("safekeeper_{}", sk.id),
                 binary: bin.join("safekeeper"),
-                args: vec![
-                    "--id".into(),
-                    sk.id.to_string(),
-                    "--data-dir".into(),
-                    dir.join("data").display().to_string(),
-                    "--listen-pg".into(),
-                    format!("127.0.0.1:{}", sk.pg_port),
-                    "--listen-http".into(),
-                    format!("127.0.0.1:{}", sk.http_port),
-                    "--broker-endpoint".into(),
-                    self.broker_addr(),
-                ],
+                args: safekeeper_args(sk, &dir, &self.broker_addr(), &self.conf.pageserver),
                 ports: vec![sk.pg_port, sk.http_port],
                 ready_url: format!("http://127.0.0.1:{}/v1/status", sk.http_port),
                 dir,
@@ -156,6 +145,37 @@ impl Cluster {
         }
         Ok(lines)
     }
+}
+
+/// A safekeeper's command line: it offloads WAL to the cluster's remote
+/// storage (the pageserver's), when there is one.
+fn safekeeper_args(sk: &crate::config::SafekeeperConf, dir: &Path, broker: &str, ps: &crate::config::PageserverConf) -> Vec<String> {
+    let mut args = vec![
+        "--id".into(),
+        sk.id.to_string(),
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--listen-pg".into(),
+        format!("127.0.0.1:{}", sk.pg_port),
+        "--listen-http".into(),
+        format!("127.0.0.1:{}", sk.http_port),
+        "--broker-endpoint".into(),
+        broker.to_string(),
+    ];
+    args.extend(remote_storage_args(ps));
+    args
+}
+
+/// `--remote-storage`, `--s3-endpoint`, `--s3-region` of the cluster's remote storage.
+fn remote_storage_args(ps: &crate::config::PageserverConf) -> Vec<String> {
+    let mut args = Vec::new();
+    let options = [("--remote-storage", &ps.remote_storage), ("--s3-endpoint", &ps.s3_endpoint), ("--s3-region", &ps.s3_region)];
+    for (flag, value) in options {
+        if let Some(v) = value {
+            args.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    args
 }
 
 /// The pageserver's command line.

@@ -28,9 +28,10 @@ pub struct SafekeeperConf {
 pub struct PageserverConf {
     pub pg_port: u16,
     pub http_port: u16,
-    /// Object storage for layers and indexes: a directory or
+    /// Object storage for layers and indexes, and for the WAL the
+    /// safekeepers offload (they get the same location): a directory or
     /// `s3://BUCKET/PREFIX` (absent in repositories made before it existed:
-    /// then the pageserver's disk is the only copy).
+    /// then the pageserver's and safekeepers' disks are the only copies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_storage: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

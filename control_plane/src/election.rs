@@ -35,6 +35,8 @@ pub struct Answer {
     pub flush_lsn: Lsn,
     pub last_record_lsn: Lsn,
     pub commit_lsn: Lsn,
+    /// WAL offloaded to remote storage (None from a safekeeper without it).
+    pub backup_lsn: Option<Lsn>,
 }
 
 impl Answer {
@@ -46,6 +48,7 @@ impl Answer {
             flush_lsn: field(v, "flush_lsn")?,
             last_record_lsn: field(v, "last_record_lsn").or_else(|_| field(v, "flush_lsn"))?,
             commit_lsn: field(v, "commit_lsn")?,
+            backup_lsn: if v["backup"].is_object() { field(v, "backup_lsn").ok() } else { None },
         })
     }
     fn position(&self) -> (u64, Lsn) {
@@ -133,7 +136,7 @@ mod tests {
     use super::*;
 
     fn a(id: u64, last_log_term: u64, rec: u64) -> Answer {
-        Answer { id, term: last_log_term, last_log_term, flush_lsn: Lsn(rec + 8), last_record_lsn: Lsn(rec), commit_lsn: Lsn(0) }
+        Answer { id, term: last_log_term, last_log_term, flush_lsn: Lsn(rec + 8), last_record_lsn: Lsn(rec), commit_lsn: Lsn(0), backup_lsn: None }
     }
 
     #[test]

@@ -40,9 +40,10 @@ enum Cmd {
         /// First port tried for computes.
         #[arg(long, default_value_t = 55432)]
         endpoint_base_port: u16,
-        /// Object storage for the pageserver's layers and indexes: a
-        /// directory, s3://BUCKET/PREFIX (credentials from AWS_*), or
-        /// "none" (the pageserver's disk is then the only copy).
+        /// Object storage for the pageserver's layers and indexes and the
+        /// safekeepers' offloaded WAL: a directory, s3://BUCKET/PREFIX
+        /// (credentials from AWS_*), or "none" (the pageserver's and the
+        /// safekeepers' disks are then the only copies).
         /// Default: <repo>/remote.
         #[arg(long)]
         remote_storage: Option<String>,

@@ -370,8 +370,9 @@ impl Cluster {
         Ok(lines)
     }
 
-    /// Per safekeeper of a branch: term, flush and commit LSN; and which one
-    /// the pageserver streams from.
+    /// Per safekeeper of a branch: term, flush and commit LSN, the WAL
+    /// offloaded to remote storage (with remote storage); and which one the
+    /// pageserver streams from.
     async fn safekeeper_lines(&self, api: &Api, b: &Branch, detail: Option<&serde_json::Value>) -> Vec<String> {
         let (answers, _) = self.ask_safekeepers(api, b.tenant_id, b.timeline_id).await;
         let source = detail.and_then(|d| d["walreceiver"]["source"]["conninfo"].as_str()).unwrap_or("");
@@ -384,7 +385,13 @@ impl Cluster {
                 streams_from = format!("sk_{}{}", sk.id, if connected { "" } else { " (connecting)" });
             }
             let line = match answers.iter().find(|a| a.id == sk.id) {
-                Some(a) => format!("  sk_{:<4} term {:<4} last_log_term {:<4} flush {:>12} commit {:>12}", sk.id, a.term, a.last_log_term, a.flush_lsn.to_string(), a.commit_lsn.to_string()),
+                Some(a) => {
+                    let mut line = format!("  sk_{:<4} term {:<4} last_log_term {:<4} flush {:>12} commit {:>12}", sk.id, a.term, a.last_log_term, a.flush_lsn.to_string(), a.commit_lsn.to_string());
+                    if let Some(backup) = a.backup_lsn {
+                        line.push_str(&format!(" offloaded {:>12}", backup.to_string()));
+                    }
+                    line
+                }
                 None => format!("  sk_{:<4} not answering", sk.id),
             };
             lines.push(line);

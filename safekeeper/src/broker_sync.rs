@@ -8,7 +8,14 @@
 //!
 //! The fresh part of every view is also kept in the timeline
 //! ([`Timeline::set_peer_view`]): the acceptor decides on peer recovery and
-//! fencing from it.
+//! fencing from it, the WAL offload on who offloads.
+//!
+//! Positions that only say what is durable elsewhere are adopted from every
+//! peer's last publish (fresh or not), taking the maximum: the pageservers'
+//! `remote_consistent_lsn` (only the safekeeper a pageserver streams from
+//! hears it directly) and, with remote storage, `backup_lsn` (only the
+//! offloading safekeeper uploads). Both only grow, and both govern WAL
+//! removal, which runs here every [`WAL_REMOVAL_INTERVAL`].
 //!
 //! Cancellation: the task ends when the timeline's cancellation token fires;
 //! every await in it is a broker request or a timer, safe to drop.
@@ -97,26 +104,40 @@ fn own_info(tl: &Timeline, conf: &SafekeeperConf) -> SafekeeperTimelineInfo {
         remote_consistent_lsn: state.remote_consistent_lsn,
         pg_addr: conf.advertise_pg.clone(),
         http_addr: conf.advertise_http.clone(),
+        backup_lsn: conf.remote_storage.is_some().then_some(state.backup_lsn),
     }
+}
+
+/// The highest remote-consistent and backup LSNs other peers published.
+fn peers_durable_positions(tl: &Timeline, view: &TimelineView) -> (Lsn, Option<Lsn>) {
+    let peers = tl.persistent().peers;
+    let published = view.safekeepers.iter().map(|p| &p.info).filter(|i| i.safekeeper_id != tl.safekeeper_id && peers.contains(&i.safekeeper_id));
+    let (mut remote, mut backup) = (Lsn(0), None::<Lsn>);
+    for info in published {
+        remote = remote.max(info.remote_consistent_lsn);
+        backup = backup.max(info.backup_lsn);
+    }
+    (remote, backup)
 }
 
 /// Run commit_lsn tracking for `tl` until it is cancelled.
 pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
     let Some(endpoint) = conf.broker_endpoint.clone() else {
-        return local_only(tl).await;
+        return local_only(tl, conf).await;
     };
     let client = BrokerClient::new(&endpoint);
     let cancel = tl.cancel.clone();
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = publish_loop(tl.clone(), conf.clone(), client.clone()) => {}
-        _ = subscribe_loop(tl.clone(), client) => {}
+        _ = subscribe_loop(tl.clone(), conf.clone(), client) => {}
     }
 }
 
 /// Without a broker only single-safekeeper timelines can commit.
-async fn local_only(tl: Arc<Timeline>) {
+async fn local_only(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
     let mut flush = tl.subscribe_flush();
+    let mut cleanup = tokio::time::interval(WAL_REMOVAL_INTERVAL);
     loop {
         if tl.persistent().quorum <= 1 {
             tl.advance_commit_lsn(*flush.borrow_and_update());
@@ -124,6 +145,7 @@ async fn local_only(tl: Arc<Timeline>) {
         tokio::select! {
             _ = tl.cancel.cancelled() => return,
             changed = flush.changed() => if changed.is_err() { return },
+            _ = cleanup.tick() => remove_old_wal(&tl, &conf).await,
         }
     }
 }
@@ -135,7 +157,7 @@ async fn publish_loop(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>, client: Brok
     loop {
         if last_cleanup.elapsed() >= WAL_REMOVAL_INTERVAL {
             last_cleanup = std::time::Instant::now();
-            remove_old_wal(&tl).await;
+            remove_old_wal(&tl, &conf).await;
         }
         if tl.persistent().quorum <= 1 {
             tl.advance_commit_lsn(tl.flush_lsn());
@@ -155,20 +177,27 @@ async fn publish_loop(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>, client: Brok
     }
 }
 
-async fn remove_old_wal(tl: &Timeline) {
+async fn remove_old_wal(tl: &Timeline, conf: &SafekeeperConf) {
     let replicas = crate::walsender::replicas_of(tl.tenant_id, tl.timeline_id);
     let replica_min = replicas.iter().map(|r| r.flush_lsn.max(r.write_lsn)).min();
-    if let Err(e) = tl.remove_old_wal(replica_min).await {
+    if let Err(e) = tl.remove_old_wal(replica_min, conf.remote_storage.is_some()).await {
         tracing::warn!("WAL removal: {e}");
     }
 }
 
-async fn subscribe_loop(tl: Arc<Timeline>, client: BrokerClient) {
+async fn subscribe_loop(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>, client: BrokerClient) {
     let mut version = None;
     loop {
         match client.poll(tl.tenant_id, tl.timeline_id, version, POLL_TIMEOUT).await {
             Ok(view) => {
                 version = Some(view.version);
+                let (remote, backup) = peers_durable_positions(&tl, &view);
+                tl.update_remote_consistent_lsn(remote);
+                if let (Some(backup), true) = (backup, conf.remote_storage.is_some()) {
+                    if let Err(e) = tl.advance_backup_lsn(backup, false).await {
+                        tracing::warn!("adopt a peer's backup_lsn {backup}: {e}");
+                    }
+                }
                 tl.set_peer_view(fresh_peers(&tl, &view));
                 tl.set_peer_horizon(peer_horizon(&tl, &view));
                 if let Some(candidate) = commit_from_view(&tl, &view) {

@@ -7,9 +7,12 @@
 //! fsynced, renamed over the old one, and the directory fsynced. A torn or
 //! damaged file is an error naming the file, never a silently default state.
 //!
-//! Format versions: 1 had no term history; 2 adds `term_history`. A version
-//! 1 file loads with a history synthesized from its compute spec (or its
-//! timeline start), and is rewritten as version 2 at the next persist.
+//! Format versions: 1 had no term history; 2 adds `term_history`; 3 adds
+//! `backup_lsn` (WAL offload, see `wal_backup`). A version 1 file loads with
+//! a history synthesized from its compute spec (or its timeline start); a
+//! version 1 or 2 file loads with `backup_lsn` at its timeline start (WAL
+//! removed before offload existed is not in remote storage, and nothing above
+//! the start is). Either is rewritten as version 3 at the next persist.
 //!
 //! `flush_lsn` here is a lower bound: the true end of durable WAL is found at
 //! start by scanning the WAL from it (see `wal_storage`), so the control
@@ -24,7 +27,7 @@ use utils::lsn::Lsn;
 
 pub const CONTROL_FILE_NAME: &str = "safekeeper.control";
 const MAGIC: &[u8; 4] = b"SKCF";
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
 const OLDEST_FORMAT_VERSION: u32 = 1;
 const HEADER_SIZE_BYTES: usize = 12;
 const CRC_SIZE_BYTES: usize = 4;
@@ -107,6 +110,11 @@ pub struct TimelinePersistentState {
     /// Terms of the WAL held (format version 2).
     #[serde(default)]
     pub term_history: TermHistory,
+    /// WAL offloaded to remote storage (format version 3): every whole
+    /// segment from the offload's first one up to here is in remote
+    /// storage. Only grows; a segment boundary once anything was offloaded.
+    #[serde(default)]
+    pub backup_lsn: Lsn,
 }
 
 impl TimelinePersistentState {
@@ -171,6 +179,9 @@ pub fn decode(path: &Path, buf: &[u8]) -> Result<TimelinePersistentState, Contro
     let mut state: TimelinePersistentState =
         serde_json::from_slice(&content[HEADER_SIZE_BYTES..]).map_err(|e| corrupt(format!("body: {e}")))?;
     state.fill_history();
+    if version < 3 {
+        state.backup_lsn = state.timeline_start_lsn;
+    }
     Ok(state)
 }
 
@@ -208,26 +219,52 @@ mod tests {
             peers: vec![1, 2, 3],
             quorum: 2,
             term_history: TermHistory(vec![TermEntry { term: 3, start_lsn: Lsn(0x1000000) }]),
+            backup_lsn: Lsn(0x1000000),
         }
+    }
+
+    /// `state` in the format of `version`, without the fields it lacked.
+    fn encode_old(state: &TimelinePersistentState, version: u32) -> Vec<u8> {
+        let mut v = serde_json::to_value(state).unwrap();
+        let fields = v.as_object_mut().unwrap();
+        fields.remove("backup_lsn");
+        if version < 2 {
+            fields.remove("term_history");
+        }
+        let body = serde_json::to_vec(&v).unwrap();
+        let mut buf = Vec::new();
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&version.to_le_bytes());
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&body);
+        let crc = crc32c::crc32c(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        buf
+    }
+
+    #[test]
+    fn version_2_files_load_with_backup_lsn_at_the_timeline_start() {
+        let mut state = sample();
+        state.timeline_start_lsn = Lsn(0x3000000);
+        state.backup_lsn = Lsn(0x7000000);
+        let loaded = decode(Path::new("old"), &encode_old(&state, 2)).unwrap();
+        assert_eq!(loaded.backup_lsn, Lsn(0x3000000));
+        assert_eq!(loaded.term_history, state.term_history);
+        // Rewritten as version 3, the value survives.
+        let mut newer = loaded.clone();
+        newer.backup_lsn = Lsn(0x5000000);
+        let buf = encode(&newer);
+        assert_eq!(u32::from_le_bytes(buf[4..8].try_into().unwrap()), 3);
+        assert_eq!(decode(Path::new("new"), &buf).unwrap().backup_lsn, Lsn(0x5000000));
     }
 
     #[test]
     fn version_1_files_load_with_a_history() {
         let mut state = sample();
         state.term_history = TermHistory::default();
-        let body = serde_json::to_vec(&state).unwrap();
-        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        v.as_object_mut().unwrap().remove("term_history");
-        let body = serde_json::to_vec(&v).unwrap();
-        let mut buf = Vec::new();
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&1u32.to_le_bytes());
-        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&body);
-        let crc = crc32c::crc32c(&buf);
-        buf.extend_from_slice(&crc.to_le_bytes());
-        let loaded = decode(Path::new("old"), &buf).unwrap();
+        let loaded = decode(Path::new("old"), &encode_old(&state, 1)).unwrap();
         assert_eq!(loaded.term_history, sample().term_history);
+        assert_eq!(loaded.backup_lsn, state.timeline_start_lsn);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! * `PUT    /v1/tenant/{tenant_id}/timeline/{timeline_id}/compute` — follow a
 //!   compute ([`ComputeSpec`]: conninfo, term, start LSN)
 //! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}` — status (term,
-//!   term history, last log term, flush/commit/last record LSNs, …)
+//!   term history, last log term, flush/commit/last record LSNs, the
+//!   offloaded `backup_lsn` and who offloads, …)
 //! * `POST   /v1/tenant/{tenant_id}/timeline/{timeline_id}/recover` — catch up
 //!   from a peer ([`RecoveryTarget`]); answers once flushed up to `up_to`
 //!   (504 after [`RECOVER_WAIT`] otherwise)
@@ -38,7 +39,7 @@ use utils::lsn::Lsn;
 
 use crate::control_file::{ComputeSpec, TermHistory};
 use crate::recovery::RecoveryTarget;
-use crate::timeline::{AcceptorStatus, CreateTimelineRequest, Timeline, TimelineError};
+use crate::timeline::{AcceptorStatus, BackupStatus, CreateTimelineRequest, Timeline, TimelineError};
 use crate::timelines::{Timelines, TimelinesError};
 use crate::walsender::ReplicaStatus;
 
@@ -100,6 +101,10 @@ pub struct TimelineStatus {
     pub last_record_lsn: Lsn,
     pub commit_lsn: Lsn,
     pub remote_consistent_lsn: Lsn,
+    /// WAL offloaded to remote storage (whole segments below it).
+    pub backup_lsn: Lsn,
+    /// The WAL offload: who offloads, the last error (absent without remote storage).
+    pub backup: Option<BackupStatus>,
     pub peers: Vec<u64>,
     pub quorum: usize,
     pub compute: Option<ComputeSpec>,
@@ -107,7 +112,7 @@ pub struct TimelineStatus {
     pub replicas: Vec<ReplicaStatus>,
 }
 
-fn status_of(tl: &Timeline) -> TimelineStatus {
+fn status_of(tl: &Timeline, offload: bool) -> TimelineStatus {
     let p = tl.persistent();
     TimelineStatus {
         tenant_id: tl.tenant_id,
@@ -122,6 +127,8 @@ fn status_of(tl: &Timeline) -> TimelineStatus {
         last_record_lsn: tl.last_record_lsn(),
         commit_lsn: tl.commit_lsn(),
         remote_consistent_lsn: p.remote_consistent_lsn,
+        backup_lsn: p.backup_lsn,
+        backup: offload.then(|| tl.backup_status()),
         peers: p.peers,
         quorum: p.quorum,
         compute: p.compute,
@@ -148,7 +155,7 @@ async fn create(
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("start_lsn {} is not 8-byte aligned", req.start_lsn)));
     }
     let tl = tls.create(tenant_id, &req)?;
-    Ok((StatusCode::CREATED, Json(status_of(&tl))))
+    Ok((StatusCode::CREATED, Json(status_of(&tl, tls.conf.remote_storage.is_some()))))
 }
 
 async fn set_compute(
@@ -158,7 +165,7 @@ async fn set_compute(
 ) -> ApiResult<Json<TimelineStatus>> {
     let tl = tls.get(tenant_id, timeline_id)?;
     tl.set_compute(spec).await?;
-    Ok(Json(status_of(&tl)))
+    Ok(Json(status_of(&tl, tls.conf.remote_storage.is_some())))
 }
 
 /// How long `POST .../recover` waits for the WAL to arrive.
@@ -172,11 +179,11 @@ async fn recover(
     let tl = tls.get(tenant_id, timeline_id)?;
     let up_to = target.up_to;
     tl.request_recovery(target);
-    let Some(up_to) = up_to else { return Ok(Json(status_of(&tl))) };
+    let Some(up_to) = up_to else { return Ok(Json(status_of(&tl, tls.conf.remote_storage.is_some()))) };
     let mut flush = tl.subscribe_flush();
     let reached = tokio::time::timeout(RECOVER_WAIT, flush.wait_for(|f| *f >= up_to)).await;
     match reached {
-        Ok(Ok(_)) => Ok(Json(status_of(&tl))),
+        Ok(Ok(_)) => Ok(Json(status_of(&tl, tls.conf.remote_storage.is_some()))),
         _ => {
             let error = tl.acceptor_status().last_error.unwrap_or_default();
             Err(ApiError(StatusCode::GATEWAY_TIMEOUT, format!("WAL not recovered up to {up_to} (at {}): {error}", tl.flush_lsn())))
@@ -189,7 +196,7 @@ async fn timeline_status(
     ApiPath((tenant_id, timeline_id)): ApiPath<(TenantId, TimelineId)>,
 ) -> ApiResult<Json<TimelineStatus>> {
     let tl = tls.get(tenant_id, timeline_id)?;
-    Ok(Json(status_of(&tl)))
+    Ok(Json(status_of(&tl, tls.conf.remote_storage.is_some())))
 }
 
 async fn delete(
@@ -201,7 +208,7 @@ async fn delete(
 }
 
 async fn status(State(tls): State<Arc<Timelines>>) -> Json<serde_json::Value> {
-    let timelines: Vec<TimelineStatus> = tls.list().iter().map(|tl| status_of(tl)).collect();
+    let timelines: Vec<TimelineStatus> = tls.list().iter().map(|tl| status_of(tl, tls.conf.remote_storage.is_some())).collect();
     Json(serde_json::json!({ "id": tls.conf.id, "timelines": timelines }))
 }
 

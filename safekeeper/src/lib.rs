@@ -8,6 +8,10 @@
 //! through the broker ([`broker_sync`]) to agree on `commit_lsn`, and serve
 //! WAL up to it to pageservers and any replication client ([`walsender`]).
 //! A safekeeper that is behind catches up from a peer ([`recovery`]).
+//! With remote storage, one safekeeper per timeline offloads whole WAL
+//! segments there ([`wal_backup`]); WAL is then removed from local disks
+//! once both offloaded and in the pageserver's remote storage, and the
+//! walsender serves older WAL from remote storage.
 //! Per-timeline state survives restarts in a control file ([`control_file`]);
 //! the control plane drives timelines through the HTTP API ([`http`]).
 
@@ -19,6 +23,7 @@ pub mod metrics;
 pub mod recovery;
 pub mod timeline;
 pub mod timelines;
+pub mod wal_backup;
 pub mod wal_storage;
 pub mod walsender;
 
@@ -37,6 +42,10 @@ pub struct SafekeeperConf {
     pub broker_endpoint: Option<String>,
     /// Send a keepalive to idle replicas this often.
     pub keepalive_interval_ms: u64,
+    /// Object storage WAL is offloaded to (the same as the pageservers'
+    /// and every other safekeeper's of the cluster); `None`: WAL stays on
+    /// local disks only.
+    pub remote_storage: Option<remote_storage::GenericRemoteStorage>,
 }
 
 impl SafekeeperConf {

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram, register_int_counter, register_int_gauge, Histogram, IntCounter, IntGauge};
+use prometheus::{register_histogram, register_int_counter, register_int_gauge, register_int_gauge_vec, Histogram, IntCounter, IntGauge, IntGaugeVec};
 
 pub struct Metrics {
     pub wal_bytes_written: IntCounter,
@@ -17,6 +17,11 @@ pub struct Metrics {
     pub recoveries: IntCounter,
     pub recovery_errors: IntCounter,
     pub recovery_bytes: IntCounter,
+    pub wal_backup_segments: IntCounter,
+    pub wal_backup_bytes: IntCounter,
+    pub wal_backup_errors: IntCounter,
+    pub wal_backup_lag_bytes: IntGaugeVec,
+    pub wal_backup_downloads: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -36,6 +41,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     recoveries: register_int_counter!("safekeeper_recoveries_total", "Peer recoveries started").expect("metric"),
     recovery_errors: register_int_counter!("safekeeper_recovery_errors_total", "Peer recoveries that failed").expect("metric"),
     recovery_bytes: register_int_counter!("safekeeper_recovery_bytes_total", "WAL bytes received from peers").expect("metric"),
+    wal_backup_segments: register_int_counter!("safekeeper_wal_backup_segments_total", "WAL segments this safekeeper offloaded to remote storage").expect("metric"),
+    wal_backup_bytes: register_int_counter!("safekeeper_wal_backup_bytes_total", "WAL bytes this safekeeper offloaded to remote storage").expect("metric"),
+    wal_backup_errors: register_int_counter!("safekeeper_wal_backup_errors_total", "Failed WAL offload rounds (upload, read, or a mismatching object)").expect("metric"),
+    wal_backup_lag_bytes: register_int_gauge_vec!(
+        "safekeeper_wal_backup_lag_bytes",
+        "flush_lsn - backup_lsn: WAL held locally that is not offloaded yet",
+        &["tenant_id", "timeline_id"]
+    )
+    .expect("metric"),
+    wal_backup_downloads: register_int_counter!("safekeeper_wal_backup_downloads_total", "Offloaded WAL segments downloaded to serve a replica or a recovering peer").expect("metric"),
 });
 
 /// All metrics of the default registry in the text format.

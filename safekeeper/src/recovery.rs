@@ -12,9 +12,10 @@
 //! [`Timeline::adopt`] it (WAL past the common prefix is cut first); then
 //! `START_REPLICATION` on the donor with `-c strata_recovery=on`, which makes
 //! its walsender serve up to its flush LSN (not only commit_lsn), from our
-//! last record boundary. Received WAL is decoded (damaged WAL is refused),
-//! written and fsynced through [`Timeline::append_and_flush`], exactly like
-//! WAL from the compute. Recovery ends at the target LSN, at the end of the
+//! last record boundary (WAL the donor no longer holds on disk comes from
+//! remote storage through its walsender, once offloaded). Received WAL is
+//! decoded (damaged WAL is refused), written and fsynced through
+//! [`Timeline::append_and_flush`], exactly like WAL from the compute. Recovery ends at the target LSN, at the end of the
 //! donor's WAL, or on error; the acceptor then follows the compute again.
 //!
 //! Invariants: recovery runs inside the acceptor task, so at most one writer
@@ -45,8 +46,10 @@ use crate::timeline::Timeline;
 pub const AUTO_RECOVERY_MIN_BYTES: u64 = 64 * 1024;
 /// Write at most this much per batch.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// A donor sending nothing for this long ends the recovery.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A donor sending nothing for this long ends the recovery. Long enough
+/// for a donor to download an offloaded segment it serves from remote
+/// storage (see `wal_backup`).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where to recover from and up to where.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

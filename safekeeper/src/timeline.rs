@@ -13,7 +13,10 @@
 //!   a safekeeper behind a new term's start LSN takes the term (it is fenced
 //!   from the old compute) but follows the new compute only once peer
 //!   recovery has brought its WAL up to that start LSN;
-//! * `last_record_lsn` is always a record boundary at or below `flush_lsn`.
+//! * `last_record_lsn` is always a record boundary at or below `flush_lsn`;
+//! * `backup_lsn` (control file) only grows, and the whole segments below
+//!   it are in remote storage (see `wal_backup`); WAL is removed locally
+//!   only below what is durable elsewhere ([`Timeline::remove_old_wal`]).
 //!
 //! Locking: `state` is a std mutex held only for field updates; control
 //! file writes are serialized by `persist_lock` and write the newest state; `storage` is
@@ -84,6 +87,16 @@ fn default_seg_size() -> u64 {
     16 * 1024 * 1024
 }
 
+/// The WAL offload as this safekeeper sees it, for status.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BackupStatus {
+    /// Who offloads the next segment, by this safekeeper's broker view
+    /// (None: nobody can yet, or offload is not configured).
+    pub offloader: Option<u64>,
+    /// The last failed offload round, until one succeeds.
+    pub last_error: Option<String>,
+}
+
 /// Where the acceptor is, for status.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AcceptorStatus {
@@ -100,6 +113,7 @@ struct Volatile {
     last_persist: Instant,
     acceptor: AcceptorStatus,
     last_received: Option<Instant>,
+    backup: BackupStatus,
 }
 
 pub struct Timeline {
@@ -151,6 +165,7 @@ impl Timeline {
             peers,
             quorum,
             term_history: TermHistory::default(),
+            backup_lsn: req.start_lsn,
         };
         std::fs::create_dir_all(dir).map_err(|source| ControlFileError::Io { path: dir.to_path_buf(), source })?;
         control_file::persist(dir, &state)?;
@@ -160,6 +175,7 @@ impl Timeline {
     /// Load an existing timeline from its directory, finding the end of its WAL.
     pub fn load(dir: &Path, safekeeper_id: u64) -> Result<Arc<Timeline>, TimelineError> {
         let state = control_file::load(dir)?;
+        crate::wal_backup::clean_remote_read_dir(dir);
         Self::open(dir, safekeeper_id, state)
     }
 
@@ -183,7 +199,7 @@ impl Timeline {
             recovery: watch::Sender::new(None),
             persist_lock: Arc::new(tokio::sync::Mutex::new(())),
             writer: tokio::sync::Mutex::new(()),
-            state: Mutex::new(Volatile { persistent: state, last_record_end: flush, last_persist: Instant::now(), acceptor: AcceptorStatus::default(), last_received: None }),
+            state: Mutex::new(Volatile { persistent: state, last_record_end: flush, last_persist: Instant::now(), acceptor: AcceptorStatus::default(), last_received: None, backup: BackupStatus::default() }),
             storage: Arc::new(Mutex::new(storage)),
             cancel: CancellationToken::new(),
         }))
@@ -379,6 +395,7 @@ impl Timeline {
             let mut st = self.lock();
             if empty {
                 st.persistent.timeline_start_lsn = st.persistent.timeline_start_lsn.max(start);
+                st.persistent.backup_lsn = st.persistent.backup_lsn.max(st.persistent.timeline_start_lsn);
             }
             st.persistent.term = spec.term;
             st.persistent.term_history.push(spec.term, start);
@@ -482,24 +499,19 @@ impl Timeline {
         });
     }
 
-    /// Remove whole WAL segments nobody needs: below the remote-consistent
-    /// LSN (pageservers hold that WAL durably elsewhere), below commit_lsn,
-    /// below every connected replica's flush position and below every
-    /// peer's last published flush position (a peer that is down may need
-    /// it to recover; until WAL is offloaded, a long-down peer holds WAL
-    /// here). Returns how many.
-    pub async fn remove_old_wal(&self, replica_min_flush: Option<Lsn>) -> Result<usize, TimelineError> {
-        let (remote, has_peers) = {
-            let st = self.lock();
-            (st.persistent.remote_consistent_lsn, st.persistent.peers.iter().any(|p| *p != self.safekeeper_id))
-        };
-        let mut horizon = remote.min(self.commit_lsn());
-        if has_peers {
-            horizon = horizon.min(self.peer_horizon());
-        }
-        if let Some(replica) = replica_min_flush {
-            horizon = horizon.min(replica);
-        }
+    /// Remove whole WAL segments nobody needs; returns how many. Always
+    /// kept: WAL at or above commit_lsn, and at or above every connected
+    /// replica's flush position. Then:
+    /// * without WAL offload (`offload` false), WAL at or above the
+    ///   pageservers' remote-consistent LSN and at or above every peer's
+    ///   last published flush position (a peer that is down may need it to
+    ///   recover: a long-down peer holds WAL here);
+    /// * with WAL offload, WAL at or above the smaller of the
+    ///   remote-consistent LSN and `backup_lsn`: what is below both is in
+    ///   remote storage twice over (as layers and as WAL segments), and a
+    ///   lagging peer or pageserver reads it from there (see `wal_backup`).
+    pub async fn remove_old_wal(&self, replica_min_flush: Option<Lsn>, offload: bool) -> Result<usize, TimelineError> {
+        let horizon = self.removal_horizon(replica_min_flush, offload);
         if horizon.segment_number(self.seg_size_bytes) == 0 {
             return Ok(0);
         }
@@ -512,14 +524,67 @@ impl Timeline {
                 st.persistent.clone()
             };
             self.persist(snapshot).await?;
-            tracing::info!(removed, %horizon, "removed old WAL segments");
+            tracing::info!(removed, %horizon, offload, "removed old WAL segments");
         }
         Ok(removed)
+    }
+
+    /// WAL below this LSN may be removed (see [`Timeline::remove_old_wal`]).
+    pub fn removal_horizon(&self, replica_min_flush: Option<Lsn>, offload: bool) -> Lsn {
+        let (remote, backup, has_peers) = {
+            let st = self.lock();
+            let p = &st.persistent;
+            (p.remote_consistent_lsn, p.backup_lsn, p.peers.iter().any(|p| *p != self.safekeeper_id))
+        };
+        let peer_horizon = has_peers.then(|| self.peer_horizon());
+        let positions = Positions { remote_consistent: remote, commit: self.commit_lsn(), backup, peer_horizon, replica_min_flush };
+        removal_horizon_of(&positions, offload)
+    }
+
+    /// WAL offloaded to remote storage (by this safekeeper or a peer).
+    pub fn backup_lsn(&self) -> Lsn {
+        self.lock().persistent.backup_lsn
+    }
+
+    pub fn remote_consistent_lsn(&self) -> Lsn {
+        self.lock().persistent.remote_consistent_lsn
+    }
+
+    /// Raise `backup_lsn` to `lsn` (never down): segments below it are in
+    /// remote storage, uploaded by this safekeeper (`persist`: the control
+    /// file is written before this returns) or reported by a peer (kept in
+    /// memory and written with the next persist; a restart that loses it
+    /// learns it again from the broker). Returns whether it grew.
+    pub async fn advance_backup_lsn(&self, lsn: Lsn, persist: bool) -> Result<bool, TimelineError> {
+        let snapshot = {
+            let mut st = self.lock();
+            if lsn <= st.persistent.backup_lsn {
+                return Ok(false);
+            }
+            st.persistent.backup_lsn = lsn;
+            st.persistent.clone()
+        };
+        if persist {
+            self.persist(snapshot).await?;
+        }
+        Ok(true)
     }
 
     pub fn update_remote_consistent_lsn(&self, lsn: Lsn) {
         let mut st = self.lock();
         st.persistent.remote_consistent_lsn = st.persistent.remote_consistent_lsn.max(lsn);
+    }
+
+    pub fn set_offloader(&self, id: Option<u64>) {
+        self.lock().backup.offloader = id;
+    }
+
+    pub fn set_backup_error(&self, error: Option<String>) {
+        self.lock().backup.last_error = error;
+    }
+
+    pub fn backup_status(&self) -> BackupStatus {
+        self.lock().backup.clone()
     }
 
     pub fn set_acceptor_status(&self, f: impl FnOnce(&mut AcceptorStatus)) {
@@ -531,5 +596,55 @@ impl Timeline {
         let mut status = st.acceptor.clone();
         status.last_received_ms_ago = st.last_received.map(|t| t.elapsed().as_millis() as u64);
         status
+    }
+}
+
+/// What WAL removal depends on (see [`removal_horizon_of`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Positions {
+    pub remote_consistent: Lsn,
+    pub commit: Lsn,
+    pub backup: Lsn,
+    /// The lowest flush LSN a peer last published (None: no peers).
+    pub peer_horizon: Option<Lsn>,
+    /// The lowest flush position of the connected replicas.
+    pub replica_min_flush: Option<Lsn>,
+}
+
+/// WAL below this LSN may be removed: below commit_lsn, every connected
+/// replica and the remote-consistent LSN, and then below `backup_lsn` with
+/// WAL offload, or below the peer horizon without it.
+pub fn removal_horizon_of(p: &Positions, offload: bool) -> Lsn {
+    let mut horizon = p.remote_consistent.min(p.commit);
+    if offload {
+        horizon = horizon.min(p.backup);
+    } else if let Some(peers) = p.peer_horizon {
+        horizon = horizon.min(peers);
+    }
+    if let Some(replica) = p.replica_min_flush {
+        horizon = horizon.min(replica);
+    }
+    horizon
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offload_replaces_the_peer_horizon_by_backup_lsn() {
+        let p = Positions { remote_consistent: Lsn(900), commit: Lsn(1000), backup: Lsn(700), peer_horizon: Some(Lsn(100)), replica_min_flush: None };
+        // Without offload, a peer that is far behind holds WAL here.
+        assert_eq!(removal_horizon_of(&p, false), Lsn(100));
+        // With offload it reads the WAL from remote storage; only what is
+        // both uploaded by the pageserver and offloaded goes.
+        assert_eq!(removal_horizon_of(&p, true), Lsn(700));
+        assert_eq!(removal_horizon_of(&Positions { backup: Lsn(950), ..p }, true), Lsn(900));
+        // Never above commit_lsn or a connected replica.
+        assert_eq!(removal_horizon_of(&Positions { remote_consistent: Lsn(2000), backup: Lsn(2000), ..p }, true), Lsn(1000));
+        assert_eq!(removal_horizon_of(&Positions { replica_min_flush: Some(Lsn(50)), ..p }, true), Lsn(50));
+        // Nothing uploaded by a pageserver yet: nothing goes, offloaded or not.
+        assert_eq!(removal_horizon_of(&Positions { remote_consistent: Lsn(0), ..p }, true), Lsn(0));
+        assert_eq!(removal_horizon_of(&Positions { peer_horizon: None, ..p }, false), Lsn(900));
     }
 }

@@ -6,8 +6,10 @@
 //! damaged timeline does not stop the others.
 //!
 //! Each loaded timeline runs two tasks (acceptor — WAL from the compute or,
-//! when behind, from a peer — and broker sync), stopped by the timeline's
-//! cancellation token on delete or shutdown.
+//! when behind, from a peer — and broker sync), and a third with remote
+//! storage (WAL offload), all stopped by the timeline's cancellation token
+//! on delete or shutdown. Deleting a timeline also deletes its offloaded
+//! WAL (best effort: what is left behind is only garbage).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use utils::id::{TenantId, TimelineId};
 
 use crate::control_file::CONTROL_FILE_NAME;
 use crate::timeline::{CreateTimelineRequest, Timeline, TimelineError};
-use crate::{acceptor, broker_sync, SafekeeperConf};
+use crate::{acceptor, broker_sync, wal_backup, SafekeeperConf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TimelinesError {
@@ -59,7 +61,10 @@ impl Timelines {
         let span = tracing::info_span!("timeline", tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id);
         let _enter = span.enter();
         tokio::spawn(tracing::Instrument::in_current_span(acceptor::run(tl.clone(), self.conf.clone())));
-        tokio::spawn(tracing::Instrument::in_current_span(broker_sync::run(tl, self.conf.clone())));
+        tokio::spawn(tracing::Instrument::in_current_span(broker_sync::run(tl.clone(), self.conf.clone())));
+        if self.conf.remote_storage.is_some() {
+            tokio::spawn(tracing::Instrument::in_current_span(wal_backup::run(tl, self.conf.clone())));
+        }
     }
 
     pub fn timeline_dir(&self, tenant_id: TenantId, timeline_id: TimelineId) -> PathBuf {
@@ -93,6 +98,12 @@ impl Timelines {
             .await
             .map_err(|e| TimelinesError::Io(e.to_string()))?
             .map_err(|e| TimelinesError::Io(format!("remove timeline directory: {e}")))?;
+        if let Some(storage) = &self.conf.remote_storage {
+            match wal_backup::delete_timeline(storage, tenant_id, timeline_id).await {
+                Ok(n) => tracing::info!(%tenant_id, %timeline_id, segments = n, "offloaded WAL deleted"),
+                Err(e) => tracing::warn!(%tenant_id, %timeline_id, "offloaded WAL left in remote storage: {e}"),
+            }
+        }
         tracing::info!(%tenant_id, %timeline_id, "timeline deleted");
         Ok(())
     }

@@ -10,6 +10,12 @@
 //! Invariants: only WAL below the timeline's `commit_lsn` is ever sent (what
 //! a quorum holds), except to a recovering peer safekeeper (startup option
 //! `-c strata_recovery=on`), which gets WAL up to `flush_lsn`; XLogData chunks are contiguous from the requested start.
+//!
+//! WAL below the local WAL start (removed after it was offloaded) is served
+//! from remote storage when the safekeeper has it configured: a start
+//! position is accepted when its segment is there, and each such segment is
+//! downloaded once per connection (see [`crate::wal_backup::RemoteSegment`]);
+//! a local segment removed while a replica reads it is fetched the same way.
 //! Idle replicas get a keepalive with reply requested every
 //! `keepalive_interval_ms`. A malformed message or an unknown command in
 //! streaming mode closes that connection with a logged error; other
@@ -39,7 +45,8 @@ use utils::lsn::Lsn;
 use crate::metrics::METRICS;
 use crate::timeline::Timeline;
 use crate::timelines::Timelines;
-use crate::wal_storage::read_wal;
+use crate::wal_backup::{self, RemoteSegment};
+use crate::wal_storage::{read_wal, WalStorageError};
 
 /// Largest WAL chunk in one XLogData message.
 const MAX_SEND_SIZE_BYTES: u64 = 128 * 1024;
@@ -139,6 +146,10 @@ struct Connection {
     pending_reply: bool,
     /// A peer safekeeper recovering: serve up to flush_lsn, not commit_lsn.
     recovery: bool,
+    /// Where offloaded WAL is, when configured.
+    remote: Option<remote_storage::GenericRemoteStorage>,
+    /// The offloaded segment being served, if any.
+    remote_segment: Option<RemoteSegment>,
 }
 
 async fn handle_connection(stream: TcpStream, peer: SocketAddr, timelines: Arc<Timelines>) -> anyhow::Result<()> {
@@ -173,7 +184,8 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, timelines: Arc<T
     let application_name = startup.application_name().unwrap_or("").to_string();
     let keepalive_interval = Duration::from_millis(timelines.conf.keepalive_interval_ms);
     let span = tracing::info_span!("walsender", tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id, %peer, app = %application_name, recovery);
-    let mut conn = Connection { pgb, tl, id, peer, application_name, keepalive_interval, pending_reply: false, recovery };
+    let remote = timelines.conf.remote_storage.clone();
+    let mut conn = Connection { pgb, tl, id, peer, application_name, keepalive_interval, pending_reply: false, recovery, remote, remote_segment: None };
     tracing::Instrument::instrument(conn.query_loop(), span).await
 }
 
@@ -292,10 +304,25 @@ impl Connection {
             self.pgb.send_error("58P01", "only timeline 1 exists on a safekeeper")?;
             return Ok(());
         }
-        if start < first || start > flush {
-            let msg = format!("requested starting point {start} is outside the WAL on this safekeeper ({first}..{flush})");
+        let offloaded = match &self.remote {
+            Some(storage) if start < first && start < self.tl.backup_lsn() => match wal_backup::segment_exists(storage, &self.tl, start).await {
+                Ok(exists) => exists,
+                Err(e) => {
+                    let msg = format!("requested starting point {start} is below the WAL on this safekeeper ({first}), and remote storage does not answer: {e}");
+                    self.pgb.send_error("58030", &msg)?;
+                    return Ok(());
+                }
+            },
+            _ => false,
+        };
+        if (start < first && !offloaded) || start > flush {
+            let remote = if self.remote.is_some() { " nor offloaded to remote storage" } else { "" };
+            let msg = format!("requested starting point {start} is outside the WAL on this safekeeper ({first}..{flush}){remote}");
             self.pgb.send_error("58P01", &msg)?;
             return Ok(());
+        }
+        if offloaded {
+            tracing::info!(%start, local_start = %first, "start below the local WAL: serving offloaded WAL from remote storage");
         }
         self.pgb.write_message(&BeMessage::CopyBothResponse)?;
         self.pgb.flush().await?;
@@ -365,19 +392,54 @@ impl Connection {
         }
     }
 
-    /// Send WAL `[from, min(to, from + MAX_SEND_SIZE))`; returns the new position.
+    /// Send WAL `[from, min(to, from + MAX_SEND_SIZE))` (from remote storage
+    /// up to the end of the segment, when `from` is no longer on local disk);
+    /// returns the new position.
     async fn send_wal(&mut self, from: Lsn, to: Lsn) -> anyhow::Result<Lsn> {
         let len = (to.0 - from.0).min(MAX_SEND_SIZE_BYTES) as usize;
-        let (dir, seg) = (self.tl.dir().to_path_buf(), self.tl.seg_size_bytes());
-        let data = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            read_wal(&dir, seg, from, &mut buf).map(|_| buf)
-        })
-        .await??;
+        let data = if self.remote.is_some() && from < self.tl.start_lsn() {
+            self.read_remote(from, len).await?
+        } else {
+            let (dir, seg) = (self.tl.dir().to_path_buf(), self.tl.seg_size_bytes());
+            let local = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len];
+                read_wal(&dir, seg, from, &mut buf).map(|_| buf)
+            })
+            .await?;
+            match local {
+                Ok(data) => {
+                    self.remote_segment = None;
+                    data
+                }
+                // Removed meanwhile (it was offloaded): fetch it.
+                Err(WalStorageError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && self.remote.is_some() && from < self.tl.backup_lsn() =>
+                {
+                    self.read_remote(from, len).await?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let len = data.len();
         let msg = ReplicationMessage::XLogData(XLogData { wal_start: from, wal_end: to, send_time_us: pg_now_us(), data: Bytes::from(data) });
         self.send_copy_data(&msg).await?;
         METRICS.wal_bytes_sent.inc_by(len as u64);
         Ok(from + len as u64)
+    }
+
+    /// Up to `len` bytes from `from`, within its segment, from remote storage.
+    async fn read_remote(&mut self, from: Lsn, len: usize) -> anyhow::Result<Vec<u8>> {
+        let storage = self.remote.as_ref().context("no remote storage")?;
+        if !self.remote_segment.as_ref().is_some_and(|s| s.holds(from)) {
+            // Drop (and remove) the previous one before fetching the next.
+            self.remote_segment = None;
+            let segment = RemoteSegment::fetch(storage, &self.tl, from, self.id)
+                .await
+                .with_context(|| format!("WAL at {from} is neither on this safekeeper nor readable from remote storage"))?;
+            self.remote_segment = Some(segment);
+        }
+        let segment = self.remote_segment.as_ref().expect("fetched above");
+        Ok(segment.read(from, len).await?)
     }
 
     async fn send_keepalive(&mut self, wal_end: Lsn, reply_requested: bool) -> anyhow::Result<()> {

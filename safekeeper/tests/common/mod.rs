@@ -21,17 +21,20 @@ pub struct Safekeeper {
     pub pg_port: u16,
     pub http_port: u16,
     broker: String,
+    /// `--remote-storage LOCATION [--s3-endpoint URL --s3-region R]`, if any.
+    pub remote_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Safekeeper {
-    pub fn new(id: u64, broker: &str) -> anyhow::Result<Safekeeper> {
+    pub fn new(id: u64, broker: &str, remote_args: &[String]) -> anyhow::Result<Safekeeper> {
         let mut sk = Safekeeper {
             id,
             data_dir: tempfile::tempdir()?,
             pg_port: free_port()?,
             http_port: free_port()?,
             broker: broker.to_string(),
+            remote_args: remote_args.to_vec(),
             child: None,
         };
         sk.start()?;
@@ -40,12 +43,18 @@ impl Safekeeper {
 
     pub fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.path().join("safekeeper.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_safekeeper"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_safekeeper"));
+        if !self.remote_args.is_empty() {
+            // moto's dummy credentials (unused by a local directory).
+            cmd.args(&self.remote_args).env("AWS_ACCESS_KEY_ID", "testing").env("AWS_SECRET_ACCESS_KEY", "testing");
+        }
+        let child = cmd
             .args(["--id", &self.id.to_string(), "-D"])
             .arg(self.data_dir.path())
             .args(["--listen-pg", &format!("127.0.0.1:{}", self.pg_port)])
             .args(["--listen-http", &format!("127.0.0.1:{}", self.http_port)])
             .args(["--broker-endpoint", &self.broker, "--keepalive-interval-ms", "200"])
+            .env_remove("STRATA_REMOTE_STORAGE")
             .env("RUST_LOG", "info")
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -136,8 +145,14 @@ pub struct Env {
 
 impl Env {
     pub fn new(n: u64, quorum: usize, extra_settings: &[(&str, &str)]) -> anyhow::Result<Env> {
+        Env::with_remote(n, quorum, extra_settings, &[])
+    }
+
+    /// As [`Env::new`], the safekeepers offloading WAL to remote storage
+    /// (`remote_args`: `--remote-storage LOCATION`, and S3 options).
+    pub fn with_remote(n: u64, quorum: usize, extra_settings: &[(&str, &str)], remote_args: &[String]) -> anyhow::Result<Env> {
         let broker = Broker::start()?;
-        let sks = (1..=n).map(|id| Safekeeper::new(id, &broker.addr)).collect::<anyhow::Result<Vec<_>>>()?;
+        let sks = (1..=n).map(|id| Safekeeper::new(id, &broker.addr, remote_args)).collect::<anyhow::Result<Vec<_>>>()?;
         let names: Vec<String> = (1..=n).map(|id| format!("sk_{id}")).collect();
         let sync_names = format!("ANY {quorum} ({})", names.join(", "));
         let mut settings = vec![
