@@ -4,13 +4,15 @@
 //! `pid` file and a `log` file. Invariants: a component is started only if
 //! its pid file names no live process (a stale pid file is removed) and its
 //! ports are free; `start` returns only once the component answers its
-//! readiness URL, or fails with the tail of its log; `stop` sends SIGTERM,
+//! readiness URL, or fails with the tail of its log; a component with a
+//! network namespace is started inside it (`nsenter --net`, which execs, so
+//! the pid file names the component itself); `stop` sends SIGTERM,
 //! waits, then SIGKILL, and removes the pid file.
 
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -31,6 +33,8 @@ pub struct Component {
     pub ports: Vec<u16>,
     /// HTTP URL that answers 2xx once the component is ready.
     pub ready_url: String,
+    /// Its host and network namespace.
+    pub at: crate::config::Placement,
 }
 
 /// Directory of Strata's binaries: `$STRATA_BIN_DIR`, else next to `strata`.
@@ -86,15 +90,25 @@ impl Component {
         if let Some(pid) = running_pid(&self.dir) {
             bail!("{} is already running (pid {pid})", self.name);
         }
-        for &port in &self.ports {
-            TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("{}: port {port} is in use", self.name))?;
+        // A port in another namespace cannot be probed from here; the
+        // component's own bind reports it.
+        if self.at.netns.is_none() && self.at.is_loopback() {
+            for &port in &self.ports {
+                TcpListener::bind((self.at.listen_host(), port))
+                    .with_context(|| format!("{}: port {port} is in use", self.name))?;
+            }
+        }
+        if let Some(ns) = &self.at.netns {
+            if !utils::netns::netns_path(ns).exists() {
+                bail!("{}: network namespace {ns} does not exist (ip netns add {ns})", self.name);
+            }
         }
         if !self.binary.exists() {
             bail!("{}: binary {} not found (build it: `cargo build --workspace --bins`, add `--release` for the release directory)", self.name, self.binary.display());
         }
         fs::create_dir_all(&self.dir)?;
         let log = fs::OpenOptions::new().create(true).append(true).open(log_path(&self.dir))?;
-        let mut command = Command::new(&self.binary);
+        let mut command = utils::netns::command_in(self.at.netns.as_deref(), &self.binary, None);
         command.args(&self.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().with_context(|| format!("spawn {}", self.binary.display()))?;

@@ -19,15 +19,15 @@ impl Cluster {
     }
 
     pub fn broker_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.conf.broker.http_port)
+        self.conf.broker.at.addr(self.conf.broker.http_port)
     }
 
     pub fn pageserver_http(&self) -> String {
-        format!("http://127.0.0.1:{}", self.conf.pageserver.http_port)
+        self.conf.pageserver.at.http(self.conf.pageserver.http_port)
     }
 
     pub fn safekeeper_http(&self, id: u64) -> Option<String> {
-        self.conf.safekeepers.iter().find(|s| s.id == id).map(|s| format!("http://127.0.0.1:{}", s.http_port))
+        self.conf.safekeepers.iter().find(|s| s.id == id).map(|s| s.at.http(s.http_port))
     }
 
     /// Components in start order.
@@ -37,9 +37,10 @@ impl Cluster {
             name: "broker".into(),
             dir: self.repo.join("broker"),
             binary: bin.join("broker"),
-            args: vec!["--listen".into(), self.broker_addr()],
+            args: vec!["--listen".into(), self.conf.broker.at.listen_addr(self.conf.broker.http_port)],
             ports: vec![self.conf.broker.http_port],
             ready_url: format!("http://{}/metrics", self.broker_addr()),
+            at: self.conf.broker.at.clone(),
         }];
         for sk in &self.conf.safekeepers {
             let dir = self.repo.join(format!("safekeeper_{}", sk.id));
@@ -48,7 +49,8 @@ impl Cluster {
                 binary: bin.join("safekeeper"),
                 args: safekeeper_args(sk, &dir, &self.broker_addr(), &self.conf.pageserver),
                 ports: vec![sk.pg_port, sk.http_port],
-                ready_url: format!("http://127.0.0.1:{}/v1/status", sk.http_port),
+                ready_url: format!("{}/v1/status", sk.at.http(sk.http_port)),
+                at: sk.at.clone(),
                 dir,
             });
         }
@@ -59,7 +61,8 @@ impl Cluster {
             binary: bin.join("pageserver"),
             args: pageserver_args(ps, &dir),
             ports: vec![ps.pg_port, ps.http_port],
-            ready_url: format!("http://127.0.0.1:{}/metrics", ps.http_port),
+            ready_url: format!("{}/metrics", ps.at.http(ps.http_port)),
+            at: ps.at.clone(),
             dir,
         });
         Ok(out)
@@ -156,9 +159,13 @@ fn safekeeper_args(sk: &crate::config::SafekeeperConf, dir: &Path, broker: &str,
         "--data-dir".into(),
         dir.join("data").display().to_string(),
         "--listen-pg".into(),
-        format!("127.0.0.1:{}", sk.pg_port),
+        sk.at.listen_addr(sk.pg_port),
         "--listen-http".into(),
-        format!("127.0.0.1:{}", sk.http_port),
+        sk.at.listen_addr(sk.http_port),
+        "--advertise-pg".into(),
+        sk.at.addr(sk.pg_port),
+        "--advertise-http".into(),
+        sk.at.addr(sk.http_port),
         "--broker-endpoint".into(),
         broker.to_string(),
     ];
@@ -184,9 +191,9 @@ fn pageserver_args(ps: &crate::config::PageserverConf, dir: &Path) -> Vec<String
         "--workdir".into(),
         dir.join("data").display().to_string(),
         "--listen-pg".into(),
-        format!("127.0.0.1:{}", ps.pg_port),
+        ps.at.listen_addr(ps.pg_port),
         "--listen-http".into(),
-        format!("127.0.0.1:{}", ps.http_port),
+        ps.at.listen_addr(ps.http_port),
     ];
     let options = [
         ("--remote-storage", &ps.remote_storage),

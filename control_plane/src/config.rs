@@ -1,5 +1,6 @@
 //! The local cluster's configuration, `<repo>/config.toml`: which components
-//! exist, on which ports, and names the user gave to tenants and branches.
+//! exist, on which hosts (or network namespaces) and ports, and names the
+//! user gave to tenants and branches.
 //!
 //! Invariants: `strata init` writes it once and refuses to overwrite it;
 //! every other command requires it, so a directory without it is reported as
@@ -12,9 +13,72 @@ use serde::{Deserialize, Serialize};
 
 pub const CONFIG_FILE: &str = "config.toml";
 
+/// Where a component runs: the address every other component and the
+/// control plane reach it by (`host`, default `127.0.0.1`; advertised to
+/// peers), the address it binds (`listen`, default: `host`; e.g. `0.0.0.0`),
+/// and the network namespace it is started in (`netns`, a name under
+/// `/run/netns` as `ip netns add` makes them; absent: the control plane's
+/// own). Together they let each component live on its own host, or in its
+/// own namespace on one machine as the tests do.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Placement {
+    #[serde(default = "loopback")]
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn loopback() -> String {
+    "127.0.0.1".to_string()
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement { host: loopback(), listen: None, netns: None }
+    }
+}
+
+impl Placement {
+    /// `host:port` (an IPv6 host in brackets): where others connect.
+    pub fn addr(&self, port: u16) -> String {
+        join_host_port(&self.host, port)
+    }
+
+    /// The address to bind: `listen` (or `host`) with `port`.
+    pub fn listen_addr(&self, port: u16) -> String {
+        join_host_port(self.listen_host(), port)
+    }
+
+    pub fn listen_host(&self) -> &str {
+        self.listen.as_deref().unwrap_or(&self.host)
+    }
+
+    /// `http://host:port`.
+    pub fn http(&self, port: u16) -> String {
+        format!("http://{}", self.addr(port))
+    }
+
+    /// Whether others reach it over loopback only.
+    pub fn is_loopback(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || self.host == "localhost"
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BrokerConf {
     pub http_port: u16,
+    #[serde(flatten)]
+    pub at: Placement,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -22,12 +86,23 @@ pub struct SafekeeperConf {
     pub id: u64,
     pub pg_port: u16,
     pub http_port: u16,
+    #[serde(flatten)]
+    pub at: Placement,
+}
+
+/// Where computes run (every endpoint of the cluster).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ComputeConf {
+    #[serde(flatten)]
+    pub at: Placement,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PageserverConf {
     pub pg_port: u16,
     pub http_port: u16,
+    #[serde(flatten)]
+    pub at: Placement,
     /// Object storage for layers and indexes, and for the WAL the
     /// safekeepers offload (they get the same location): a directory or
     /// `s3://BUCKET/PREFIX` (absent in repositories made before it existed:
@@ -72,6 +147,8 @@ pub struct Config {
     pub broker: BrokerConf,
     pub pageserver: PageserverConf,
     pub safekeepers: Vec<SafekeeperConf>,
+    #[serde(default)]
+    pub compute: ComputeConf,
 }
 
 fn default_endpoint_base_port() -> u16 {
@@ -83,10 +160,11 @@ impl Config {
     pub fn with_ports(safekeepers: u64, pageserver_pg_port: u16, base_port: u16) -> Config {
         Config {
             endpoint_base_port: default_endpoint_base_port(),
-            broker: BrokerConf { http_port: base_port },
+            broker: BrokerConf { http_port: base_port, at: Placement::default() },
             pageserver: PageserverConf {
                 pg_port: pageserver_pg_port,
                 http_port: pageserver_pg_port + 1,
+                at: Placement::default(),
                 remote_storage: None,
                 s3_endpoint: None,
                 s3_region: None,
@@ -97,8 +175,10 @@ impl Config {
                     id,
                     pg_port: base_port + 10 * id as u16,
                     http_port: base_port + 10 * id as u16 + 1,
+                    at: Placement::default(),
                 })
                 .collect(),
+            compute: ComputeConf::default(),
         }
     }
 
@@ -157,5 +237,25 @@ mod tests {
         let ports: Vec<u16> = conf.ports().into_iter().map(|(_, p)| p).collect();
         let unique: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(unique.len(), ports.len(), "ports collide: {ports:?}");
+    }
+
+    #[test]
+    fn placements_default_to_loopback_and_round_trip() {
+        // A config.toml from before placements existed.
+        let old = "endpoint_base_port = 55432\n[broker]\nhttp_port = 50051\n[pageserver]\npg_port = 64000\nhttp_port = 64001\n\
+                   [[safekeepers]]\nid = 1\npg_port = 50061\nhttp_port = 50062\n";
+        let conf: Config = toml::from_str(old).unwrap();
+        assert_eq!(conf.safekeepers[0].at, Placement::default());
+        assert_eq!(conf.compute.at.addr(5432), "127.0.0.1:5432");
+        let mut conf = conf;
+        conf.safekeepers[0].at = Placement { host: "10.0.0.3".into(), listen: Some("0.0.0.0".into()), netns: Some("sk1".into()) };
+        conf.compute.at.host = "::1".into();
+        let text = toml::to_string_pretty(&conf).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, conf);
+        assert_eq!(back.safekeepers[0].at.addr(7), "10.0.0.3:7");
+        assert_eq!(back.safekeepers[0].at.listen_addr(7), "0.0.0.0:7");
+        assert_eq!(back.compute.at.addr(5432), "[::1]:5432");
+        assert!(back.compute.at.is_loopback() && !back.safekeepers[0].at.is_loopback());
     }
 }

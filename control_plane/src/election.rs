@@ -67,7 +67,7 @@ pub struct Election {
 }
 
 fn sk_timeline_url(sk: &SafekeeperConf, t: TenantId, tl: TimelineId) -> String {
-    format!("http://127.0.0.1:{}/v1/tenant/{t}/timeline/{tl}", sk.http_port)
+    format!("{}/v1/tenant/{t}/timeline/{tl}", sk.at.http(sk.http_port))
 }
 
 impl Cluster {
@@ -105,8 +105,8 @@ impl Cluster {
             let sk = self.conf.safekeepers.iter().find(|s| s.id == a.id).context("safekeeper not configured")?;
             let body = json!({
                 "peer_id": donor.id,
-                "pg_addr": format!("127.0.0.1:{}", donor.pg_port),
-                "http_addr": format!("127.0.0.1:{}", donor.http_port),
+                "pg_addr": donor.at.addr(donor.pg_port),
+                "http_addr": donor.at.addr(donor.http_port),
                 "up_to": e.start_lsn,
             });
             if let Err(err) = api.post(&format!("{}/recover", sk_timeline_url(sk, t, tl)), &body).await {

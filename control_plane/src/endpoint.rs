@@ -40,6 +40,10 @@ pub struct Endpoint {
     /// The user's PostgreSQL settings (`-c KEY=VALUE`), applied at every start.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// Host the compute listens on and network namespace it runs in (the
+    /// cluster's `[compute]` placement when it last started).
+    #[serde(flatten, default)]
+    pub at: crate::config::Placement,
 }
 
 pub fn endpoints_dir(repo: &Path) -> PathBuf {
@@ -102,7 +106,7 @@ impl Endpoint {
     }
 
     pub fn url(&self) -> String {
-        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+        format!("postgresql://postgres@{}/postgres", self.at.addr(self.port))
     }
 
     /// Pid of the running postmaster, if any.
@@ -116,7 +120,7 @@ impl Endpoint {
     /// Write the compute's configuration: defaults sized to the machine,
     /// then the user's settings, then what Strata manages (local port, the
     /// safekeepers as synchronous standbys), and trust authentication on
-    /// loopback.
+    /// loopback (and the compute's own subnets when it is not on loopback).
     pub fn write_config(&self, standby_names: &[String], quorum: usize) -> anyhow::Result<()> {
         let sync = format!("ANY {quorum} ({})", standby_names.join(", "));
         let conf = format!(
@@ -125,7 +129,7 @@ impl Endpoint {
              # Defaults for this machine:\n{defaults}\
              # Settings of this endpoint:\n{user}\
              # Managed by strata:\n\
-             listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{sock}'\n\
+             listen_addresses = '{host}'\nport = {port}\nunix_socket_directories = '{sock}'\n\
              wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
              synchronous_standby_names = '{sync}'\nsynchronous_commit = on\n\
              full_page_writes = on\nwal_compression = off\nlogging_collector = off\n",
@@ -133,14 +137,24 @@ impl Endpoint {
             defaults = crate::settings::render(&crate::settings::machine_defaults()),
             user = crate::settings::render(&self.settings),
             port = self.port,
+            host = self.at.listen_host(),
             sock = self.runtime_dir().display(),
         );
         fs::write(self.pgdata.join("postgresql.conf"), conf)?;
         fs::write(self.pgdata.join("postgresql.auto.conf"), "")?;
-        let hba = "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n";
-        fs::write(self.pgdata.join("pg_hba.conf"), hba)?;
+        fs::write(self.pgdata.join("pg_hba.conf"), self.hba())?;
         fs::write(self.pgdata.join("pg_ident.conf"), "")?;
         Ok(())
+    }
+
+    /// Trust on loopback; when the compute listens on another address (its
+    /// safekeepers on other hosts), trust the subnets it is directly on.
+    fn hba(&self) -> String {
+        let mut hba = "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n".to_string();
+        if !self.at.is_loopback() {
+            hba.push_str("host all all samenet trust\nhost replication all samenet trust\n");
+        }
+        hba
     }
 
     fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
@@ -151,7 +165,7 @@ impl Endpoint {
         }
         user.chown(&log)?;
         let out = user
-            .command(pg_bin_dir().join("pg_ctl"))
+            .command_in(self.at.netns.as_deref(), pg_bin_dir().join("pg_ctl"))
             .arg("-D")
             .arg(&self.pgdata)
             .arg("-l")

@@ -234,7 +234,7 @@ async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
             println!("{:<16} {:<22} {:<16} {:<34} {:<12} STATUS", "NAME", "ADDRESS", "BRANCH", "TIMELINE", "LSN");
             for ep in Endpoint::list(repo)? {
                 let status = if ep.running_pid().is_some() { "running" } else { "stopped" };
-                let addr = format!("127.0.0.1:{}", ep.port);
+                let addr = ep.at.addr(ep.port);
                 let lsn = ep.start_lsn.clone().unwrap_or_default();
                 println!("{:<16} {:<22} {:<16} {:<34} {:<12} {status}", ep.name, addr, ep.branch, ep.timeline_id, lsn);
             }

@@ -53,7 +53,7 @@ impl Cluster {
     async fn attach_wal(&self, api: &Api, t: TenantId, tl: TimelineId, start: Lsn) -> anyhow::Result<()> {
         let peers: Vec<u64> = self.conf.safekeepers.iter().map(|s| s.id).collect();
         for sk in &self.conf.safekeepers {
-            let url = format!("http://127.0.0.1:{}/v1/tenant/{t}/timeline", sk.http_port);
+            let url = format!("{}/v1/tenant/{t}/timeline", sk.at.http(sk.http_port));
             let body = json!({ "timeline_id": tl, "start_lsn": start, "peers": peers, "quorum": self.quorum() });
             api.post(&url, &body).await.with_context(|| format!("create timeline on safekeeper {}", sk.id))?;
         }
@@ -67,7 +67,7 @@ impl Cluster {
             .conf
             .safekeepers
             .iter()
-            .map(|sk| format!("host=127.0.0.1 port={} user=strata options='-c tenant_id={t} -c timeline_id={tl}'", sk.pg_port))
+            .map(|sk| format!("host={} port={} user=strata options='-c tenant_id={t} -c timeline_id={tl}'", sk.at.host, sk.pg_port))
             .collect();
         let url = self.ps(&format!("{}/wal_source", Self::timeline_path(t, tl)));
         api.put(&url, &json!({ "kind": "safekeeper", "conninfos": conninfos })).await?;
@@ -170,7 +170,7 @@ impl Cluster {
     async fn safekeeper_positions(&self, api: &Api, t: TenantId, tl: TimelineId) -> anyhow::Result<(Lsn, u64)> {
         let (mut commit, mut term, mut answered) = (Lsn(0), 0, 0);
         for sk in &self.conf.safekeepers {
-            let url = format!("http://127.0.0.1:{}{}", sk.http_port, Self::timeline_path(t, tl));
+            let url = format!("{}{}", sk.at.http(sk.http_port), Self::timeline_path(t, tl));
             if let Ok(status) = api.get(&url).await {
                 commit = commit.max(field(&status, "commit_lsn")?);
                 term = term.max(field(&status, "term")?);
@@ -233,7 +233,7 @@ impl Cluster {
         // The start LSN and the new term come from a quorum of safekeepers;
         // the term is written before the compute exists, fencing older ones.
         let election = self.elect(&api, t, branch.timeline_id).await?;
-        let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+        let conninfo = format!("host={} port={port} user=postgres dbname=postgres", self.conf.compute.at.host);
         self.establish_term(&api, t, branch.timeline_id, &election, &conninfo).await?;
         let lsn = election.start_lsn;
         let prev = self.pageserver_at(&api, t, branch.timeline_id, lsn).await?;
@@ -247,6 +247,7 @@ impl Cluster {
             pgdata,
             start_lsn: Some(lsn.to_string()),
             settings: change.apply(&existing.as_ref().map(|e| e.settings.clone()).unwrap_or_default()),
+            at: self.conf.compute.at.clone(),
         };
         self.fetch_basebackup(&api, &ep, lsn, prev).await?;
         ep.write_config(&self.conf.safekeepers.iter().map(|s| format!("sk_{}", s.id)).collect::<Vec<_>>(), self.quorum())?;

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 
 /// Settings Strata writes itself, with why a user cannot change them.
 const MANAGED: &[(&str, &str)] = &[
-    ("listen_addresses", "the endpoint listens on 127.0.0.1 at the port in endpoint.toml"),
+    ("listen_addresses", "the endpoint listens on the cluster's compute host ([compute] in config.toml) at the port in endpoint.toml"),
     ("port", "the endpoint's port is chosen by strata and kept in endpoint.toml"),
     ("unix_socket_directories", "the socket lives beside the data directory"),
     ("wal_level", "the safekeepers stream physical WAL (replica)"),

@@ -54,7 +54,7 @@ impl Cluster {
         }
         let tl_path = format!("/v1/tenant/{t}/timeline/{}", branch.timeline_id);
         for sk in &self.conf.safekeepers {
-            let url = format!("http://127.0.0.1:{}{tl_path}", sk.http_port);
+            let url = format!("{}{tl_path}", sk.at.http(sk.http_port));
             if let Err(e) = api.get(&url).await {
                 if !is_not_found(&e) {
                     bail!("safekeeper {} does not answer ({e:#}); nothing deleted", sk.id);
@@ -69,7 +69,7 @@ impl Cluster {
             }
         }
         for sk in &self.conf.safekeepers {
-            let url = format!("http://127.0.0.1:{}{tl_path}", sk.http_port);
+            let url = format!("{}{tl_path}", sk.at.http(sk.http_port));
             if let Err(e) = api.send(reqwest::Method::DELETE, &url, &json!({})).await {
                 if !is_not_found(&e) {
                     return Err(e.context(format!("delete branch {name:?} on safekeeper {} (the pageserver's copy is gone; run the delete again)", sk.id)));

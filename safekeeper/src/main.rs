@@ -23,6 +23,13 @@ struct Args {
     /// HTTP management API address.
     #[arg(long, default_value = "127.0.0.1:7676")]
     listen_http: String,
+    /// Replication address peers are told to use (through the broker), when
+    /// it differs from --listen-pg (e.g. listening on 0.0.0.0).
+    #[arg(long)]
+    advertise_pg: Option<String>,
+    /// HTTP address peers are told to use, when it differs from --listen-http.
+    #[arg(long)]
+    advertise_http: Option<String>,
     /// Broker address (host:port); needed when timelines have several safekeepers.
     #[arg(long)]
     broker_endpoint: Option<String>,
@@ -62,8 +69,8 @@ async fn main() -> anyhow::Result<()> {
     let conf = Arc::new(SafekeeperConf {
         id: args.id,
         data_dir: args.data_dir,
-        advertise_pg: pg_listener.local_addr()?.to_string(),
-        advertise_http: http_listener.local_addr()?.to_string(),
+        advertise_pg: args.advertise_pg.clone().map_or_else(|| pg_listener.local_addr().map(|a| a.to_string()), Ok)?,
+        advertise_http: args.advertise_http.clone().map_or_else(|| http_listener.local_addr().map(|a| a.to_string()), Ok)?,
         broker_endpoint: args.broker_endpoint,
         keepalive_interval_ms: args.keepalive_interval_ms,
         remote_storage,

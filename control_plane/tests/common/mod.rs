@@ -2,6 +2,8 @@
 //! free ports, psql.
 #![allow(dead_code)]
 
+pub mod failover;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -137,7 +139,7 @@ pub fn start_cluster(repo: Repo, safekeepers: u64) -> Repo {
 /// Base URL of the repository's pageserver HTTP API.
 pub fn pageserver_http(repo: &Repo) -> String {
     let conf = control_plane::config::Config::load(&repo.path).expect("repository config");
-    format!("http://127.0.0.1:{}", conf.pageserver.http_port)
+    conf.pageserver.at.http(conf.pageserver.http_port)
 }
 
 /// `GET http://127.0.0.1:{port}{path}` (HTTP/1.0, whole body).

@@ -5,6 +5,7 @@
 pub mod fs;
 pub mod id;
 pub mod logging;
+pub mod netns;
 pub mod lsn;
 pub mod pg_user;
 pub mod seqwait;

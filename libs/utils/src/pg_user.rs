@@ -13,7 +13,6 @@
 //! a checkout under `/root`) is not. Reachability is asked of the system as
 //! the user (`test -r` / `test -x`), never judged from permission bits as root.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -107,11 +106,16 @@ impl PgUser {
     /// A command for `program` that runs as this user, in `/`, with locale
     /// settings that do not depend on the caller.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new(program);
-        if let Some((name, uid, gid)) = &self.switch_to {
+        self.command_in(None, program)
+    }
+
+    /// [`PgUser::command`] in network namespace `netns` (see [`crate::netns`]).
+    pub fn command_in(&self, netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = crate::netns::command_in(netns, program, self.ids());
+        if let Some((name, _, _)) = &self.switch_to {
             // Our working directory may be one the user cannot enter (a
             // checkout under /root): every path handed over is absolute.
-            cmd.uid(*uid).gid(*gid).env("USER", name).current_dir("/");
+            cmd.env("USER", name).current_dir("/");
         }
         cmd.env("LC_ALL", "C.UTF-8").env_remove("PGDATA");
         cmd
