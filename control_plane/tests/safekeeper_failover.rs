@@ -8,109 +8,10 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{pageserver_http, psql, started_cluster, url_of, Repo};
-use control_plane::config::Config;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use common::failover::{lsn, wait_for, Cl, SEG_SIZE};
+use common::{psql, started_cluster, url_of};
 use serde_json::Value;
 use utils::lsn::Lsn;
-
-const SEG_SIZE: u64 = 16 * 1024 * 1024;
-
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn http_get(url: &str) -> Option<Value> {
-    let out = Command::new("curl").args(["-sf", "--max-time", "10", url]).output().ok()?;
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
-}
-
-fn lsn(v: &Value, field: &str) -> Lsn {
-    v[field].as_str().unwrap_or_else(|| panic!("no {field} in {v}")).parse().unwrap()
-}
-
-struct Cl<'a> {
-    repo: &'a Repo,
-    conf: Config,
-}
-
-impl<'a> Cl<'a> {
-    fn new(repo: &'a Repo) -> Self {
-        Cl { repo, conf: Config::load(&repo.path).unwrap() }
-    }
-    fn branch(&self) -> (String, String) {
-        let text = std::fs::read_to_string(self.repo.path.join("branches.toml")).unwrap();
-        let state: control_plane::state::State = toml::from_str(&text).unwrap();
-        let b = &state.branches[0];
-        (b.tenant_id.to_string(), b.timeline_id.to_string())
-    }
-    fn sk_dir(&self, id: u64) -> std::path::PathBuf {
-        let (t, tl) = self.branch();
-        self.repo.path.join(format!("safekeeper_{id}/data/{t}/{tl}"))
-    }
-    fn sk_status(&self, id: u64) -> Option<Value> {
-        let sk = self.conf.safekeepers.iter().find(|s| s.id == id).unwrap();
-        let (t, tl) = self.branch();
-        http_get(&format!("http://127.0.0.1:{}/v1/tenant/{t}/timeline/{tl}", sk.http_port))
-    }
-    fn ps_detail(&self) -> Value {
-        let (t, tl) = self.branch();
-        http_get(&format!("{}/v1/tenant/{t}/timeline/{tl}", pageserver_http(self.repo))).expect("pageserver answers")
-    }
-    fn pid(&self, component: &str) -> i32 {
-        let text = std::fs::read_to_string(self.repo.path.join(component).join("pid")).unwrap();
-        text.lines().next().unwrap().trim().parse().unwrap()
-    }
-    fn kill9_sk(&self, id: u64) {
-        let pid = self.pid(&format!("safekeeper_{id}"));
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        wait_for("safekeeper to die", Duration::from_secs(10), || self.sk_status(id).is_none());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    /// `strata start` starts whatever component is not running.
-    fn restart_missing(&self) {
-        self.repo.ok(&["start"]);
-    }
-    /// Safekeeper WAL bytes `[from, to)`.
-    fn wal(&self, id: u64, from: Lsn, to: Lsn) -> Vec<u8> {
-        let dir = self.sk_dir(id);
-        let mut buf = Vec::with_capacity((to.0 - from.0) as usize);
-        let mut pos = from;
-        while pos < to {
-            let off = pos.segment_offset(SEG_SIZE) as usize;
-            let len = ((to.0 - pos.0) as usize).min(SEG_SIZE as usize - off);
-            let data = std::fs::read(dir.join(pos.segment_file_name(1, SEG_SIZE))).unwrap();
-            buf.extend_from_slice(&data[off..off + len]);
-            pos += len as u64;
-        }
-        buf
-    }
-    /// Every safekeeper holds the same WAL bytes up to the lowest commit_lsn,
-    /// from the highest timeline start.
-    fn assert_wal_identical(&self) {
-        let statuses: Vec<Value> = (1..=3).map(|id| self.sk_status(id).expect("safekeeper answers")).collect();
-        let commit = statuses.iter().map(|s| lsn(s, "commit_lsn")).min().unwrap();
-        let start = statuses.iter().map(|s| lsn(s, "timeline_start_lsn")).max().unwrap();
-        assert!(commit > start, "nothing committed: {start}..{commit}");
-        let first = self.wal(1, start, commit);
-        for id in 2..=3 {
-            let other = self.wal(id, start, commit);
-            if let Some(pos) = first.iter().zip(&other).position(|(a, b)| a != b) {
-                panic!("safekeeper {id} WAL differs from safekeeper 1 at {}", start + pos as u64);
-            }
-        }
-    }
-    fn wait_commit_everywhere(&self, target: Lsn) {
-        wait_for("every safekeeper to commit", Duration::from_secs(60), || {
-            (1..=3).all(|id| self.sk_status(id).is_some_and(|s| lsn(&s, "commit_lsn") >= target && lsn(&s, "flush_lsn") >= target))
-        });
-    }
-}
 
 fn count_ids(url: &str, ids: &[i64]) -> usize {
     let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
@@ -173,6 +74,61 @@ fn a_restarted_safekeeper_catches_up_from_its_peers() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
     assert!(recovered > 1_000_000.0, "safekeeper 3 did not recover from its peers ({recovered} bytes)");
+}
+
+/// Bytes of WAL the compute at `url` holds in pg_wal.
+fn pg_wal_bytes(url: &str) -> u64 {
+    psql(url, "SELECT sum(size) FROM pg_ls_waldir()").parse().unwrap()
+}
+
+fn metric_of(port: u16, name: &str) -> f64 {
+    common::metric(&common::http_get(port, "/metrics"), name).unwrap_or(0.0)
+}
+
+/// A safekeeper down while 256 MB of WAL are written: the compute keeps no
+/// more WAL for it than its bound (the slot is invalidated past
+/// `max_slot_wal_keep_size`), and once started it catches up from its peers
+/// to byte-identical WAL; nothing acknowledged is lost across a restart.
+#[test]
+fn a_safekeeper_down_for_256_mb_of_wal_catches_up_from_peers_within_the_pg_wal_bound() {
+    const MB: u64 = 1024 * 1024;
+    let (keep_mb, max_wal_mb) = (32, 64);
+    let repo = started_cluster(3);
+    let cl = Cl::new(&repo);
+    let keep = format!("max_slot_wal_keep_size={keep_mb}MB");
+    let max_wal = format!("max_wal_size={max_wal_mb}MB");
+    let main = url_of(&repo.ok(&["endpoint", "start", "main", "-c", &keep, "-c", &max_wal, "-c", "min_wal_size=32MB"]));
+    psql(&main, "CREATE TABLE c(id bigserial primary key, v int)");
+    let mut acked = insert_acked(&main, 10);
+    cl.kill9_sk(3);
+    let start: Lsn = psql(&main, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
+    let mut peak_pg_wal = 0;
+    let mut end = start;
+    while end.0 - start.0 < 256 * MB {
+        psql(&main, "INSERT INTO c(v) SELECT 2 FROM generate_series(1, 150000)");
+        acked.extend(insert_acked(&main, 1));
+        peak_pg_wal = peak_pg_wal.max(pg_wal_bytes(&main));
+        end = psql(&main, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
+    }
+    // What a checkpoint cycle may hold (max_wal_size), what the slot may keep,
+    // and a few segments in flight; far below the 256 MB a slot would pin.
+    let bound = (keep_mb + max_wal_mb) * MB + 4 * SEG_SIZE;
+    println!("pg_wal peak {} MB while {} MB of WAL were written (bound {} MB)", peak_pg_wal / MB, (end.0 - start.0) / MB, bound / MB);
+    assert!(peak_pg_wal <= bound, "pg_wal grew to {peak_pg_wal} bytes, above its bound {bound}");
+    let slot = psql(&main, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'sk_3'");
+    assert_eq!(slot, "lost", "the absent safekeeper's slot should have been invalidated");
+    cl.restart_missing();
+    acked.extend(insert_acked(&main, 10));
+    let end: Lsn = psql(&main, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
+    cl.wait_commit_everywhere_within(end, Duration::from_secs(300));
+    cl.assert_wal_identical();
+    let sk3 = cl.conf.safekeepers.iter().find(|s| s.id == 3).unwrap();
+    let recovered = metric_of(sk3.http_port, "safekeeper_recovery_bytes_total");
+    println!("safekeeper 3 recovered {} MB from its peers", recovered as u64 / MB);
+    assert!(recovered > 0.0, "safekeeper 3 did not recover from its peers");
+    repo.ok(&["endpoint", "stop", "main"]);
+    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    assert_eq!(count_ids(&main, &acked), acked.len(), "acknowledged commits were lost");
 }
 
 #[test]
@@ -267,8 +223,9 @@ fn transfer_load(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool
     })
 }
 
-/// Chaos: kill -9 one random safekeeper at a time and restart it, restart
-/// the compute once, under a bank-transfer load. `STRATA_CHAOS_SECS` makes
+/// Chaos: kill -9 one random safekeeper at a time and restart it, now and
+/// then kill -9 the pageserver too, restart the compute once, under a
+/// bank-transfer load. `STRATA_CHAOS_SECS` makes
 /// it run longer (default 25 s of chaos).
 #[test]
 fn chaos_bank_transfers_survive_safekeeper_kills_and_a_compute_restart() {
@@ -284,7 +241,7 @@ fn chaos_bank_transfers_survive_safekeeper_kills_and_a_compute_restart() {
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let loads: Vec<_> = (0..2).map(|i| transfer_load(main.clone(), stop.clone(), acked.clone(), seed + i)).collect();
     let started = Instant::now();
-    let (mut rng, mut kills, mut compute_restarted) = (seed | 1, 0, false);
+    let (mut rng, mut kills, mut ps_kills, mut compute_restarted) = (seed | 1, 0, 0, false);
     while started.elapsed() < Duration::from_secs(secs) {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -292,6 +249,11 @@ fn chaos_bank_transfers_survive_safekeeper_kills_and_a_compute_restart() {
         let victim = rng % 3 + 1;
         cl.kill9_sk(victim);
         kills += 1;
+        // Every third round (and at least once) the pageserver dies as well.
+        if (rng >> 8) % 3 == 0 || (ps_kills == 0 && started.elapsed() > Duration::from_secs(secs / 3)) {
+            cl.kill9_pageserver();
+            ps_kills += 1;
+        }
         std::thread::sleep(Duration::from_millis(300 + rng % 1200));
         cl.restart_missing();
         if !compute_restarted && started.elapsed() > Duration::from_secs(secs / 2) {
@@ -329,7 +291,10 @@ fn chaos_bank_transfers_survive_safekeeper_kills_and_a_compute_restart() {
     let end: Lsn = psql(&main, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
     cl.wait_commit_everywhere(end);
     cl.assert_wal_identical();
-    println!("chaos figures: {} s, {kills} safekeeper kills, {} transfers acknowledged ({:.0}/s), compute restarted once",
+    // The pageserver, killed along the way, has ingested all of it.
+    assert!(ps_kills > 0, "the pageserver was never killed");
+    wait_for("the pageserver to ingest up to the end", Duration::from_secs(60), || lsn(&cl.ps_detail(), "last_record_lsn") >= end);
+    println!("chaos figures: {} s, {kills} safekeeper kills, {ps_kills} pageserver kills, {} transfers acknowledged ({:.0}/s), compute restarted once",
         started.elapsed().as_secs(), acked.len(), acked.len() as f64 / started.elapsed().as_secs_f64());
 }
 
