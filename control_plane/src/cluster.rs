@@ -1,5 +1,5 @@
 //! The components of a local cluster and the order they start and stop in:
-//! broker, safekeepers, pageserver up; the reverse down.
+//! broker, safekeepers, pageserver, proxy up; the reverse down.
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,12 @@ impl Cluster {
 
     pub fn pageserver_http(&self) -> String {
         self.conf.pageserver.at.http(self.conf.pageserver.http_port)
+    }
+
+    /// URL of endpoint `name` through the proxy, if the cluster has one.
+    pub fn proxy_url(&self, name: &str) -> Option<String> {
+        let proxy = self.conf.proxy.as_ref()?;
+        Some(format!("postgresql://postgres@{}/postgres?options=endpoint%3D{name}", proxy.at.addr(proxy.pg_port)))
     }
 
     pub fn safekeeper_http(&self, id: u64) -> Option<String> {
@@ -65,6 +71,24 @@ impl Cluster {
             at: ps.at.clone(),
             dir,
         });
+        if let Some(proxy) = &self.conf.proxy {
+            out.push(Component {
+                name: "proxy".into(),
+                dir: self.repo.join("proxy"),
+                binary: bin.join("proxy"),
+                args: vec![
+                    "--repo-dir".into(),
+                    self.repo.display().to_string(),
+                    "--listen".into(),
+                    proxy.at.listen_addr(proxy.pg_port),
+                    "--listen-http".into(),
+                    proxy.at.listen_addr(proxy.http_port),
+                ],
+                ports: vec![proxy.pg_port, proxy.http_port],
+                ready_url: format!("{}/metrics", proxy.at.http(proxy.http_port)),
+                at: proxy.at.clone(),
+            });
+        }
         Ok(out)
     }
 

@@ -90,6 +90,17 @@ pub struct SafekeeperConf {
     pub at: Placement,
 }
 
+/// The proxy: one PostgreSQL port in front of every endpoint, which routes
+/// each connection to its endpoint and wakes suspended ones; its metrics on
+/// `http_port`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProxyConf {
+    pub pg_port: u16,
+    pub http_port: u16,
+    #[serde(flatten)]
+    pub at: Placement,
+}
+
 /// Where computes run (every endpoint of the cluster).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ComputeConf {
@@ -149,6 +160,9 @@ pub struct Config {
     pub safekeepers: Vec<SafekeeperConf>,
     #[serde(default)]
     pub compute: ComputeConf,
+    /// Absent in repositories made before the proxy existed: no proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConf>,
 }
 
 fn default_endpoint_base_port() -> u16 {
@@ -179,6 +193,7 @@ impl Config {
                 })
                 .collect(),
             compute: ComputeConf::default(),
+            proxy: Some(ProxyConf { pg_port: base_port + 3, http_port: base_port + 4, at: Placement::default() }),
         }
     }
 
@@ -214,6 +229,10 @@ impl Config {
         for sk in &self.safekeepers {
             out.push((format!("safekeeper {} pg", sk.id), sk.pg_port));
             out.push((format!("safekeeper {} http", sk.id), sk.http_port));
+        }
+        if let Some(proxy) = &self.proxy {
+            out.push(("proxy pg".to_string(), proxy.pg_port));
+            out.push(("proxy http".to_string(), proxy.http_port));
         }
         out
     }

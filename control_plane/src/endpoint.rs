@@ -44,6 +44,15 @@ pub struct Endpoint {
     /// cluster's `[compute]` placement when it last started).
     #[serde(flatten, default)]
     pub at: crate::config::Placement,
+    /// Suspend (stop) the compute after this many seconds without a client
+    /// connection; the proxy does it and wakes it on the next connection
+    /// through it. Absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_after_s: Option<u64>,
+    /// Stopped by the proxy for being idle (not by the user): the next
+    /// connection through the proxy starts it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
 }
 
 pub fn endpoints_dir(repo: &Path) -> PathBuf {
@@ -90,7 +99,8 @@ impl Endpoint {
     pub fn save(&self, repo: &Path) -> anyhow::Result<()> {
         let dir = Self::dir(repo, &self.name);
         fs::create_dir_all(&dir)?;
-        fs::write(dir.join(ENDPOINT_FILE), toml::to_string_pretty(self)?)?;
+        // Atomic: the proxy reads it while the CLI writes it, and back.
+        utils::fs::write_atomic(&dir.join(ENDPOINT_FILE), toml::to_string_pretty(self)?.as_bytes())?;
         Ok(())
     }
 

@@ -40,6 +40,10 @@ enum Cmd {
         /// First port tried for computes.
         #[arg(long, default_value_t = 55432)]
         endpoint_base_port: u16,
+        /// The proxy's PostgreSQL port, the one address for every endpoint
+        /// (its metrics on the next port). Default: base-port + 3.
+        #[arg(long)]
+        proxy_port: Option<u16>,
         /// Object storage for the pageserver's layers and indexes and the
         /// safekeepers' offloaded WAL: a directory, s3://BUCKET/PREFIX
         /// (credentials from AWS_*), or "none" (the pageserver's and the
@@ -183,6 +187,12 @@ enum EndpointCmd {
         /// Drop a setting given earlier with -c (back to the default; repeatable).
         #[arg(long, value_name = "KEY")]
         reset: Vec<String>,
+        /// Suspend the compute after this long without a client connection
+        /// (e.g. 5m, 30s; 0 never, the default); the proxy stops it and
+        /// starts it again, on the latest LSN, at the next connection
+        /// through it. Kept for later starts.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_s)]
+        suspend_after: Option<u64>,
     },
     /// Stop a compute (fast shutdown; committed data stays in the cluster).
     Stop { name: String },
@@ -198,6 +208,14 @@ enum EndpointCmd {
     },
 }
 
+/// A duration like `5m`, `30s`, `1h` or `0`, in whole seconds.
+fn parse_duration_s(text: &str) -> Result<u64, String> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    humantime::parse_duration(text.trim()).map(|d| d.as_secs()).map_err(|e| format!("{text:?} is not a duration like 5m or 30s: {e}"))
+}
+
 fn print_tree(branches: &[Branch], parent: Option<&str>, depth: usize) {
     for b in branches.iter().filter(|b| b.ancestor.as_deref() == parent) {
         match depth {
@@ -210,13 +228,16 @@ fn print_tree(branches: &[Branch], parent: Option<&str>, depth: usize) {
 
 async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
     match cmd {
-        EndpointCmd::Start { name, branch_name, tenant_id, setting, reset } => {
+        EndpointCmd::Start { name, branch_name, tenant_id, setting, reset, suspend_after } => {
             let cluster = Cluster::load(repo)?;
             let tenant = State::load(repo)?.tenant(tenant_id)?;
-            let change = SettingsChange { set: setting, reset };
+            let change = SettingsChange { set: setting, reset, suspend_after_s: suspend_after };
             let ep = cluster.endpoint_start(tenant, &name, branch_name.as_deref(), &change).await?;
             println!("endpoint {} on branch {} (timeline {}) at LSN {}", ep.name, ep.branch, ep.timeline_id, ep.start_lsn.as_deref().unwrap_or("?"));
             println!("connect with: psql {}", ep.url());
+            if let Some(url) = cluster.proxy_url(&ep.name) {
+                println!("through the proxy: psql {url}");
+            }
         }
         EndpointCmd::Stop { name } => {
             Cluster::load(repo)?.endpoint_stop(&name).await?;
@@ -233,7 +254,11 @@ async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
             Config::load(repo)?;
             println!("{:<16} {:<22} {:<16} {:<34} {:<12} STATUS", "NAME", "ADDRESS", "BRANCH", "TIMELINE", "LSN");
             for ep in Endpoint::list(repo)? {
-                let status = if ep.running_pid().is_some() { "running" } else { "stopped" };
+                let status = match (ep.running_pid(), ep.suspended) {
+                    (Some(_), _) => "running",
+                    (None, true) => "suspended",
+                    (None, false) => "stopped",
+                };
                 let addr = ep.at.addr(ep.port);
                 let lsn = ep.start_lsn.clone().unwrap_or_default();
                 println!("{:<16} {:<22} {:<16} {:<34} {:<12} {status}", ep.name, addr, ep.branch, ep.timeline_id, lsn);
@@ -249,9 +274,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo_dir = std::path::absolute(&cli.repo_dir).with_context(|| format!("resolve {}", cli.repo_dir.display()))?;
     let repo = repo_dir.as_path();
     match cli.command {
-        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit } => {
+        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, proxy_port, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit } => {
             anyhow::ensure!(safekeepers >= 1, "a cluster needs at least one safekeeper");
             let mut conf = Config::with_ports(safekeepers, pageserver_port, base_port);
+            if let (Some(port), Some(proxy)) = (proxy_port, conf.proxy.as_mut()) {
+                anyhow::ensure!(port < u16::MAX, "--proxy-port {port}: the next port is its metrics port");
+                (proxy.pg_port, proxy.http_port) = (port, port + 1);
+            }
             conf.endpoint_base_port = endpoint_base_port;
             conf.pageserver.remote_storage = match remote_storage.as_deref() {
                 Some("none") => None,

@@ -248,6 +248,12 @@ impl Cluster {
             start_lsn: Some(lsn.to_string()),
             settings: change.apply(&existing.as_ref().map(|e| e.settings.clone()).unwrap_or_default()),
             at: self.conf.compute.at.clone(),
+            suspend_after_s: match change.suspend_after_s {
+                Some(0) => None,
+                Some(s) => Some(s),
+                None => existing.as_ref().and_then(|e| e.suspend_after_s),
+            },
+            suspended: false,
         };
         self.fetch_basebackup(&api, &ep, lsn, prev).await?;
         ep.write_config(&self.conf.safekeepers.iter().map(|s| format!("sk_{}", s.id)).collect::<Vec<_>>(), self.quorum())?;
@@ -308,10 +314,14 @@ impl Cluster {
         unpacked
     }
 
-    /// `strata endpoint stop`.
+    /// `strata endpoint stop`: stopped by the user, so not woken by the proxy.
     pub async fn endpoint_stop(&self, name: &str) -> anyhow::Result<()> {
         let ep = Endpoint::load(&self.repo, name)?.with_context(|| format!("no endpoint named {name:?}"))?;
-        ep.stop_postgres()
+        ep.stop_postgres()?;
+        if ep.suspended {
+            Endpoint { suspended: false, ..ep }.save(&self.repo)?;
+        }
+        Ok(())
     }
 }
 

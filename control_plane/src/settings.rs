@@ -75,11 +75,14 @@ fn total_memory_mb() -> Option<u64> {
 }
 
 /// A change asked on the command line: set (`-c KEY=VALUE`) or reset to the
-/// default (`--reset KEY`).
+/// default (`--reset KEY`), and the endpoint's suspend timeout
+/// (`--suspend-after`; not a PostgreSQL setting, kept beside them).
 #[derive(Clone, Debug, Default)]
 pub struct SettingsChange {
     pub set: Vec<(String, String)>,
     pub reset: Vec<String>,
+    /// `Some(0)` disables suspension; `None` keeps what the endpoint had.
+    pub suspend_after_s: Option<u64>,
 }
 
 impl SettingsChange {

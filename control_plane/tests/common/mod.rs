@@ -104,7 +104,7 @@ pub fn url_of(stdout: &str) -> String {
     stdout.lines().find_map(|l| l.strip_prefix("connect with: psql ")).expect("URL printed").to_string()
 }
 
-/// Ports for one cluster: a base with its +10/+11 free, a pageserver pair,
+/// Ports for one cluster: a base with its +3/+4/+10/+11 free, a pageserver pair,
 /// and a start for computes (ranges differ between test processes and tests).
 pub fn free_ports() -> (u16, u16, u16) {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
@@ -112,7 +112,8 @@ pub fn free_ports() -> (u16, u16, u16) {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let seed = (std::process::id() % 2000) as u16;
     let first = 20000 + (seed * 7 + slot * 613) % 30000;
-    let base = (first..60000).step_by(97).find(|&b| free(b) && free(b + 10) && free(b + 11)).unwrap();
+    // The broker at base, the proxy at +3/+4, safekeeper 1 at +10/+11.
+    let base = (first..60000).step_by(97).find(|&b| [0, 3, 4, 10, 11].iter().all(|&d| free(b + d))).unwrap();
     let ps = (base + 50..60000).find(|&p| free(p) && free(p + 1)).unwrap();
     let endpoints = 61000 + (seed % 100) * 40 + slot * 10;
     (base, ps, endpoints)

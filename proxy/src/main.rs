@@ -1,0 +1,86 @@
+//! `proxy`: started by `strata start` for the cluster in `--repo-dir`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use proxy::conn::{serve, ProxyContext};
+use proxy::endpoints::Endpoints;
+
+#[derive(Parser)]
+#[command(about = "Strata proxy: one PostgreSQL port for every endpoint (route with options=endpoint=NAME), \
+                   waking suspended endpoints and suspending idle ones")]
+struct Args {
+    /// The cluster's repository (its endpoints and configuration).
+    #[arg(long, env = "STRATA_REPO_DIR")]
+    repo_dir: PathBuf,
+    /// PostgreSQL protocol address for clients.
+    #[arg(long, default_value = "127.0.0.1:4432")]
+    listen: String,
+    /// HTTP address for /metrics.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen_http: String,
+    /// How long a connection waits for a suspended endpoint to start.
+    #[arg(long, default_value_t = 120)]
+    wake_timeout_s: u64,
+    /// How long a client has to send its startup packet.
+    #[arg(long, default_value_t = 10_000)]
+    startup_timeout_ms: u64,
+    /// Client connections open at once, over all endpoints.
+    #[arg(long, default_value_t = 1000)]
+    max_connections: usize,
+    /// Client connections open at once to one endpoint.
+    #[arg(long, default_value_t = 100)]
+    max_connections_per_endpoint: usize,
+    /// How often idle endpoints are looked for.
+    #[arg(long, default_value_t = 1000)]
+    suspend_check_interval_ms: u64,
+    /// On SIGTERM, how long open sessions may go on before the proxy exits.
+    #[arg(long, default_value_t = 5)]
+    drain_timeout_s: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    utils::logging::init();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let http = tokio::net::TcpListener::bind(&args.listen_http).await.with_context(|| format!("listen on {}", args.listen_http))?;
+    let endpoints = Endpoints::new(args.repo_dir.clone(), Duration::from_secs(args.wake_timeout_s), args.max_connections_per_endpoint);
+    let connections = Arc::new(tokio::sync::Semaphore::new(args.max_connections));
+    let ctx = Arc::new(ProxyContext {
+        endpoints: Arc::clone(&endpoints),
+        startup_timeout: Duration::from_millis(args.startup_timeout_ms),
+        connect_timeout: Duration::from_secs(10),
+        connections: Arc::clone(&connections),
+        max_connections: args.max_connections,
+    });
+    tokio::spawn(Arc::clone(&endpoints).run_suspender(Duration::from_millis(args.suspend_check_interval_ms)));
+    let router = axum::Router::new().route("/metrics", axum::routing::get(|| async { proxy::metrics::gather_text() }));
+    tokio::spawn(async move { axum::serve(http, router).await });
+    tracing::info!(listen = %args.listen, repo = %args.repo_dir.display(), "proxy started");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(serve(listener, ctx, stop_rx));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    drain(&connections, args.max_connections, Duration::from_secs(args.drain_timeout_s)).await;
+    Ok(())
+}
+
+/// Wait until every session ended or `timeout` passed.
+async fn drain(connections: &tokio::sync::Semaphore, max: usize, timeout: Duration) {
+    let open = max - connections.available_permits();
+    tracing::info!(open, "stopping: no new connections; draining open sessions");
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    match tokio::time::timeout(timeout, connections.acquire_many(all)).await {
+        Ok(_) => tracing::info!("all sessions ended"),
+        Err(_) => tracing::warn!(open = max - connections.available_permits(), "drain timeout: closing open sessions"),
+    }
+}
