@@ -1,6 +1,9 @@
 //! Commit throughput and latency with Strata safekeepers as synchronous
-//! standbys, beside stock PostgreSQL with one synchronous `pg_receivewal`,
-//! all in the same run: `cargo bench -p safekeeper --bench commit`.
+//! standbys, each beside its stock baseline in the same run: one safekeeper
+//! vs stock PostgreSQL with one synchronous `pg_receivewal`, three
+//! safekeepers (ANY 2) vs stock with `ANY 2` of three `pg_receivewal`.
+//! `cargo bench -p safekeeper --bench commit`; the ratio column is TPS over
+//! the baseline's.
 //!
 //! Each setup runs `pgbench -N` (simple-update, no branch table updates) with
 //! `STRATA_BENCH_CLIENTS` clients (default 4) for `STRATA_BENCH_SECONDS`
@@ -46,23 +49,34 @@ fn pgbench(pg: &PgCluster) -> anyhow::Result<Figures> {
     Ok(Figures { tps: find("tps = ")?, latency_ms: find("latency average = ")? })
 }
 
-/// Stock PostgreSQL with `pg_receivewal --synchronous` as its only synchronous standby.
-fn stock_with_pg_receivewal() -> anyhow::Result<Figures> {
-    let pg = PgCluster::start(&[("synchronous_standby_names", "recv"), ("synchronous_commit", "on")])?;
-    let dir = tempfile::tempdir()?;
-    let conn = format!("host=127.0.0.1 port={} user=postgres application_name=recv", pg.port());
-    let mut recv: Child = Command::new(pg_bin("pg_receivewal"))
-        .args(["--synchronous", "-d", &conn, "-D"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    common::wait_until(std::time::Duration::from_secs(30), || {
-        Ok(pg.sql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")? == "1")
-    })?;
-    let figures = pgbench(&pg);
-    let _ = recv.kill();
-    let _ = recv.wait();
+/// Stock PostgreSQL with `n` `pg_receivewal --synchronous` standbys, `quorum`
+/// of which must confirm each commit (`ANY quorum (recv1, …)`; with one
+/// receiver simply `recv1`).
+fn stock_with_pg_receivewal(n: usize, quorum: usize) -> anyhow::Result<Figures> {
+    let names: Vec<String> = (1..=n).map(|i| format!("recv{i}")).collect();
+    let standby_names =
+        if n == 1 { names[0].clone() } else { format!("ANY {quorum} ({})", names.join(", ")) };
+    let pg = PgCluster::start(&[("synchronous_standby_names", &standby_names), ("synchronous_commit", "on")])?;
+    let dirs = (0..n).map(|_| tempfile::tempdir()).collect::<Result<Vec<_>, _>>()?;
+    let mut receivers: Vec<Child> = Vec::new();
+    for (name, dir) in names.iter().zip(&dirs) {
+        let conn = format!("host=127.0.0.1 port={} user=postgres application_name={name}", pg.port());
+        let child = Command::new(pg_bin("pg_receivewal"))
+            .args(["--synchronous", "-d", &conn, "-D"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        receivers.push(child);
+    }
+    let figures = common::wait_until(std::time::Duration::from_secs(30), || {
+        Ok(pg.sql("SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')")? == n.to_string())
+    })
+    .and_then(|()| pgbench(&pg));
+    for mut child in receivers {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     figures
 }
 
@@ -82,14 +96,19 @@ fn main() -> anyhow::Result<()> {
     );
     println!("{:<48} {:>10} {:>16}", "setup", "TPS", "latency avg ms");
     type Setup = Box<dyn Fn() -> anyhow::Result<Figures>>;
-    let setups: [(&str, Setup); 3] = [
-        ("stock PG15 + pg_receivewal --synchronous (baseline)", Box::new(stock_with_pg_receivewal)),
-        ("Strata, 1 safekeeper", Box::new(|| with_safekeepers(1, 1))),
-        ("Strata, 3 safekeepers, ANY 2", Box::new(|| with_safekeepers(3, 2))),
+    // (name, run, index of the baseline it is compared with)
+    let setups: [(&str, Setup, Option<usize>); 4] = [
+        ("stock PG15 + 1 pg_receivewal --synchronous", Box::new(|| stock_with_pg_receivewal(1, 1)), None),
+        ("Strata, 1 safekeeper", Box::new(|| with_safekeepers(1, 1)), Some(0)),
+        ("stock PG15 + ANY 2 of 3 pg_receivewal", Box::new(|| stock_with_pg_receivewal(3, 2)), None),
+        ("Strata, 3 safekeepers, ANY 2", Box::new(|| with_safekeepers(3, 2)), Some(2)),
     ];
-    for (name, run) in setups {
+    let mut tps = Vec::new();
+    for (name, run, baseline) in setups {
         let f = run().with_context(|| name.to_string())?;
-        println!("{name:<48} {:>10.0} {:>16.2}", f.tps, f.latency_ms);
+        let ratio = baseline.map(|b: usize| format!("{:.2}x of the line {}", f.tps / tps[b], b + 1)).unwrap_or_default();
+        println!("{name:<48} {:>10.0} {:>16.2}   {ratio}", f.tps, f.latency_ms);
+        tps.push(f.tps);
     }
     Ok(())
 }
