@@ -83,7 +83,11 @@ impl Cluster {
                     proxy.at.listen_addr(proxy.pg_port),
                     "--listen-http".into(),
                     proxy.at.listen_addr(proxy.http_port),
-                ],
+                ]
+                .into_iter()
+                .chain(proxy.tls_cert.iter().flat_map(|c| ["--tls-cert".to_string(), c.clone()]))
+                .chain(proxy.tls_key.iter().flat_map(|k| ["--tls-key".to_string(), k.clone()]))
+                .collect(),
                 ports: vec![proxy.pg_port, proxy.http_port],
                 ready_url: format!("{}/metrics", proxy.at.http(proxy.http_port)),
                 at: proxy.at.clone(),

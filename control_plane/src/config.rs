@@ -99,6 +99,13 @@ pub struct ProxyConf {
     pub http_port: u16,
     #[serde(flatten)]
     pub at: Placement,
+    /// TLS certificate and key (PEM) the proxy accepts `sslmode=require`
+    /// with; absent: SSL requests are refused and clients fall back to
+    /// plain text (`sslmode=prefer`) or fail (`require`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
 }
 
 /// Where computes run (every endpoint of the cluster).
@@ -193,7 +200,13 @@ impl Config {
                 })
                 .collect(),
             compute: ComputeConf::default(),
-            proxy: Some(ProxyConf { pg_port: base_port + 3, http_port: base_port + 4, at: Placement::default() }),
+            proxy: Some(ProxyConf {
+                pg_port: base_port + 3,
+                http_port: base_port + 4,
+                at: Placement::default(),
+                tls_cert: None,
+                tls_key: None,
+            }),
         }
     }
 

@@ -17,3 +17,4 @@ pub mod settings;
 pub mod state;
 pub mod tenant_conf;
 pub mod timeline_delete;
+pub mod tls;

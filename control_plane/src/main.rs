@@ -44,6 +44,18 @@ enum Cmd {
         /// (its metrics on the next port). Default: base-port + 3.
         #[arg(long)]
         proxy_port: Option<u16>,
+        /// The proxy's TLS certificate (PEM), with --proxy-tls-key. Default:
+        /// one signed by a CA made for this repository (<repo>/tls/ca.crt,
+        /// for clients' sslrootcert), valid for localhost, *.localhost and
+        /// 127.0.0.1.
+        #[arg(long, requires = "proxy_tls_key", value_name = "FILE")]
+        proxy_tls_cert: Option<PathBuf>,
+        /// The proxy's TLS private key (PEM).
+        #[arg(long, requires = "proxy_tls_cert", value_name = "FILE")]
+        proxy_tls_key: Option<PathBuf>,
+        /// No TLS on the proxy (clients must connect without SSL).
+        #[arg(long, conflicts_with = "proxy_tls_cert")]
+        no_proxy_tls: bool,
         /// Object storage for the pageserver's layers and indexes and the
         /// safekeepers' offloaded WAL: a directory, s3://BUCKET/PREFIX
         /// (credentials from AWS_*), or "none" (the pageserver's and the
@@ -274,7 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo_dir = std::path::absolute(&cli.repo_dir).with_context(|| format!("resolve {}", cli.repo_dir.display()))?;
     let repo = repo_dir.as_path();
     match cli.command {
-        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, proxy_port, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit } => {
+        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, proxy_port, proxy_tls_cert, proxy_tls_key, no_proxy_tls, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit } => {
             anyhow::ensure!(safekeepers >= 1, "a cluster needs at least one safekeeper");
             let mut conf = Config::with_ports(safekeepers, pageserver_port, base_port);
             if let (Some(port), Some(proxy)) = (proxy_port, conf.proxy.as_mut()) {
@@ -299,7 +311,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::ensure!(conf.pageserver.remote_storage.is_some(), "--pageserver-resident-limit needs object storage (not --remote-storage none): evicted layers are read back from it");
             }
             conf.pageserver.resident_limit = pageserver_resident_limit;
+            let tls_dir = repo.join(control_plane::tls::TLS_DIR);
+            if let (Some(proxy), false) = (conf.proxy.as_mut(), no_proxy_tls) {
+                proxy.tls_cert = Some(tls_dir.join("proxy.crt").display().to_string());
+                proxy.tls_key = Some(tls_dir.join("proxy.key").display().to_string());
+            }
             let path = conf.save_new(repo)?;
+            if let Some(proxy) = conf.proxy.as_ref().filter(|p| p.tls_cert.is_some()) {
+                let files = match (&proxy_tls_cert, &proxy_tls_key) {
+                    (Some(cert), Some(key)) => control_plane::tls::install(repo, cert, key)?,
+                    _ => control_plane::tls::generate(repo, &proxy.at.host)?,
+                };
+                if let Some(ca) = &files.ca {
+                    println!("proxy TLS: clients verify it with sslrootcert={}", ca.display());
+                }
+            }
             println!("initialized {} ({} safekeeper(s)); next: strata start", path.display(), safekeepers);
         }
         Cmd::Start => {

@@ -1,6 +1,8 @@
 //! The proxy with real clients (psql, pgbench, raw sockets): one port
-//! routes to the endpoints of two branches; an unknown, missing or stopped
-//! endpoint and a malformed startup packet each get a PostgreSQL error; an
+//! routes to the endpoints of two branches, in plain text and with TLS
+//! (`sslmode=require`, `verify-full` against the generated CA, routing by
+//! the SNI name); an unknown, missing or stopped endpoint and a malformed
+//! startup packet each get a PostgreSQL error; an
 //! endpoint with a suspend timeout is suspended when idle and woken by the
 //! next connection with all committed data, once for 20 clients at once.
 
@@ -64,6 +66,18 @@ fn one_port_routes_to_two_branches_and_refuses_what_it_cannot_route() {
     assert!(out.status.success(), "pgbench -S through the proxy: {}", String::from_utf8_lossy(&out.stderr));
 
     let (port, _) = proxy_ports(&repo);
+    // TLS with the certificate `strata init` made: required, verified
+    // against the repository's CA, and routed by the SNI name alone.
+    let conninfo = psql(&format!("{main}&sslmode=require"), "\\conninfo");
+    assert!(conninfo.contains("SSL connection"), "{conninfo}");
+    let ca = repo.path.join("tls/ca.crt");
+    let verified = format!("postgresql://postgres@localhost:{port}/postgres?options=endpoint%3Dmain&sslmode=verify-full&sslrootcert={}", ca.display());
+    assert_eq!(psql(&verified, "SELECT count(*) FROM t"), "2");
+    let by_sni = format!("host=dev.localhost hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=verify-full sslrootcert={}", ca.display());
+    assert_eq!(psql(&by_sni, "SELECT string_agg(v, ',' ORDER BY v) FROM t"), "before the branch,dev only");
+    let wrong_name = psql_error(&format!("host=main.example.com hostaddr=127.0.0.1 port={port} user=postgres sslmode=verify-full sslrootcert={}", ca.display()));
+    assert!(wrong_name.contains("does not match host name"), "{wrong_name}");
+
     let unknown = psql_error(&format!("postgresql://postgres@127.0.0.1:{port}/postgres?options=endpoint%3Dnope"));
     assert!(unknown.contains("endpoint \"nope\" does not exist"), "{unknown}");
     let missing = psql_error(&format!("postgresql://postgres@127.0.0.1:{port}/postgres"));

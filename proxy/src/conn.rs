@@ -1,7 +1,9 @@
-//! One client connection: read its startup packet (refusing SSL and GSS
-//! encryption with `N` until TLS is configured), pick the endpoint, wake it
-//! if suspended, connect to its compute, hand the startup packet on without
-//! the routing option, then relay bytes both ways until either side closes.
+//! One client connection: read its startup packet (accepting an SSL
+//! request with a TLS handshake when the proxy has a certificate, refusing
+//! it with `N` otherwise; GSS encryption always `N`), pick the endpoint
+//! (from the startup packet or the TLS SNI name), wake it if suspended,
+//! connect to its compute, hand the startup packet on without the routing
+//! option, then relay bytes both ways until either side closes.
 //! Authentication is between the client and the compute: the proxy never
 //! sees a password.
 //!
@@ -17,8 +19,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pq_proto::{BeMessage, FeMessage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
 
 use crate::endpoints::Endpoints;
@@ -33,6 +36,20 @@ pub struct ProxyContext {
     pub connect_timeout: Duration,
     pub connections: Arc<tokio::sync::Semaphore>,
     pub max_connections: usize,
+    /// Accepts SSL requests when set.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// A client's stream, plain or TLS.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+type Client = Box<dyn ClientIo>;
+
+/// The client's startup packet, what it sent after it, and its SNI name.
+struct Startup {
+    message: FeMessage,
+    rest: BytesMut,
+    sni: Option<String>,
 }
 
 /// A client refused with a PostgreSQL error.
@@ -69,15 +86,16 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<ProxyContext>, mu
     }
 }
 
-async fn handle(ctx: Arc<ProxyContext>, mut client: TcpStream, peer: SocketAddr) {
+async fn handle(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr) {
     METRICS.connections.inc();
+    let _ = tcp.set_nodelay(true);
+    let mut client: Client = Box::new(tcp);
     let Ok(_permit) = Arc::clone(&ctx.connections).try_acquire_owned() else {
         let msg = format!("too many connections to the proxy (limit {})", ctx.max_connections);
         return refuse(&mut client, Refusal::new("53300", "too_many_connections", msg)).await;
     };
     METRICS.active_connections.inc();
     let _active = scopeguard(|| METRICS.active_connections.dec());
-    let _ = client.set_nodelay(true);
     match connect(&ctx, &mut client).await {
         Ok((mut compute, endpoint, _guard)) => {
             let span = tracing::info_span!("relay", %endpoint);
@@ -104,15 +122,16 @@ async fn handle(ctx: Arc<ProxyContext>, mut client: TcpStream, peer: SocketAddr)
 /// bytes the client sent after it). `Err(None)`: the client left.
 async fn connect(
     ctx: &ProxyContext,
-    client: &mut TcpStream,
+    client: &mut Client,
 ) -> Result<(TcpStream, String, crate::endpoints::ConnectionGuard), Option<Refusal>> {
-    let (startup, rest) = match tokio::time::timeout(ctx.startup_timeout, read_startup(client)).await {
+    let startup = match tokio::time::timeout(ctx.startup_timeout, read_startup(client, ctx.tls.as_ref())).await {
         Err(_) => return Err(Some(Refusal::new("08P01", "startup_timeout", "no startup packet received in time"))),
         Ok(Err(e)) => return Err(Some(Refusal::new("08P01", "bad_startup", format!("invalid startup packet: {e}")))),
         Ok(Ok(None)) => return Err(None),
         Ok(Ok(Some(s))) => s,
     };
-    let params = match startup {
+    let Startup { message, rest, sni } = startup;
+    let params = match message {
         FeMessage::StartupMessage(m) => m.params,
         FeMessage::CancelRequest { .. } => {
             // The proxy does not track backend keys yet: nothing to cancel.
@@ -121,7 +140,7 @@ async fn connect(
         }
         other => return Err(Some(Refusal::new("08P01", "bad_startup", format!("unexpected {other:?} before startup")))),
     };
-    let route = route::route(&params, None).map_err(|e| Some(Refusal::new("08004", "no_route", e.to_string())))?;
+    let route = route::route(&params, sni.as_deref()).map_err(|e| Some(Refusal::new("08004", "no_route", e.to_string())))?;
     let refusal = |e: crate::endpoints::EndpointError| Some(Refusal::new(e.sqlstate(), e.reason(), e.to_string()));
     let guard = ctx.endpoints.open(&route.endpoint).map_err(refusal)?;
     let (host, port) = ctx.endpoints.connect_target(&route.endpoint).await.map_err(refusal)?;
@@ -143,15 +162,24 @@ async fn connect(
     Ok((compute, route.endpoint, guard))
 }
 
-/// The client's first packet that is not an encryption request, and what it
-/// sent after it. `None` if it closed first.
-async fn read_startup(client: &mut TcpStream) -> Result<Option<(FeMessage, BytesMut)>, pq_proto::ProtocolError> {
+/// The client's first packet that is not an encryption request, what it
+/// sent after it, and the SNI name if it switched to TLS (then `client` is
+/// the TLS stream). `None` if it closed first.
+async fn read_startup(client: &mut Client, tls: Option<&TlsAcceptor>) -> Result<Option<Startup>, pq_proto::ProtocolError> {
     let mut buf = BytesMut::with_capacity(1024);
+    let mut sni = None;
     loop {
         while let Some(msg) = FeMessage::parse_startup(&mut buf)? {
-            match msg {
-                FeMessage::SslRequest | FeMessage::GssEncRequest => client.write_all(b"N").await?,
-                other => return Ok(Some((other, buf))),
+            match (msg, tls) {
+                (FeMessage::SslRequest, Some(acceptor)) if sni.is_none() && buf.is_empty() => {
+                    client.write_all(b"S").await?;
+                    let plain = std::mem::replace(client, Box::new(tokio::io::duplex(1).0));
+                    let stream = acceptor.accept(plain).await?;
+                    sni = Some(stream.get_ref().1.server_name().unwrap_or_default().to_string());
+                    *client = Box::new(stream);
+                }
+                (FeMessage::SslRequest | FeMessage::GssEncRequest, _) => client.write_all(b"N").await?,
+                (message, _) => return Ok(Some(Startup { message, rest: buf, sni: sni.filter(|s| !s.is_empty()) })),
             }
         }
         if client.read_buf(&mut buf).await? == 0 {
@@ -160,7 +188,7 @@ async fn read_startup(client: &mut TcpStream) -> Result<Option<(FeMessage, Bytes
     }
 }
 
-async fn refuse(client: &mut TcpStream, refusal: Refusal) {
+async fn refuse(client: &mut Client, refusal: Refusal) {
     METRICS.refused.with_label_values(&[refusal.reason]).inc();
     info!(reason = refusal.reason, "refused: {}", refusal.message);
     let mut buf = BytesMut::new();

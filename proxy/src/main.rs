@@ -40,6 +40,31 @@ struct Args {
     /// On SIGTERM, how long open sessions may go on before the proxy exits.
     #[arg(long, default_value_t = 5)]
     drain_timeout_s: u64,
+    /// TLS certificate chain (PEM); with --tls-key, SSL requests are accepted.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// A TLS acceptor from PEM files.
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("read {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parse {}", cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("read a private key from {}", key.display()))?;
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("certificate and key do not match")?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 #[tokio::main]
@@ -50,17 +75,22 @@ async fn main() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(&args.listen_http).await.with_context(|| format!("listen on {}", args.listen_http))?;
     let endpoints = Endpoints::new(args.repo_dir.clone(), Duration::from_secs(args.wake_timeout_s), args.max_connections_per_endpoint);
     let connections = Arc::new(tokio::sync::Semaphore::new(args.max_connections));
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let ctx = Arc::new(ProxyContext {
         endpoints: Arc::clone(&endpoints),
         startup_timeout: Duration::from_millis(args.startup_timeout_ms),
         connect_timeout: Duration::from_secs(10),
         connections: Arc::clone(&connections),
         max_connections: args.max_connections,
+        tls,
     });
     tokio::spawn(Arc::clone(&endpoints).run_suspender(Duration::from_millis(args.suspend_check_interval_ms)));
     let router = axum::Router::new().route("/metrics", axum::routing::get(|| async { proxy::metrics::gather_text() }));
     tokio::spawn(async move { axum::serve(http, router).await });
-    tracing::info!(listen = %args.listen, repo = %args.repo_dir.display(), "proxy started");
+    tracing::info!(listen = %args.listen, repo = %args.repo_dir.display(), tls = args.tls_cert.is_some(), "proxy started");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(serve(listener, ctx, stop_rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
