@@ -81,7 +81,7 @@ enum Cmd {
     Stop,
     /// Show each component's pid, health and ports, and the branches' LSNs.
     Status,
-    /// Print a component's log (broker, safekeeper_N, pageserver) or an endpoint's.
+    /// Print a component's log (broker, safekeeper_N, pageserver, proxy) or an endpoint's.
     Logs {
         /// Component or endpoint name.
         name: String,

@@ -24,7 +24,7 @@ fn version_logs_and_status() {
     let out = repo.run(&["logs", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("known: broker, safekeeper_1, pageserver, main (endpoint)"), "{err}");
+    assert!(err.contains("known: broker, safekeeper_1, pageserver, proxy, main (endpoint)"), "{err}");
 
     // -f prints what is appended after it started.
     let mut follow = Command::new(env!("CARGO_BIN_EXE_strata"))

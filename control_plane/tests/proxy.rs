@@ -2,7 +2,8 @@
 //! routes to the endpoints of two branches, in plain text and with TLS
 //! (`sslmode=require`, `verify-full` against the generated CA, routing by
 //! the SNI name); an unknown, missing or stopped endpoint and a malformed
-//! startup packet each get a PostgreSQL error; an
+//! startup packet each get a PostgreSQL error; tokio-postgres's extended
+//! protocol and query cancellation work through it; an
 //! endpoint with a suspend timeout is suspended when idle and woken by the
 //! next connection with all committed data, once for 20 clients at once.
 
@@ -133,4 +134,36 @@ fn an_idle_endpoint_is_suspended_and_woken_once_by_twenty_clients() {
     repo.ok(&["endpoint", "stop", "main"]);
     assert_eq!(endpoint_status(&repo, "main"), "stopped");
     assert!(psql_error(&url).contains("is stopped"));
+}
+
+/// tokio-postgres through the proxy: prepared statements with parameters
+/// (the extended protocol), and a cancel request that reaches the compute.
+#[test]
+fn tokio_postgres_queries_and_cancels_through_the_proxy() {
+    let repo = started_cluster(1);
+    let url = proxy_url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect through the proxy");
+        tokio::spawn(connection);
+        client.batch_execute("CREATE TABLE kv(k int primary key, v text)").await.unwrap();
+        let insert = client.prepare("INSERT INTO kv VALUES ($1, $2)").await.unwrap();
+        for k in 0..20i32 {
+            client.execute(&insert, &[&k, &format!("value {k}")]).await.unwrap();
+        }
+        let row = client.query_one("SELECT v FROM kv WHERE k = $1", &[&7i32]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "value 7");
+
+        let cancel = client.cancel_token();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cancel.cancel_query(tokio_postgres::NoTls).await
+        });
+        let err = client.batch_execute("SELECT pg_sleep(60)").await.expect_err("the sleep was not cancelled");
+        canceller.await.unwrap().expect("cancel request sent");
+        assert!(err.to_string().contains("canceling statement due to user request") || format!("{err:?}").contains("57014"), "{err:?}");
+        // The session goes on after the cancel.
+        let n: i64 = client.query_one("SELECT count(*) FROM kv", &[]).await.unwrap().get(0);
+        assert_eq!(n, 20);
+    });
 }

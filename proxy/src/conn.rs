@@ -38,6 +38,7 @@ pub struct ProxyContext {
     pub max_connections: usize,
     /// Accepts SSL requests when set.
     pub tls: Option<TlsAcceptor>,
+    pub cancel: Arc<crate::cancel::CancelMap>,
 }
 
 /// A client's stream, plain or TLS.
@@ -97,10 +98,14 @@ async fn handle(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr) {
     METRICS.active_connections.inc();
     let _active = scopeguard(|| METRICS.active_connections.dec());
     match connect(&ctx, &mut client).await {
-        Ok((mut compute, endpoint, _guard)) => {
-            let span = tracing::info_span!("relay", %endpoint);
+        Ok((mut compute, target, _guard)) => {
+            let span = tracing::info_span!("relay", endpoint = %target.endpoint);
             async {
                 info!(%peer, "connected to the compute");
+                let _key = match relay_until_ready(&mut client, &mut compute).await {
+                    Ok(key) => key.map(|(pid, secret)| ctx.cancel.register(pid, secret, target.host.clone(), target.port)),
+                    Err(e) => return info!("session ended during authentication: {e}"),
+                };
                 match tokio::io::copy_bidirectional(&mut client, &mut compute).await {
                     Ok((up, down)) => {
                         METRICS.bytes.with_label_values(&["client_to_compute"]).inc_by(up);
@@ -120,10 +125,17 @@ async fn handle(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr) {
 
 /// Up to a connected compute that has been sent the startup packet (and any
 /// bytes the client sent after it). `Err(None)`: the client left.
+/// Where a session was connected.
+struct Target {
+    endpoint: String,
+    host: String,
+    port: u16,
+}
+
 async fn connect(
     ctx: &ProxyContext,
     client: &mut Client,
-) -> Result<(TcpStream, String, crate::endpoints::ConnectionGuard), Option<Refusal>> {
+) -> Result<(TcpStream, Target, crate::endpoints::ConnectionGuard), Option<Refusal>> {
     let startup = match tokio::time::timeout(ctx.startup_timeout, read_startup(client, ctx.tls.as_ref())).await {
         Err(_) => return Err(Some(Refusal::new("08P01", "startup_timeout", "no startup packet received in time"))),
         Ok(Err(e)) => return Err(Some(Refusal::new("08P01", "bad_startup", format!("invalid startup packet: {e}")))),
@@ -133,9 +145,8 @@ async fn connect(
     let Startup { message, rest, sni } = startup;
     let params = match message {
         FeMessage::StartupMessage(m) => m.params,
-        FeMessage::CancelRequest { .. } => {
-            // The proxy does not track backend keys yet: nothing to cancel.
-            info!("cancel request ignored");
+        FeMessage::CancelRequest { process_id, secret_key } => {
+            ctx.cancel.cancel(process_id, secret_key).await;
             return Err(None);
         }
         other => return Err(Some(Refusal::new("08P01", "bad_startup", format!("unexpected {other:?} before startup")))),
@@ -159,7 +170,54 @@ async fn connect(
     if let Err(e) = compute.write_all(&packet).await {
         return Err(Some(Refusal::new("08006", "compute_unreachable", format!("endpoint {}: {e}", route.endpoint))));
     }
-    Ok((compute, route.endpoint, guard))
+    Ok((compute, Target { endpoint: route.endpoint, host, port }, guard))
+}
+
+/// Relay both ways until the compute's first ReadyForQuery (authentication
+/// and start-up), reading the compute's messages whole to find its
+/// BackendKeyData. Returns that key (process id, secret).
+async fn relay_until_ready(client: &mut Client, compute: &mut TcpStream) -> std::io::Result<Option<(i32, i32)>> {
+    let (mut from_client, mut from_compute) = (vec![0u8; 8192], BytesMut::with_capacity(8192));
+    let mut key = None;
+    loop {
+        tokio::select! {
+            n = client.read(&mut from_client) => {
+                let n = n?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "client closed"));
+                }
+                compute.write_all(&from_client[..n]).await?;
+            }
+            n = compute.read_buf(&mut from_compute) => {
+                if n? == 0 {
+                    client.write_all(&from_compute).await?;
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "compute closed"));
+                }
+                while let Some((tag, body)) = split_message(&mut from_compute) {
+                    if tag == b'K' && body.len() == 13 {
+                        let field = |at: usize| i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+                        key = Some((field(5), field(9)));
+                    }
+                    client.write_all(&body).await?;
+                    if tag == b'Z' {
+                        client.write_all(&from_compute).await?;
+                        return Ok(key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One whole backend message (tag and bytes, header included) off `buf`.
+fn split_message(buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
+    let header = buf.get(..5)?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if buf.len() < 1 + len {
+        return None;
+    }
+    let tag = header[0];
+    Some((tag, buf.split_to(1 + len)))
 }
 
 /// The client's first packet that is not an encryption request, what it

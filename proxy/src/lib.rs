@@ -9,6 +9,7 @@
 //! (lookup, wake, count) → compute; [`endpoints`]'s suspender stops idle
 //! computes in the background.
 
+pub mod cancel;
 pub mod conn;
 pub mod endpoints;
 pub mod metrics;

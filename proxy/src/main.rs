@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         connections: Arc::clone(&connections),
         max_connections: args.max_connections,
         tls,
+        cancel: Default::default(),
     });
     tokio::spawn(Arc::clone(&endpoints).run_suspender(Duration::from_millis(args.suspend_check_interval_ms)));
     let router = axum::Router::new().route("/metrics", axum::routing::get(|| async { proxy::metrics::gather_text() }));

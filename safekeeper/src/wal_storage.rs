@@ -206,15 +206,35 @@ impl WalStorage {
             let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
             let file = file.map_err(io_err(&path))?;
             let len = file.metadata().map_err(io_err(&path))?.len();
-            if len != self.seg_size_bytes {
+            let mut dirty = false;
+            if len == 0 {
+                // Written with zeros, not left sparse: a later fdatasync of
+                // WAL then flushes data only, with no block allocation to
+                // journal on every commit (what PostgreSQL's wal_init_zero does).
+                zero_fill(&file, self.seg_size_bytes).map_err(io_err(&path))?;
+                (dirty, self.dir_dirty) = (true, true);
+            } else if len != self.seg_size_bytes {
                 file.set_len(self.seg_size_bytes).map_err(io_err(&path))?;
                 self.dir_dirty = true;
             }
-            self.open_files.insert(segno, (file, false));
+            self.open_files.insert(segno, (file, dirty));
         }
         let (file, dirty) = self.open_files.get_mut(&segno).expect("inserted above");
         Ok((file, dirty))
     }
+}
+
+/// Write `len` zero bytes at the start of `file`, 1 MiB at a time.
+fn zero_fill(file: &File, len: u64) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len) as usize];
+    let mut off = 0;
+    while off < len {
+        let n = CHUNK.min(len - off) as usize;
+        file.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
 }
 
 /// The segment files of `dir`, by segment number.
@@ -277,6 +297,20 @@ mod tests {
     use super::*;
 
     const SEG: u64 = 1 << 20;
+
+    #[test]
+    fn a_new_segment_is_allocated_not_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let start = Lsn(SEG);
+        let mut s = WalStorage::open(dir.path(), SEG, start, start).unwrap();
+        s.term = 1;
+        s.write(1, start, b"record").unwrap();
+        s.flush().unwrap();
+        let meta = std::fs::metadata(segment_path(dir.path(), PG_TLI, start, SEG)).unwrap();
+        assert_eq!(meta.len(), SEG);
+        assert!(meta.blocks() * 512 >= SEG, "segment is sparse: {} blocks", meta.blocks());
+    }
 
     #[test]
     fn write_flush_truncate_remove_and_reopen() {
