@@ -1,10 +1,12 @@
 //! The binary page stream against real PostgreSQL 15 WAL, through
 //! `libs/pageclient` and a raw socket: refused streams (unknown tenant or
 //! timeline), per-request errors (unknown relation, block beyond the end,
-//! LSN before the timeline start or below the GC cutoff, a garbage tag, a
+//! LSN before the timeline start, below the GC cutoff or in the future
+//! with no WAL source, a garbage tag, a
 //! truncated request) answered with Error responses while the stream goes
 //! on; broken framing (a foreign message, an oversized length, a message
-//! left incomplete) answered with an ErrorResponse and a close; a client
+//! left incomplete) answered with an ErrorResponse and a close; CopyDone
+//! handing the session back to simple queries; a client
 //! that sends 1000 pipelined requests and disconnects mid-batch leaves no
 //! connection behind; and reads are never stale (a page updated by SQL
 //! reads new at the new LSN and old at the old one).
@@ -78,6 +80,14 @@ impl Raw {
                 return Ok(None);
             }
         }
+    }
+
+    async fn messages(&mut self, n: usize) -> anyhow::Result<Vec<(u8, Bytes)>> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(self.message().await?.context("closed early")?);
+        }
+        Ok(v)
     }
 
     async fn response(&mut self) -> anyhow::Result<Response> {
@@ -215,6 +225,33 @@ async fn pagestream_errors_disconnects_and_freshness() -> anyhow::Result<()> {
     let r = raw.response().await?;
     assert_eq!((r.id, r.kind), (79, ResponseKind::Page(page_v1.clone())));
 
+    // CopyDone hands the session back: a text command, then a new stream
+    // on the same connection.
+    let mut back = Raw::open(port, tenant, timeline).await?;
+    back.send(get_page(90, rel, 0, lsn1)).await?;
+    back.stream.write_all(&[b'c', 0, 0, 0, 4]).await?;
+    assert_eq!(back.response().await?.id, 90, "requests before CopyDone are answered");
+    let end: Vec<u8> = back.messages(3).await?.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(end, b"cCZ", "CopyDone, CommandComplete, ReadyForQuery");
+    let query = |sql: String| {
+        let mut q = BytesMut::new();
+        q.put_u8(b'Q');
+        q.put_u32(4 + sql.len() as u32 + 1);
+        q.put_slice(sql.as_bytes());
+        q.put_u8(0);
+        q
+    };
+    back.stream.write_all(&query(format!("rel_size {tenant} {timeline} {lsn1} 1663 {db} {node} 0"))).await?;
+    let rows = back.messages(4).await?;
+    assert_eq!(rows.iter().map(|(t, _)| *t).collect::<Vec<_>>(), b"TDCZ");
+    assert!(rows[1].1.ends_with(nblocks.to_string().as_bytes()), "{:?}", rows[1]);
+    back.stream.write_all(&query(format!("pagestream {tenant} {timeline}"))).await?;
+    assert_eq!(back.message().await?.map(|(t, _)| t), Some(b'W'), "CopyBothResponse");
+    back.send(get_page(91, rel, 0, lsn1)).await?;
+    let r = back.response().await?;
+    assert_eq!((r.id, r.kind), (91, ResponseKind::Page(page_v1.clone())));
+    drop(back);
+
     // Broken framing: a simple query in the middle of the stream.
     let mut query = BytesMut::new();
     query.put_u8(b'Q');
@@ -277,6 +314,12 @@ async fn pagestream_errors_disconnects_and_freshness() -> anyhow::Result<()> {
     tl.gc_now().await?;
     assert!(tl.gc_cutoff_lsn() > lsn1, "GC cutoff {} not past {lsn1}", tl.gc_cutoff_lsn());
     assert_eq!(server_code(client.get_page(rel, 0, lsn1).await), Some(ErrorCode::LsnOutOfRange));
+    assert_eq!(client.get_page(rel, 0, Lsn::MAX).await?, page_v2);
+
+    // A future LSN with no WAL source connected: refused at once.
+    pageserver::ingest::walreceiver::stop(&tl).await;
+    let future = Lsn(tl.last_record_lsn().0 + 0x10000);
+    assert_eq!(server_code(client.get_page(rel, 0, future).await), Some(ErrorCode::LsnOutOfRange));
     assert_eq!(client.get_page(rel, 0, Lsn::MAX).await?, page_v2);
 
     drop(client);

@@ -25,7 +25,7 @@
 //! timeline's last record LSN when the request is served" (a compute at a
 //! fixed start LSN always sends that LSN explicitly). An explicit LSN the
 //! timeline has not ingested yet is waited for (up to the timeline's
-//! `wait_lsn_timeout`).
+//! `wait_lsn_timeout`) while a WAL source is connected, else refused.
 //!
 //! A response is
 //!

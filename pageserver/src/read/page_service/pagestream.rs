@@ -50,6 +50,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use utils::lsn::Lsn;
 
 use super::{repo_error_state, Conn, PageServiceConf, ReadHalf};
+use crate::ingest::walreceiver;
 use crate::metrics;
 use crate::tenant::repository::Repository;
 use crate::tenant::timeline::{BlockRef, PageReconstructError, Timeline};
@@ -345,13 +346,21 @@ fn rel_node(rel: ps::RelTag) -> (RelFileNode, u8) {
 }
 
 /// The LSN a request reads at: [`ps::LATEST_LSN`] is `latest`; an LSN
-/// before the timeline's start is refused here (the timeline refuses
-/// those below its GC cutoff or branch point).
+/// before the timeline's start, or after `latest` while no WAL source is
+/// connected, is refused here (the timeline refuses those below its GC
+/// cutoff or branch point, and waits for a future one).
 fn resolve_lsn(tl: &Timeline, raw: u64, latest: Lsn) -> Result<Lsn, (ErrorCode, String)> {
     if raw == ps::LATEST_LSN {
         return Ok(latest);
     }
     let lsn = Lsn(raw);
+    // A future LSN is waited for only while WAL can arrive.
+    if lsn > latest && !walreceiver::status(tl).connected {
+        return Err((
+            ErrorCode::LsnOutOfRange,
+            format!("LSN {lsn} is in the future: the timeline has WAL up to {latest} and no connected WAL source"),
+        ));
+    }
     if lsn < tl.initdb_lsn {
         return Err((
             ErrorCode::LsnOutOfRange,
