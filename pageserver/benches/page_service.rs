@@ -13,6 +13,16 @@
 //! timeline, image layers at the last LSN; `STRATA_BENCH_PAGES` (default
 //! 50000) pseudo-random blocks of `pgbench_accounts`, the same sequence
 //! for every figure. Goal (issue 16): ≥ 100k pages/s over the protocol.
+//!
+//! On the 2-core machine (2026-12-01, shared with other builds, load ~14):
+//! pread 139k–404k pages/s; in-process one at a time 7.5k–7.9k, batched
+//! 34k–39k; page stream 30k–32k from one connection, 39k–42k from four.
+//! The stream costs little over the batched in-process read; what is left
+//! is the read path itself: per block, a layer walk with a
+//! `spawn_blocking` thread hop and a `pread` per layer visited (in `perf`,
+//! ~17% of the time is the kernel switching threads, then copies, malloc,
+//! CRC32C). Vectored reads (one walk and one blocking call per batch) are
+//! what would close the gap.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
