@@ -247,3 +247,39 @@ pub static INGEST_BACKPRESSURE_SECONDS: LazyLock<prometheus::Counter> = LazyLock
 pub static INGEST_BACKPRESSURE_WAITS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter("strata_pageserver_ingest_backpressure_waits_total", "Times WAL ingest waited for frozen layers to be flushed")
 });
+
+/// Open page service connections (text commands or a page stream); each
+/// counts until its tasks have ended.
+pub static PAGE_SERVICE_CONNECTIONS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "strata_pageserver_page_service_connections",
+        "Open page service connections (their tasks included)"
+    )
+    .expect("metric names are unique")
+});
+
+/// Page-stream requests served, by kind.
+pub static PAGESTREAM_REQUESTS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "strata_pageserver_pagestream_requests_total",
+        "Page-stream requests served, by kind",
+        &["kind"]
+    )
+    .expect("metric names are unique")
+});
+
+/// Page-stream Error responses, by code.
+pub static PAGESTREAM_ERRORS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "strata_pageserver_pagestream_errors_total",
+        "Page-stream Error responses sent, by code",
+        &["code"]
+    )
+    .expect("metric names are unique")
+});
+
+/// Requests per page-stream batch (requests waiting when the server
+/// turned to them).
+pub static PAGESTREAM_BATCH_REQUESTS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram("strata_pageserver_pagestream_batch_requests", "Requests served together as one page-stream batch", COUNT_BUCKETS)
+});

@@ -1,7 +1,10 @@
 //! The client side: [`ReplicationClient`] opens a physical replication
 //! connection (`replication=true`) to a PostgreSQL server or a safekeeper,
 //! runs replication commands, and turns into a [`ReplicationStream`] with
-//! `START_REPLICATION`.
+//! `START_REPLICATION`, or hands over its raw stream after another
+//! copy-both command ([`ReplicationClient::start_copy_both`], used by the
+//! page-stream client). [`ReplicationClient::connect_plain`] opens a
+//! session without `replication=true`.
 //!
 //! Invariants: plain TCP, no TLS; authentication trust, cleartext, MD5 or
 //! SCRAM-SHA-256 (without channel binding). A client is always between
@@ -168,6 +171,16 @@ impl ReplicationClient {
 
     /// Connect with an already parsed configuration.
     pub async fn connect_config(config: &ConnConfig) -> Result<Self> {
+        Self::connect_mode(config, true).await
+    }
+
+    /// Connect without `replication=true` in the startup packet (a plain
+    /// session, e.g. to the pageserver's page service).
+    pub async fn connect_plain(config: &ConnConfig) -> Result<Self> {
+        Self::connect_mode(config, false).await
+    }
+
+    async fn connect_mode(config: &ConnConfig, replication: bool) -> Result<Self> {
         let stream = TcpStream::connect((config.host.as_str(), config.port)).await?;
         stream.set_nodelay(true)?;
         let mut client = ReplicationClient {
@@ -175,19 +188,18 @@ impl ReplicationClient {
             params: HashMap::new(),
             backend_key: None,
         };
-        client.send_startup(config)?;
+        client.send_startup(config, replication)?;
         client.conn.flush().await?;
         client.authenticate(config).await?;
         client.read_until_ready().await?;
         Ok(client)
     }
 
-    fn send_startup(&mut self, config: &ConnConfig) -> Result<()> {
-        let mut params = vec![
-            ("user", config.user.as_str()),
-            ("database", config.database()),
-            ("replication", "true"),
-        ];
+    fn send_startup(&mut self, config: &ConnConfig, replication: bool) -> Result<()> {
+        let mut params = vec![("user", config.user.as_str()), ("database", config.database())];
+        if replication {
+            params.push(("replication", "true"));
+        }
         if let Some(name) = &config.application_name {
             params.push(("application_name", name));
         }
@@ -423,6 +435,30 @@ impl ReplicationClient {
             client: self,
             server_done: false,
         })
+    }
+
+    /// Run `command` (a simple query the server answers with
+    /// CopyBothResponse, such as the page service's `pagestream`) and hand
+    /// over the raw connection: the stream and the bytes already received
+    /// after the CopyBothResponse. From then on the caller speaks CopyData
+    /// itself. An ErrorResponse instead is [`ProtocolError::ServerError`]
+    /// (the connection is consumed).
+    pub async fn start_copy_both(mut self, command: &str) -> Result<(TcpStream, BytesMut)> {
+        frontend::query(command, &mut self.conn.write_buf)?;
+        self.conn.flush().await?;
+        let mut error = None;
+        loop {
+            match self.read_backend().await? {
+                BackendMsg::CopyBothResponse => return Ok((self.conn.stream, self.conn.read_buf)),
+                BackendMsg::Pg(Message::ErrorResponse(body)) => error = Some(server_error(&body)),
+                BackendMsg::Pg(Message::ReadyForQuery(_)) => {
+                    return Err(error.unwrap_or_else(|| {
+                        ProtocolError::UnexpectedMessage(format!("{command:?} ended without CopyBothResponse"))
+                    }))
+                }
+                other => self.absorb(other)?,
+            }
+        }
     }
 
     /// Send Terminate and close.

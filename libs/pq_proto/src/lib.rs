@@ -9,6 +9,8 @@
 //! - [`client`]: [`client::ReplicationClient`] and
 //!   [`client::ReplicationStream`] for streaming WAL from a server.
 //! - [`conninfo`]: libpq `key=value` and URI connection strings.
+//! - [`pagestream`]: the binary GetPage@LSN sub-protocol of the page
+//!   service (requests and responses in CopyData).
 //!
 //! Invariants: no input from a peer can make this crate panic; malformed
 //! bytes are [`ProtocolError::Malformed`]. Messages are limited to
@@ -23,6 +25,7 @@ mod command;
 pub mod conninfo;
 pub mod error;
 pub mod messages;
+pub mod pagestream;
 pub mod replication;
 pub mod server;
 mod wire;

@@ -141,6 +141,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PostgresBackend<S> {
         })
     }
 
+    /// Hand the connection over (e.g. after CopyBothResponse, to speak a
+    /// sub-protocol directly): the stream and the bytes received but not
+    /// parsed yet. Flush first: unsent output is dropped.
+    pub fn into_parts(self) -> (S, BytesMut) {
+        (self.conn.stream, self.conn.read_buf)
+    }
+
+    /// Take a connection back after [`PostgresBackend::into_parts`].
+    pub fn from_parts(stream: S, unparsed: BytesMut) -> Self {
+        let mut conn = Framed::new(stream);
+        conn.read_buf = unparsed;
+        PostgresBackend { conn, max_message_len: MAX_MESSAGE_LEN }
+    }
+
     /// The underlying stream (e.g. for peer addresses).
     pub fn get_ref(&self) -> &S {
         &self.conn.stream

@@ -1,6 +1,6 @@
 //! The `pageserver` binary: opens the repository in `--workdir`, serves the
 //! HTTP management API on `--listen-http` and the page service on
-//! `--listen-pg`, and resumes the WAL sources recorded per timeline. With
+//! `--listen-pg` (text commands and the binary page stream), and resumes the WAL sources recorded per timeline. With
 //! `--remote-storage`, every layer and index is uploaded there, tenants
 //! can be attached from it, layers are downloaded when a read needs them,
 //! and `--resident-limit` bounds the layer bytes kept on local disk
@@ -70,6 +70,26 @@ struct Args {
     /// that are uploaded are evicted to stay under it.
     #[arg(long, requires = "remote_storage", value_parser = parse_resident_limit)]
     resident_limit: Option<u64>,
+    /// Page stream: a message whose first byte arrived must be complete
+    /// within this many milliseconds, or the connection is closed.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    page_service_partial_message_timeout_ms: u64,
+    /// Page stream: requests read ahead and served as one batch, at most.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    page_service_pipeline_depth: u64,
+    /// Page stream: block reads in flight per connection, at most.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    page_service_read_parallelism: u64,
+}
+
+fn page_service_conf(args: &Args) -> anyhow::Result<pageserver::read::page_service::PageServiceConf> {
+    Ok(pageserver::read::page_service::PageServiceConf {
+        partial_message_timeout_ms: args.page_service_partial_message_timeout_ms,
+        pipeline_depth: usize::try_from(args.page_service_pipeline_depth).context("--page-service-pipeline-depth")?,
+        read_parallelism: usize::try_from(args.page_service_read_parallelism)
+            .context("--page-service-read-parallelism")?,
+        ..Default::default()
+    })
 }
 
 fn parse_resident_limit(s: &str) -> Result<u64, String> {
@@ -112,7 +132,8 @@ async fn main() -> anyhow::Result<()> {
     let pg = tokio::net::TcpListener::bind(args.listen_pg).await.context("bind page service")?;
     info!(http = %http.local_addr()?, pg = %pg.local_addr()?, workdir = %args.workdir.display(), "pageserver started");
     let app = pageserver::http::router(repo.clone());
-    let page_service = tokio::spawn(pageserver::read::page_service::serve(pg, repo.clone()));
+    let page_service =
+        tokio::spawn(pageserver::read::page_service::serve_with(pg, repo.clone(), page_service_conf(&args)?));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {

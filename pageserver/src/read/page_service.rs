@@ -1,48 +1,137 @@
 //! The page service: GetPage@LSN and relation metadata over the PostgreSQL
-//! wire protocol (trust authentication, simple queries only), for tools
-//! and tests (`psql -h 127.0.0.1 -p <pg port> -c '...'`).
+//! wire protocol (trust authentication, simple queries).
 //!
-//! Commands (whitespace-separated; `<lsn>` is `X/Y` or `latest`):
-//! * `getpage <tenant> <timeline> <lsn> <spc> <db> <rel> <fork> <blk>` →
-//!   one row, column `page` (text: the 8192-byte page as 16384 hex digits)
-//! * `rel_size <tenant> <timeline> <lsn> <spc> <db> <rel> <fork>` → `nblocks`
-//! * `rel_exists <tenant> <timeline> <lsn> <spc> <db> <rel> <fork>` → `exists` (`t`/`f`)
-//! * `db_size <tenant> <timeline> <lsn> <spc> <db>` → `bytes`
+//! Two ways to ask, on one listener:
 //!
-//! Errors are ErrorResponses (SQLSTATE XX000, or 42P01 for an unknown
-//! relation); the connection stays usable.
+//! * **`pagestream <tenant> <timeline>`**: the binary page stream, for
+//!   computes and tools that read many pages (`libs/pageclient`). The
+//!   server answers CopyBothResponse and from then on requests and
+//!   responses travel in CopyData messages, pipelined; see [`pagestream`]
+//!   for the behaviour and [`pq_proto::pagestream`] for the wire format.
+//!   An unknown tenant or timeline is an ErrorResponse (SQLSTATE 42704)
+//!   instead of CopyBothResponse, and the connection stays usable.
+//! * **Text commands**, kept for debugging with `psql -h 127.0.0.1 -p <pg
+//!   port> -c '...'` (`<lsn>` is `X/Y` or `latest`):
+//!   * `getpage <tenant> <timeline> <lsn> <spc> <db> <rel> <fork> <blk>` →
+//!     one row, column `page` (text: the 8192-byte page as 16384 hex digits)
+//!   * `rel_size <tenant> <timeline> <lsn> <spc> <db> <rel> <fork>` → `nblocks`
+//!   * `rel_exists <tenant> <timeline> <lsn> <spc> <db> <rel> <fork>` → `exists` (`t`/`f`)
+//!   * `db_size <tenant> <timeline> <lsn> <spc> <db>` → `bytes`
 //!
-//! Cancellation: one task per connection; dropping it (client gone or
-//! server shutdown) drops the request in flight, which is cancel-safe.
+//!   Errors are ErrorResponses (SQLSTATE XX000, or 42P01 for an unknown
+//!   relation); the connection stays usable.
+//!
+//! Invariants: `strata_pageserver_page_service_connections` counts every
+//! connection until all of its tasks have ended.
+//!
+//! Cancellation: one task per connection (plus a reader task while it is
+//! in a page stream), all owned by the accept loop's [`JoinSet`]:
+//! aborting [`serve`] aborts every connection. Dropping a connection's
+//! task drops the requests in flight, which are cancel-safe.
+pub mod pagestream;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use pq_proto::messages::oid;
 use pq_proto::{ColumnDesc, FeMessage, PostgresBackend};
 use postgres_ffi::RelFileNode;
+use tokio::io::AsyncRead;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tokio::task::JoinSet;
+use tracing::{info, info_span, warn, Instrument};
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 
-use crate::tenant::repository::Repository;
+use crate::metrics;
+use crate::tenant::repository::{RepoError, Repository};
 use crate::tenant::timeline::PageReconstructError;
 
-/// Accept connections until the listener fails.
-pub async fn serve(listener: TcpListener, repo: Arc<Repository>) -> std::io::Result<()> {
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        let repo = Arc::clone(&repo);
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, repo).await {
-                warn!(%peer, "page service connection: {e}");
-            }
-        });
+/// Settings of the page service (per connection).
+#[derive(Clone, Debug)]
+pub struct PageServiceConf {
+    /// Largest CopyData payload accepted from a page-stream client; a
+    /// larger message closes the connection (with an ErrorResponse).
+    pub max_request_bytes: usize,
+    /// A message whose first byte has arrived must be complete within this
+    /// time, or the connection is closed (with an ErrorResponse).
+    pub partial_message_timeout_ms: u64,
+    /// Page-stream requests read ahead and served as one batch, at most.
+    pub pipeline_depth: usize,
+    /// Block reads in flight per connection, at most.
+    pub read_parallelism: usize,
+}
+
+impl Default for PageServiceConf {
+    fn default() -> Self {
+        PageServiceConf {
+            max_request_bytes: 1024,
+            partial_message_timeout_ms: 10_000,
+            pipeline_depth: 64,
+            read_parallelism: 8,
+        }
     }
 }
 
-async fn handle(stream: TcpStream, repo: Arc<Repository>) -> Result<(), pq_proto::ProtocolError> {
+impl PageServiceConf {
+    pub fn partial_message_timeout(&self) -> Duration {
+        Duration::from_millis(self.partial_message_timeout_ms)
+    }
+}
+
+/// Accept connections until the listener fails, with default settings.
+pub async fn serve(listener: TcpListener, repo: Arc<Repository>) -> std::io::Result<()> {
+    serve_with(listener, repo, PageServiceConf::default()).await
+}
+
+/// Accept connections until the listener fails (or this future is
+/// dropped, which aborts every connection).
+pub async fn serve_with(listener: TcpListener, repo: Arc<Repository>, conf: PageServiceConf) -> std::io::Result<()> {
+    let conf = Arc::new(conf);
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        while connections.try_join_next().is_some() {}
+        let (repo, conf) = (Arc::clone(&repo), Arc::clone(&conf));
+        let guard = ConnectionGuard::new();
+        connections.spawn(
+            async move {
+                if let Err(e) = handle(stream, repo, conf).await {
+                    warn!("page service connection: {e}");
+                }
+                drop(guard);
+            }
+            .instrument(info_span!("page_service", %peer)),
+        );
+    }
+}
+
+/// Counts a connection in `strata_pageserver_page_service_connections`.
+struct ConnectionGuard;
+
+impl ConnectionGuard {
+    fn new() -> Self {
+        metrics::PAGE_SERVICE_CONNECTIONS.inc();
+        ConnectionGuard
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        metrics::PAGE_SERVICE_CONNECTIONS.dec();
+    }
+}
+
+/// The read side of a connection (boxed: it changes shape when a page
+/// stream hands it back with bytes buffered).
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type Conn = tokio::io::Join<ReadHalf, OwnedWriteHalf>;
+
+async fn handle(stream: TcpStream, repo: Arc<Repository>, conf: Arc<PageServiceConf>) -> Result<(), pq_proto::ProtocolError> {
     stream.set_nodelay(true)?;
-    let mut pgb = PostgresBackend::new(stream);
+    let (rd, wr) = stream.into_split();
+    let mut pgb = PostgresBackend::new(tokio::io::join(Box::new(rd) as ReadHalf, wr));
     match pgb.read_startup().await? {
         Some(FeMessage::StartupMessage(_)) => {}
         _ => return Ok(()),
@@ -51,7 +140,15 @@ async fn handle(stream: TcpStream, repo: Arc<Repository>) -> Result<(), pq_proto
     while let Some(msg) = pgb.read_message().await? {
         match msg {
             FeMessage::Query(q) => {
-                match run_command(&repo, q.trim().trim_end_matches(';')).await {
+                let q = q.trim().trim_end_matches(';');
+                if q.split_whitespace().next() == Some("pagestream") {
+                    match pagestream::start(pgb, &repo, q, &conf).await? {
+                        Some(back) => pgb = back,
+                        None => break,
+                    }
+                    continue;
+                }
+                match run_command(&repo, q).await {
                     Ok((col, value)) => {
                         let cols = [ColumnDesc { name: col, type_oid: oid::TEXT }];
                         pgb.send_row_set(&cols, &[vec![Some(value)]])?;
@@ -69,6 +166,15 @@ async fn handle(stream: TcpStream, repo: Arc<Repository>) -> Result<(), pq_proto
     }
     info!("page service connection closed");
     Ok(())
+}
+
+/// SQLSTATE for an unknown tenant or timeline (`undefined_object`), else
+/// `XX000`.
+pub(crate) fn repo_error_state(e: &RepoError) -> &'static str {
+    match e {
+        RepoError::TenantNotFound(_) | RepoError::TimelineNotFound(..) => "42704",
+        _ => "XX000",
+    }
 }
 
 type CmdError = (&'static str, String);

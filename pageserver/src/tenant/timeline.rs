@@ -62,11 +62,13 @@ use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
 use utils::seqwait::SeqWait;
 
+mod batch;
 mod compaction;
 mod gc;
 mod ondemand;
 
 pub use crate::storage::gc::GcResult;
+pub use batch::BlockRef;
 pub use compaction::CompactResult;
 pub use ondemand::{Residency, DOWNLOAD_ATTEMPTS};
 pub(crate) use gc::check_branch_lsn;
@@ -158,6 +160,8 @@ pub enum PageReconstructError {
     RelationNotFound { rel: RelFileNode, forknum: u8, lsn: Lsn },
     #[error("block {blkno} is beyond the end of relation {rel} fork {forknum} ({nblocks} blocks) at {lsn}")]
     BlockBeyondEnd { rel: RelFileNode, forknum: u8, blkno: u32, nblocks: u32, lsn: Lsn },
+    #[error("SLRU segment {segno:04X} of {kind:?} does not exist at {lsn}")]
+    SlruSegmentNotFound { kind: SlruKind, segno: u32, lsn: Lsn },
     #[error("corrupt value of {key:?}: {reason}")]
     Corrupt { key: Key, reason: String },
     /// A layer the read needs is only in remote storage and could not be

@@ -175,11 +175,52 @@ pub struct Comparison {
     pub mismatches: Vec<String>,
 }
 
+/// Why a page source did not return a page.
+#[derive(Debug)]
+pub enum PageFetchError {
+    /// The block is at or beyond the relation's size at the LSN.
+    BeyondEnd,
+    Other(String),
+}
+
+/// Where [`compare_all_blocks_from`] gets its pages.
+#[allow(async_fn_in_trait)]
+pub trait PageSource {
+    /// Blocks `blocks` of `rel`/`fork` at `lsn`, one result per block.
+    async fn pages(&self, rel: RelFileNode, fork: u8, blocks: std::ops::Range<u32>, lsn: Lsn)
+        -> Vec<Result<bytes::Bytes, PageFetchError>>;
+}
+
+impl PageSource for Timeline {
+    async fn pages(&self, rel: RelFileNode, fork: u8, blocks: std::ops::Range<u32>, lsn: Lsn)
+        -> Vec<Result<bytes::Bytes, PageFetchError>> {
+        let mut out = Vec::new();
+        for blk in blocks {
+            out.push(self.get_rel_page_at_lsn(rel, fork, blk, lsn).await.map_err(|e| match e {
+                PageReconstructError::BlockBeyondEnd { .. } => PageFetchError::BeyondEnd,
+                e => PageFetchError::Other(e.to_string()),
+            }));
+        }
+        out
+    }
+}
+
 /// Compare every block of every relation file of `pgdata` (main, vm and
 /// init forks; FSM is not WAL-logged; unlogged relations only by their
 /// init fork) with GetPage@`lsn`, masked as wal_consistency_checking does.
 pub async fn compare_all_blocks(
     tl: &Timeline,
+    pgdata: &Path,
+    lsn: Lsn,
+    ams: &HashMap<(u32, u32), Am>,
+) -> anyhow::Result<Comparison> {
+    compare_all_blocks_from(tl, pgdata, lsn, ams).await
+}
+
+/// [`compare_all_blocks`] with the pages from `src` (a whole relation
+/// file is asked for at once).
+pub async fn compare_all_blocks_from(
+    src: &impl PageSource,
     pgdata: &Path,
     lsn: Lsn,
     ams: &HashMap<(u32, u32), Am>,
@@ -211,17 +252,20 @@ pub async fn compare_all_blocks(
             let data = std::fs::read(&path)?;
             out.relations += 1;
             let am = ams.get(&(db, rel_node)).or_else(|| ams.get(&(0, rel_node))).copied();
-            for (i, file_page) in data.chunks_exact(BLCKSZ).enumerate() {
-                let blk = seg * 131072 + i as u32;
+            let first = seg * 131072;
+            let fetched = src.pages(rel, fork, first..first + (data.len() / BLCKSZ) as u32, lsn).await;
+            anyhow::ensure!(fetched.len() == data.len() / BLCKSZ, "{rel} fork {fork}: {} results", fetched.len());
+            for ((i, file_page), fetched) in data.chunks_exact(BLCKSZ).enumerate().zip(fetched) {
+                let blk = first + i as u32;
                 out.blocks += 1;
-                let page = match tl.get_rel_page_at_lsn(rel, fork, blk, lsn).await {
+                let page = match fetched {
                     Ok(p) => p,
-                    Err(PageReconstructError::BlockBeyondEnd { .. }) if file_page.iter().all(|b| *b == 0) => {
+                    Err(PageFetchError::BeyondEnd) if file_page.iter().all(|b| *b == 0) => {
                         out.zero_tail_blocks += 1;
                         continue;
                     }
                     Err(e) => {
-                        out.mismatches.push(format!("{rel} fork {fork} blk {blk}: {e}"));
+                        out.mismatches.push(format!("{rel} fork {fork} blk {blk}: {e:?}"));
                         continue;
                     }
                 };
