@@ -68,7 +68,14 @@ build() {
     for f in Makefile walredo.c walredo.control walredo--1.0.sql; do
         cmp -s "$SRC/$f" "$BUILD/$f" || cp "$SRC/$f" "$BUILD/$f"
     done
+    # A build made with other flags (by hand, e.g. WALREDO_SECCOMP_DEBUG=1)
+    # is rebuilt from scratch: make's timestamps do not see flags.
+    local flags="PG_CONFIG=$PG_CONFIG ${MAKE_FLAGS[*]}"
+    if [ "$(cat "$BUILD/.make-flags" 2>/dev/null)" != "$flags" ]; then
+        rm -f "$BUILD"/*.o "$BUILD"/*.so "$BUILD"/*.bc
+    fi
     make -s -C "$BUILD" PG_CONFIG="$PG_CONFIG" "${MAKE_FLAGS[@]}" >&2
+    echo "$flags" >"$BUILD/.make-flags"
 }
 
 install_to() {
