@@ -22,6 +22,8 @@ pub mod client;
 mod command;
 pub mod conninfo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod messages;
 pub mod replication;
 pub mod server;
