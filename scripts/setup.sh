@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Strata needs on Debian 12, idempotently: PostgreSQL 15 (server,
-# client, server headers for the redo extension), build tools, curl and
-# iproute2 for the tests, an
+# client, server headers and libseccomp for the redo extension), build tools,
+# curl and iproute2 for the tests, an
 # unprivileged user to run Postgres processes as (Postgres refuses root), and
 # moto (PyPI), the S3-compatible server the remote_storage tests run against
 # as `python3 -m moto.server`.
@@ -13,7 +13,7 @@ PG_USER="${STRATA_PG_USER:-postgres}"
 PYTHON="${STRATA_MOTO_PYTHON:-python3}"
 MOTO_VERSION=5.2.5
 PACKAGES=(
-    postgresql-15 postgresql-client-15 postgresql-contrib postgresql-server-dev-15
+    postgresql-15 postgresql-client-15 postgresql-contrib postgresql-server-dev-15 libseccomp-dev
     build-essential pkg-config ca-certificates
     # tests: HTTP probes, and components in network namespaces (ip netns)
     curl iproute2

@@ -5,7 +5,9 @@
 //!   plus plain inserts into the same block), sequential and with two
 //!   concurrent requesters (pool of two processes);
 //! * launch time: stop the idle process, then time a ping (spawn, crash
-//!   recovery of the scratch cluster, handshake, round trip).
+//!   recovery of the scratch cluster, handshake, round trip);
+//! * all of it with the seccomp sandbox on (the default) and, as the
+//!   baseline measured in the same run, off.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -72,15 +74,18 @@ fn main() {
     let chain = Arc::new(common::heap_chain(sql, "b", 0).expect("chain"));
     assert!(chain.base.is_none() && chain.records.len() >= 100, "expected an init + inserts chain");
     rt.block_on(async {
-        let (manager, _dir) = common::manager(2, |_| {});
-        let manager = Arc::new(manager);
-        manager.ping().await.expect("warm up");
-        for n in [1, 10, 100] {
-            for clients in [1, 2] {
-                throughput(&manager, &chain, n, clients).await;
+        for (label, sandbox) in [("sandbox on", true), ("sandbox off (baseline)", false)] {
+            println!("-- {label}");
+            let (manager, _dir) = common::manager(2, |c| c.sandbox = sandbox);
+            let manager = Arc::new(manager);
+            manager.ping().await.expect("warm up");
+            for n in [1, 10, 100] {
+                for clients in [1, 2] {
+                    throughput(&manager, &chain, n, clients).await;
+                }
             }
+            launch_time(&manager).await;
+            manager.shutdown().await;
         }
-        launch_time(&manager).await;
-        manager.shutdown().await;
     });
 }

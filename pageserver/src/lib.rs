@@ -19,6 +19,8 @@
 //! `tenant`; `tenant` uses `storage` and `walredo`; `storage` uses only
 //! `walredo`'s record types. The one place `tenant` reaches ingest is the
 //! walreceiver registry it owns ([`ingest::walreceiver::WalReceivers`]).
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -4,7 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_gauge_vec, Histogram, IntCounter, IntGaugeVec,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge_vec, Histogram, IntCounter,
+    IntCounterVec, IntGaugeVec,
 };
 
 const TIME_BUCKETS: &[f64] = &[
@@ -52,6 +53,17 @@ pub static WAL_REDO_LAUNCH_TIME: LazyLock<Histogram> = LazyLock::new(|| {
 /// Redo attempts that failed (each is retried once on a fresh process).
 pub static WAL_REDO_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter("strata_pageserver_wal_redo_failures_total", "Failed WAL redo attempts")
+});
+
+/// Redo processes that died or were killed during a request, by cause:
+/// `sandbox` (seccomp), `cpu_limit`, `signal`, `exit`, `timeout`.
+pub static WAL_REDO_PROCESS_DEATHS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "strata_pageserver_wal_redo_process_deaths_total",
+        "WAL redo processes that died or were killed during a request, by cause",
+        &["cause"]
+    )
+    .expect("metric names are unique")
 });
 
 /// Records applied per GetPage@LSN reconstruction that needed redo.

@@ -11,7 +11,7 @@ use common::mask::{mask_page, Am};
 use common::HeapChain;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use pageserver::walredo::{PostgresRedoManager, WalRecord, WalRedoError};
+use pageserver::walredo::{DeathCause, PostgresRedoManager, WalRecord, WalRedoError};
 use utils::lsn::Lsn;
 
 fn chain() -> &'static HeapChain {
@@ -107,7 +107,8 @@ async fn garbage_record_fails_and_the_next_request_succeeds() {
     let mut records = c.records.clone();
     records.push((Lsn(c.last_lsn().0 + 1000), WalRecord::Postgres { will_init: false, rec: Bytes::from(garbage) }));
     let err = manager.request_redo(c.key, c.last_lsn(), c.base.clone(), records).await.unwrap_err();
-    assert!(matches!(err, WalRedoError::Process(_)), "{err}");
+    // The process reports the bad record and exits: a death, with its reason.
+    assert!(matches!(err, WalRedoError::Died { cause: DeathCause::Exit(1), .. }), "{err}");
     let page = redo(&manager).await.expect("next request works");
     assert_matches_disk(&page);
     manager.shutdown().await;

@@ -19,6 +19,25 @@
  *	 'G'  get page (no body): answered with BLCKSZ bytes on stdout, and ends
  *		  the request
  *	 'H'  ping (no body): answered with the 4 bytes "PONG"
+ *	 'T'  test command (only in builds with WALREDO_TEST_COMMANDS, see
+ *		  below): uint8 kind, uint64 argument; answered with "DONE"
+ *
+ * Sandbox.  Once set up and before it reads the first request, the process
+ * installs a seccomp filter (libseccomp) that allows only the system calls
+ * redo needs: I/O on open descriptors (its pipes and the scratch cluster's
+ * relation files, which redo opens, creates and reads), memory management
+ * without PROT_EXEC, signal returns, time and exit.  Anything else --
+ * sockets, exec, fork, ptrace, kill, chmod, unlink... -- kills the process
+ * at once (SECCOMP_RET_KILL_PROCESS: SIGSYS, no handler runs).  The GUC
+ * strata_walredo.sandbox (default on; `-c strata_walredo.sandbox=off` on
+ * the command line) turns the filter off.  Resource limits (memory, CPU
+ * time) are set by the pageserver when it spawns the process.
+ *
+ * Test commands.  A build with -DWALREDO_TEST_COMMANDS (scripts/
+ * build-walredo.sh --test, used only by the test suite) accepts 'T': kind 1
+ * opens a TCP socket (forbidden by the filter: the process dies), kind 2
+ * allocates and touches <argument> bytes (fails on the memory limit).  A
+ * production build has no such code: 'T' is an unknown tag there.
  *
  * On any error a message goes to stderr and the process _exit(1)s: an error
  * must never reach PostgresMain (which would read the binary stream as SQL)
@@ -42,6 +61,12 @@
 
 #include <stdio.h>
 #include <unistd.h>
+#include <sys/mman.h>
+#include <seccomp.h>
+#ifdef WALREDO_TEST_COMMANDS
+#include <sys/socket.h>
+#include <netinet/in.h>
+#endif
 
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
@@ -54,11 +79,15 @@
 #include "storage/bufpage.h"
 #include "storage/ipc.h"
 #include "storage/smgr.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/timeout.h"
 
 PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(walredo_main);
+
+void		_PG_init(void);
 
 #define WALREDO_MARKER "STRATA-WALREDO-READY"
 
@@ -101,6 +130,9 @@ static char *body_buf;
 static uint32 body_cap;
 static PGAlignedBlock fake_image;
 static PGAlignedBlock page_copy;
+
+/* GUC strata_walredo.sandbox: install the seccomp filter. */
+static bool sandbox_enabled = true;
 
 static void fail(const char *fmt,...) pg_attribute_printf(1, 2) pg_attribute_noreturn();
 
@@ -408,6 +440,135 @@ get_page(void)
 	write_exact(page_copy.data, BLCKSZ);
 }
 
+/* ---- sandbox ------------------------------------------------------------ */
+
+/*
+ * System calls redo may make once serving (found by running the whole
+ * pageserver test suite, which replays every record type it meets, under
+ * the filter).  Names that do not exist on this architecture are skipped.
+ * mmap and mprotect are allowed only without PROT_EXEC (see below).
+ */
+static const char *const allowed_syscalls[] = {
+	/* the pipes and the scratch cluster's relation files */
+	"read", "write", "readv", "writev", "pread64", "pwrite64",
+	"lseek", "close", "openat", "open", "fstat", "newfstatat", "statx",
+	"fsync", "fdatasync", "ftruncate", "fallocate",
+	/* the directory of a database the scratch cluster has not seen yet */
+	"mkdir", "mkdirat",
+	/* memory (mmap/mprotect: conditional rules below) */
+	"brk", "munmap", "mremap", "madvise",
+	/* signals, time, identity, exit */
+	"rt_sigreturn", "rt_sigprocmask", "sigaltstack",
+	"clock_gettime", "gettimeofday", "getpid", "getrusage",
+	"exit", "exit_group",
+};
+
+static void
+add_rule(scmp_filter_ctx ctx, const char *name, unsigned int n_args,
+		 const struct scmp_arg_cmp *args)
+{
+	int			nr = seccomp_syscall_resolve_name(name);
+	int			rc;
+
+	if (nr == __NR_SCMP_ERROR || nr < 0)
+		return;					/* not a system call of this architecture */
+	rc = seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, nr, n_args, args);
+	if (rc < 0)
+		fail("seccomp: cannot allow %s: %s", name, strerror(-rc));
+}
+
+/*
+ * Install the filter.  Default action: kill the whole process
+ * (SECCOMP_RET_KILL_PROCESS); libseccomp also sets no_new_privs.
+ */
+static void
+install_sandbox(void)
+{
+	scmp_filter_ctx ctx;
+	struct scmp_arg_cmp no_exec = SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0);
+	int			rc;
+
+#ifdef WALREDO_SECCOMP_DEBUG
+	/* development aid: SIGSYS names the syscall (see trap_sigsys) */
+	ctx = seccomp_init(SCMP_ACT_TRAP);
+#else
+	ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
+#endif
+	if (ctx == NULL)
+		fail("seccomp: cannot create a filter");
+	for (size_t i = 0; i < lengthof(allowed_syscalls); i++)
+		add_rule(ctx, allowed_syscalls[i], 0, NULL);
+	add_rule(ctx, "mmap", 1, &no_exec);
+	add_rule(ctx, "mprotect", 1, &no_exec);
+	rc = seccomp_load(ctx);
+	seccomp_release(ctx);
+	if (rc < 0)
+		fail("seccomp: cannot load the filter: %s", strerror(-rc));
+}
+
+#ifdef WALREDO_SECCOMP_DEBUG
+static void
+trap_sigsys(int signo, siginfo_t *info, void *ctx)
+{
+	char		msg[64];
+	int			len = snprintf(msg, sizeof(msg), "walredo: forbidden syscall %d\n",
+							   info->si_syscall);
+
+	if (write(2, msg, len) < 0)
+		_exit(3);
+	_exit(3);
+}
+
+static void
+install_sigsys_trap(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = trap_sigsys;
+	sa.sa_flags = SA_SIGINFO;
+	sigaction(SIGSYS, &sa, NULL);
+}
+#endif
+
+#ifdef WALREDO_TEST_COMMANDS
+/* 'T': do something the sandbox or the resource limits must stop. */
+static void
+test_command(const char *body, uint32 len)
+{
+	uint64		arg;
+
+	if (len != 9)
+		fail("test message has %u bytes, expected 9", len);
+	arg = get_u64(body + 1);
+	switch (body[0])
+	{
+		case 1:
+			{
+				int			fd = socket(AF_INET, SOCK_STREAM, 0);
+
+				if (fd < 0)
+					fail("socket: %m");
+				close(fd);
+				break;
+			}
+		case 2:
+			{
+				char	   *mem = malloc(arg);
+
+				if (mem == NULL)
+					fail("out of memory: cannot allocate " UINT64_FORMAT " bytes", arg);
+				memset(mem, 0x5a, arg);
+				free(mem);
+				break;
+			}
+		default:
+			fail("unknown test command %d", (int) body[0]);
+	}
+	write_exact("DONE", 4);
+}
+#endif
+
 /* ---- main loop ---------------------------------------------------------- */
 
 static char *
@@ -465,6 +626,11 @@ serve(void)
 			case 'H':
 				write_exact("PONG", 4);
 				break;
+#ifdef WALREDO_TEST_COMMANDS
+			case 'T':
+				test_command(body, len);
+				break;
+#endif
 			default:
 				fail("unknown message tag 0x%02x", (unsigned char) header[0]);
 		}
@@ -495,12 +661,34 @@ setup(void)
 	PageInit((Page) fake_image.data, BLCKSZ, FAKE_IMAGE_SPECIAL_SIZE);
 	MemoryContextSwitchTo(oldcxt);
 	RmgrStartup();
+	/*
+	 * No timer may fire once the sandbox is on: re-arming it (setitimer) is
+	 * forbidden.  Start-up leaves one armed: the startup-progress timeout
+	 * (log_startup_progress_interval) of the scratch cluster's recovery.
+	 */
+	disable_all_timeouts(false);
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomBoolVariable("strata_walredo.sandbox",
+							 "Confine the WAL redo process with a seccomp filter.",
+							 "Set by the pageserver; off only for debugging.",
+							 &sandbox_enabled, true, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+	MarkGUCPrefixReserved("strata_walredo");
 }
 
 Datum
 walredo_main(PG_FUNCTION_ARGS)
 {
 	setup();
+#ifdef WALREDO_SECCOMP_DEBUG
+	install_sigsys_trap();
+#endif
+	if (sandbox_enabled)
+		install_sandbox();
 	printf("\n%s\n", WALREDO_MARKER);
 	fflush(stdout);
 	PG_TRY();

@@ -314,3 +314,30 @@ mod tests {
         assert!(matches!(load(dir.path()), Err(ControlFileError::Io { .. })));
     }
 }
+
+/// Fuzz entry (see `crate::fuzz_targets`): `data[0]` odd: decode
+/// `data[1..]` as a whole file; even: frame `data[1..]` as the JSON body of
+/// a file with a valid header and CRC (so that the body parser is reached),
+/// then use the state as the safekeeper does.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let file = if mode & 1 == 1 {
+        rest.to_vec()
+    } else {
+        let mut buf = Vec::with_capacity(HEADER_SIZE_BYTES + rest.len() + CRC_SIZE_BYTES);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&u32::from(mode >> 1).min(FORMAT_VERSION).to_le_bytes());
+        buf.extend_from_slice(&(rest.len() as u32).to_le_bytes());
+        buf.extend_from_slice(rest);
+        let crc = crc32c::crc32c(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        buf
+    };
+    if let Ok(state) = decode(Path::new("fuzz/safekeeper.control"), &file) {
+        let flush = state.commit_lsn;
+        let _ = state.term_history.last_log_term(flush);
+        let _ = state.term_history.common_prefix_end(&state.term_history, flush);
+        let _ = encode(&state);
+    }
+}

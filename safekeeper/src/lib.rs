@@ -18,6 +18,8 @@
 pub mod acceptor;
 pub mod broker_sync;
 pub mod control_file;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod http;
 pub mod metrics;
 pub mod recovery;

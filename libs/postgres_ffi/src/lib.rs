@@ -11,6 +11,8 @@
 //! Only the byte layouts of Debian's PostgreSQL 15 builds (x86-64, little
 //! endian, 8 KiB pages) are supported.
 pub mod controlfile;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod page_mask;
 pub mod pg_constants;
 pub mod record;

@@ -559,3 +559,25 @@ impl ReplicationStream {
         self.client.parameter(name)
     }
 }
+
+/// Fuzz entry (see [`crate::fuzz_targets`]): every backend message the
+/// client can parse out of `data`, decoded the way the client uses it.
+pub(crate) fn fuzz_backend_messages(data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    while let Ok(Some(msg)) = parse_backend(&mut buf) {
+        let _ = describe(&msg);
+        let BackendMsg::Pg(msg) = msg else { continue };
+        match msg {
+            Message::DataRow(row) => drop(decode_row(&row)),
+            Message::ErrorResponse(body) => drop(server_error(&body)),
+            Message::ParameterStatus(p) => drop((p.name(), p.value())),
+            Message::CopyData(body) => drop(ReplicationMessage::parse_bytes(body.into_bytes())),
+            Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                while let Ok(Some(_)) = mechanisms.next() {}
+            }
+            Message::BackendKeyData(k) => drop((k.process_id(), k.secret_key())),
+            _ => {}
+        }
+    }
+}

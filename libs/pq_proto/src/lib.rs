@@ -24,6 +24,8 @@ pub mod client;
 mod command;
 pub mod conninfo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod messages;
 pub mod pagestream;
 pub mod replication;

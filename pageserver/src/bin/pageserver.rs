@@ -33,6 +33,18 @@ struct Args {
     /// Path of walredo.so (default: the build output, or STRATA_WALREDO_LIB).
     #[arg(long)]
     walredo_lib: Option<PathBuf>,
+    /// Confine WAL redo processes with the extension's seccomp filter
+    /// ("false" turns it off, for debugging only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    walredo_sandbox: bool,
+    /// Private memory each WAL redo process may use (RLIMIT_DATA, e.g.
+    /// "1GiB"; Postgres shared memory does not count).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    walredo_memory_limit: u64,
+    /// CPU time each WAL redo process may use over its life (RLIMIT_CPU,
+    /// e.g. "1h"); a process is replaced once it has used half of it.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    walredo_cpu_limit: std::time::Duration,
     /// Freeze the in-memory layer at this many MiB.
     #[arg(long, default_value_t = 64)]
     checkpoint_distance_mb: usize,
@@ -68,7 +80,7 @@ struct Args {
     /// Budget of layer files on local disk, all tenants together (e.g.
     /// "64MiB", "10GiB"; default unlimited): least recently used layers
     /// that are uploaded are evicted to stay under it.
-    #[arg(long, requires = "remote_storage", value_parser = parse_resident_limit)]
+    #[arg(long, requires = "remote_storage", value_parser = parse_size)]
     resident_limit: Option<u64>,
     /// Page stream: a message whose first byte arrived must be complete
     /// within this many milliseconds, or the connection is closed.
@@ -92,7 +104,7 @@ fn page_service_conf(args: &Args) -> anyhow::Result<pageserver::read::page_servi
     })
 }
 
-fn parse_resident_limit(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> Result<u64, String> {
     pageserver::tenant::config::parse_size(s).ok_or_else(|| format!("'{s}' is not a size (e.g. 64MiB, 10GiB)"))
 }
 
@@ -115,6 +127,12 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.workdir).with_context(|| format!("create {}", args.workdir.display()))?;
     let mut conf = PageServerConf::new(&args.workdir);
     conf.walredo.lib_path = args.walredo_lib.clone();
+    conf.walredo.sandbox = args.walredo_sandbox;
+    conf.walredo.memory_limit_bytes = args.walredo_memory_limit;
+    conf.walredo.cpu_limit_secs = args.walredo_cpu_limit.as_secs().max(1);
+    if !args.walredo_sandbox {
+        tracing::warn!("WAL redo sandbox turned off (--walredo-sandbox false)");
+    }
     conf.timeline.checkpoint_distance = args.checkpoint_distance_mb << 20;
     conf.timeline.image_creation_threshold = args.image_creation_threshold;
     conf.timeline.gc_horizon_bytes = args.gc_horizon_mb << 20;

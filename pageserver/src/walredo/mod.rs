@@ -15,6 +15,15 @@
 //! no process runs, after which requests needing a process fail with
 //! [`WalRedoError::Cancelled`].
 //!
+//! Sandbox: every process runs under the seccomp filter of the extension
+//! (unless [`WalRedoConfig::sandbox`] is off) and with memory and CPU-time
+//! limits ([`WalRedoConfig::memory_limit_bytes`],
+//! [`WalRedoConfig::cpu_limit_secs`]). A process killed by the filter or a
+//! limit fails its request with [`WalRedoError::Died`] (the request is
+//! retried once on a fresh process, like any failure). A process that has
+//! used half of its CPU limit is retired after its request, so that a busy
+//! long-lived process does not hit the limit in the middle of one.
+//!
 //! Invariants: the number of pool slots equals the semaphore's permits; a
 //! slot is either free in the pool or held by exactly one [`Lease`]; a
 //! process is launched only while the manager is not shut down (checked
@@ -46,7 +55,9 @@ pub use apply_rust::{
     apply_record as apply_rust_record, clog_status, MULTIXACT_MEMBERS_PER_PAGE, MULTIXACT_OFFSETS_PER_PAGE,
     VM_HEAPBLOCKS_PER_PAGE,
 };
-use process::{LaunchSpec, LiveTracker, WalRedoProcess};
+pub use process::DeathCause;
+use process::{LaunchSpec, Limits, LiveTracker, WalRedoProcess};
+pub use protocol::TestCommand;
 use protocol::{Base, Target};
 pub use record::{vm_clear_for_heap_record, MultiXactMember, RedoKey, SlruKind, WalRecord};
 
@@ -61,6 +72,8 @@ pub enum WalRedoError {
     Timeout { pid: u32, timeout: Duration },
     #[error("WAL redo process failed: {0}")]
     Process(String),
+    #[error("WAL redo process pid {pid} died, {cause}: {report}")]
+    Died { pid: u32, cause: DeathCause, report: String },
     #[error("could not launch a WAL redo process: {0}")]
     Launch(String),
     #[error("applying Rust WAL records to {key}: {reason}")]
@@ -86,7 +99,20 @@ pub struct WalRedoConfig {
     pub launch_timeout: Duration,
     /// Processes unused for this long are stopped.
     pub idle_timeout: Duration,
+    /// Confine each process with the extension's seccomp filter.
+    pub sandbox: bool,
+    /// Private memory a process may use (RLIMIT_DATA; shared memory not
+    /// counted).
+    pub memory_limit_bytes: u64,
+    /// CPU time a process may use over its life (RLIMIT_CPU); processes are
+    /// retired once they have used half of it.
+    pub cpu_limit_secs: u64,
 }
+
+/// Default [`WalRedoConfig::memory_limit_bytes`]: 1 GiB.
+pub const DEFAULT_MEMORY_LIMIT_BYTES: u64 = 1 << 30;
+/// Default [`WalRedoConfig::cpu_limit_secs`]: 1 hour.
+pub const DEFAULT_CPU_LIMIT_SECS: u64 = 3600;
 
 impl WalRedoConfig {
     pub fn new(work_dir: impl Into<PathBuf>) -> WalRedoConfig {
@@ -99,6 +125,9 @@ impl WalRedoConfig {
             request_timeout: Duration::from_secs(60),
             launch_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            sandbox: true,
+            memory_limit_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
+            cpu_limit_secs: DEFAULT_CPU_LIMIT_SECS,
         }
     }
 }
@@ -118,6 +147,8 @@ pub struct WalRedoStatus {
 }
 
 const MAX_RETRY_ATTEMPTS: u32 = 1;
+/// How often a process's CPU time is compared with its budget.
+const CPU_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Rebuilds pages with Rust-applied records and a pool of redo processes.
 pub struct PostgresRedoManager {
@@ -146,9 +177,11 @@ struct Slot {
 }
 
 /// What a leased process is asked to do.
+#[derive(Clone, Copy)]
 enum Op<'a> {
-    Apply { target: Target, base: Base<'a>, records: &'a [(Lsn, &'a Bytes)] },
+    Apply { target: Target, base: Option<&'a Bytes>, records: &'a [(Lsn, &'a Bytes)] },
     Ping,
+    Test(TestCommand),
 }
 
 impl PostgresRedoManager {
@@ -212,6 +245,15 @@ impl PostgresRedoManager {
     /// A ping round trip through a (possibly new) process.
     pub async fn ping(&self) -> Result<(), WalRedoError> {
         self.inner.run(Op::Ping).await.map(|_| ())
+    }
+
+    /// Send a [`TestCommand`] through the request path (with its retry).
+    /// Only a redo process built with `scripts/build-walredo.sh --test`
+    /// serves it; a production build exits on it (an unknown message), so
+    /// this cannot make a production process break its sandbox.
+    #[doc(hidden)]
+    pub async fn test_command(&self, cmd: TestCommand) -> Result<(), WalRedoError> {
+        self.run_with_retry(Op::Test(cmd), &|| format!("test command {cmd:?}")).await.map(|_| ())
     }
 
     /// Last redo time and the live processes.
@@ -289,20 +331,27 @@ impl PostgresRedoManager {
         base: Option<&Bytes>,
         raw: &[(Lsn, &Bytes)],
     ) -> Result<Bytes, WalRedoError> {
+        let op = Op::Apply { target, base, records: raw };
+        self.run_with_retry(op, &|| format!("{key} at {lsn} ({} records)", raw.len())).await
+    }
+
+    /// Run `op`, retrying once on a fresh process if it fails (other than
+    /// by shutdown or a request that is invalid in itself).
+    /// `what` describes the request for the log.
+    async fn run_with_retry(&self, op: Op<'_>, what: &(dyn Fn() -> String + Sync)) -> Result<Bytes, WalRedoError> {
         let mut attempt = 0;
         loop {
-            let base = base.map_or(Base::None, |b| Base::Image(b));
-            match self.inner.run(Op::Apply { target, base, records: raw }).await {
+            match self.inner.run(op).await {
                 Ok(page) => {
                     if attempt > 0 {
-                        info!(%key, %lsn, attempt, "retried WAL redo succeeded");
+                        info!(request = what(), attempt, "retried WAL redo succeeded");
                     }
                     return Ok(page);
                 }
                 Err(e @ (WalRedoError::Cancelled | WalRedoError::InvalidRequest(_))) => return Err(e),
                 Err(e) => {
                     metrics::WAL_REDO_FAILURES.inc();
-                    warn!(%key, %lsn, attempt, records = raw.len(), "WAL redo failed: {e}");
+                    warn!(request = what(), attempt, "WAL redo failed: {e}");
                     if attempt >= MAX_RETRY_ATTEMPTS {
                         return Err(e);
                     }
@@ -443,6 +492,11 @@ impl Inner {
             lib_dir: &self.lib_dir,
             user: &self.user,
             timeout: self.conf.launch_timeout,
+            limits: Limits {
+                sandbox: self.conf.sandbox,
+                memory_limit_bytes: self.conf.memory_limit_bytes,
+                cpu_limit_secs: self.conf.cpu_limit_secs,
+            },
         };
         let proc = WalRedoProcess::launch(spec, live).await?;
         let elapsed = started.elapsed();
@@ -492,16 +546,41 @@ impl Lease {
         self.dirty = true;
         let timeout = self.inner.conf.request_timeout;
         let result = match op {
-            Op::Apply { target, base, records } => proc.apply(target, base, records, timeout).await,
+            Op::Apply { target, base, records } => {
+                let base = base.map_or(Base::None, |b| Base::Image(b));
+                proc.apply(target, base, records, timeout).await
+            }
             Op::Ping => proc.ping(timeout).await.map(|()| Bytes::new()),
+            Op::Test(cmd) => proc.test_command(cmd, timeout).await.map(|()| Bytes::new()),
         };
-        if result.is_err() {
+        let retire = match &result {
+            Err(_) => true,
+            Ok(_) => over_cpu_budget(proc, self.inner.conf.cpu_limit_secs).await,
+        };
+        if retire {
             if let Some(proc) = slot.proc.take() {
                 proc.kill_and_wait().await; // out of rotation before any retry
             }
         }
         self.dirty = false;
         result
+    }
+}
+
+/// Whether `proc` has used half of its CPU limit (checked at most once
+/// a second per process).
+async fn over_cpu_budget(proc: &mut WalRedoProcess, cpu_limit_secs: u64) -> bool {
+    if proc.cpu_checked_at.is_some_and(|at| at.elapsed() < CPU_CHECK_INTERVAL) {
+        return false;
+    }
+    proc.cpu_checked_at = Some(Instant::now());
+    let budget = Duration::from_secs(cpu_limit_secs / 2);
+    match proc.cpu_time().await {
+        Some(used) if used >= budget => {
+            info!(pid = proc.pid(), used_ms = used.as_millis() as u64, "retiring WAL redo process: half of its CPU limit used");
+            true
+        }
+        _ => false,
     }
 }
 

@@ -5,7 +5,9 @@
 //! body. A request is `B` (target block), optionally `P` (base page) or `Z`
 //! (zero page), any number of `A` (end LSN + raw record), then `G`, which the
 //! process answers with exactly `BLCKSZ` bytes. `H` (ping) is answered with
-//! `PONG`. Before serving, the process prints [`READY_MARKER`] on a line of
+//! `PONG`. `T` (a test command, [`TestCommand`]) is answered with `DONE`,
+//! but only by a test build of the extension (`build-walredo.sh --test`); a
+//! production build treats it as an unknown tag and exits. Before serving, the process prints [`READY_MARKER`] on a line of
 //! its own (after Postgres' single-user banner, which the client skips).
 //!
 //! This module only builds byte buffers: it owns no I/O and has no
@@ -20,6 +22,8 @@ use utils::lsn::Lsn;
 pub const READY_MARKER: &str = "STRATA-WALREDO-READY";
 /// The answer to a ping.
 pub const PONG: &[u8; 4] = b"PONG";
+/// The answer to a test command.
+pub const DONE: &[u8; 4] = b"DONE";
 /// The SQL that starts the service in single-user mode.
 pub const START_SQL: &str = "SELECT walredo_main();\n";
 
@@ -77,6 +81,29 @@ pub fn encode_request<'a>(
     buf
 }
 
+/// A request that only a test build of the extension serves: it makes the
+/// process do what its sandbox or resource limits must stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestCommand {
+    /// Open a TCP socket (forbidden by the seccomp filter).
+    OpenSocket,
+    /// Allocate and touch this many bytes (stopped by the memory limit).
+    Allocate { size_bytes: u64 },
+}
+
+/// Encode a test command: kind (u8), argument (u64).
+pub fn encode_test_command(cmd: TestCommand) -> Vec<u8> {
+    let (kind, arg) = match cmd {
+        TestCommand::OpenSocket => (1u8, 0u64),
+        TestCommand::Allocate { size_bytes } => (2, size_bytes),
+    };
+    let mut buf = Vec::with_capacity(14);
+    put_header(&mut buf, b'T', 9);
+    buf.push(kind);
+    buf.extend_from_slice(&arg.to_le_bytes());
+    buf
+}
+
 /// Encode a ping.
 pub fn encode_ping() -> Vec<u8> {
     let mut buf = Vec::with_capacity(5);
@@ -106,5 +133,7 @@ mod tests {
         assert_eq!(&buf[32..40], &0x1_0000_0010u64.to_le_bytes());
         assert_eq!(&buf[70..], &[b'G', 0, 0, 0, 0]);
         assert_eq!(encode_ping(), vec![b'H', 0, 0, 0, 0]);
+        let alloc = encode_test_command(TestCommand::Allocate { size_bytes: 0x0102 });
+        assert_eq!(alloc, vec![b'T', 9, 0, 0, 0, 2, 2, 1, 0, 0, 0, 0, 0, 0]);
     }
 }

@@ -146,7 +146,7 @@ fn create_function(data: &Path, lib_dir: &Path, user: &PgUser, pg_bin: &Path) ->
     use std::io::Write;
     let mut child = user
         .command(pg_bin.join("postgres"))
-        .args(single_user_args(data, lib_dir))
+        .args(single_user_args(data, lib_dir, true))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -164,8 +164,9 @@ fn create_function(data: &Path, lib_dir: &Path, user: &PgUser, pg_bin: &Path) ->
     Ok(())
 }
 
-/// Arguments of `postgres` for a single-user redo process on `data`.
-pub(crate) fn single_user_args(data: &Path, lib_dir: &Path) -> Vec<String> {
+/// Arguments of `postgres` for a single-user redo process on `data`
+/// (`sandbox`: whether `walredo_main()` installs its seccomp filter).
+pub(crate) fn single_user_args(data: &Path, lib_dir: &Path, sandbox: bool) -> Vec<String> {
     let mut args = vec!["--single".to_string(), "-D".into(), data.display().to_string(), "-F".into()];
     for setting in [
         "shared_buffers=1MB".to_string(),
@@ -175,6 +176,9 @@ pub(crate) fn single_user_args(data: &Path, lib_dir: &Path) -> Vec<String> {
         "max_worker_processes=0".into(),
         "max_prepared_transactions=0".into(),
         "log_checkpoints=off".into(),
+        // no timer after start-up: re-arming one is forbidden by the sandbox
+        "log_startup_progress_interval=0".into(),
+        format!("strata_walredo.sandbox={}", if sandbox { "on" } else { "off" }),
     ] {
         args.push("-c".into());
         args.push(setting);

@@ -32,6 +32,26 @@ pub fn walredo_lib() -> PathBuf {
     .clone()
 }
 
+/// Build (once per test binary) the test variant of `walredo.so`
+/// (`build-walredo.sh --test`: it serves [`pageserver::walredo::TestCommand`]s).
+pub fn walredo_test_lib() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        walredo_lib(); // logging, and the production build the template uses
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-walredo.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("--test")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run build-walredo.sh --test");
+        assert!(out.status.success(), "build-walredo.sh --test: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(stdout.lines().last().expect("a path").trim())
+    })
+    .clone()
+}
+
 /// A template directory shared by the managers of one test binary,
 /// removed when the binary exits (a static is never dropped, so a
 /// `TempDir` here would leave one directory per run behind).
@@ -195,20 +215,30 @@ impl HeapChain {
 /// Run `sql` after a checkpoint on a fresh cluster and return the chain of
 /// block `blkno` of table `table` (database `postgres`).
 pub fn heap_chain(sql: &str, table: &str, blkno: u32) -> anyhow::Result<HeapChain> {
+    heap_chain_in(None, sql, table, blkno)
+}
+
+/// Like [`heap_chain`], in database `db` (created first) if given.
+pub fn heap_chain_in(db: Option<&str>, sql: &str, table: &str, blkno: u32) -> anyhow::Result<HeapChain> {
     let mut settings = pg_harness::workload::KEEP_ALL_WAL.to_vec();
     settings.push(("autovacuum", "off"));
     let mut pg = pg_harness::PgCluster::start(&settings)?;
+    if let Some(db) = db {
+        pg.sql(&format!("CREATE DATABASE {db}"))?;
+    }
+    let db = db.unwrap_or("postgres");
     pg.checkpoint()?;
     let start: Lsn = pg.sql("SELECT redo_lsn FROM pg_control_checkpoint()")?.parse()?;
-    pg.sql(sql)?;
+    pg.sql_db(db, sql)?;
     pg.checkpoint()?;
-    let node: u32 = pg.sql(&format!("SELECT pg_relation_filenode('{table}')"))?.parse()?;
+    let node: u32 = pg.sql_db(db, &format!("SELECT pg_relation_filenode('{table}')"))?.parse()?;
+    let db_oid: u32 = pg.sql(&format!("SELECT oid FROM pg_database WHERE datname = '{db}'"))?.parse()?;
     pg.stop()?;
     let records = read_wal(&pg.wal_dir(), start)?;
     let histories = block_histories(&records);
     let (key, history) = histories
         .into_iter()
-        .find(|(k, _)| k.0.rel_node == node && k.1 == 0 && k.2 == blkno)
+        .find(|(k, _)| k.0.rel_node == node && k.0.db_node == db_oid && k.1 == 0 && k.2 == blkno)
         .context("no history for the block")?;
     let on_disk = read_data_page(pg.data_dir(), &key)?.context("page not in the data file")?;
     Ok(HeapChain { key, base: history.base, records: history.records, on_disk })

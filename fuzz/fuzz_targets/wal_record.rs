@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| postgres_ffi::fuzz_targets::wal_record(data));
