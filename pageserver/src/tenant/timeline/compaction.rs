@@ -13,6 +13,11 @@
 //! merged and never sees a half-applied swap. Remote L0 files are
 //! downloaded before the merge and pinned until it is done.
 //!
+//! Failpoints (`utils::failpoint`, crash tests): `compaction-before-index`
+//! (L1 files durable, the index still names the L0s),
+//! `compaction-before-delete` (the index names the L1s, the L0 files are
+//! still on disk).
+//!
 //! Cancellation: dropped before the index write, the L1 files are
 //! unnamed leftovers (removed at the next start); after it, the L0 files
 //! stay until the next start.
@@ -113,7 +118,9 @@ impl Timeline {
             .map_err(other)?
             .map_err(|e| other(format!("compaction: {e}")))?;
         let l1: Vec<Arc<LayerFile>> = l1.into_iter().map(Arc::new).collect();
+        utils::failpoint::hit("compaction-before-index");
         self.commit_replacement(&l1, &l0).await?;
+        utils::failpoint::hit("compaction-before-delete");
         delete_layer_files(&l0).await?;
         self.update_physical_size_metric();
         metrics::COMPACTION_RUNS.inc();
