@@ -3,8 +3,10 @@
 //! compaction, then image layers where needed, with a report).
 //!
 //! Owns: when compaction runs (at least `compaction_threshold` L0 files,
-//! checked after each flush and every `compaction_period` by the tenant's
-//! background loop; any number when forced) and the durable order: the L1 files are
+//! checked by the after-flush pass ([`Timeline::after_flush`]: one at a
+//! time, outside the flush lock, coalescing the flushes that happen while
+//! it runs) and every `compaction_period` by the tenant's background loop;
+//! any number when forced) and the durable order: the L1 files are
 //! written and made durable; the index naming them instead of the L0s is
 //! replaced under `index_lock`; then the layer map swaps them; then the L0
 //! files are deleted. Readers see either the L0s or the L1s, never both.
@@ -95,6 +97,35 @@ impl Timeline {
             image_lsn,
             elapsed_ms: started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// The pass after a flush: L0 compaction (at `compaction_threshold`),
+    /// then image layers where needed at `disk_consistent_lsn`. One pass at
+    /// a time; each flush sets `after_flush_requested` first, and a running
+    /// pass repeats while it is set, so no flush goes without a pass that
+    /// started after it. With `wait`, returns once such a pass is done;
+    /// without, returns at once when another pass is running (it will
+    /// cover this flush).
+    pub(super) async fn after_flush(&self, wait: bool) -> Result<()> {
+        self.after_flush_requested.store(true, std::sync::atomic::Ordering::Release);
+        loop {
+            let _pass = match wait {
+                true => self.after_flush_lock.lock().await,
+                false => match self.after_flush_lock.try_lock() {
+                    Ok(g) => g,
+                    Err(_) => return Ok(()),
+                },
+            };
+            while self.after_flush_requested.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                self.compact_level0().await?;
+                self.create_image_layers_where_needed(self.disk_consistent_lsn()).await?;
+            }
+            drop(_pass);
+            // A flush that found the lock held just before it was released.
+            if !self.after_flush_requested.load(std::sync::atomic::Ordering::Acquire) {
+                return Ok(());
+            }
+        }
     }
 
     /// Merge every L0 file into L1 files if there are at least `min_l0`.
