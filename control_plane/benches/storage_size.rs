@@ -52,6 +52,7 @@ struct Sample {
     db_bytes: u64,
     physical_bytes: u64,
     layers: (u64, u64, u64),
+    image_bytes: u64,
     rss_bytes: u64,
     wal_bytes: u64,
 }
@@ -78,12 +79,14 @@ impl Bench {
         let l0 = count(&|l| !image(l) && (l["level"].as_str() == Some("L0") || l["level"].as_u64() == Some(0)));
         let images = count(&image);
         let l1 = list.len() as u64 - l0 - images;
+        let image_bytes = list.iter().filter(|l| image(l)).filter_map(|l| l["size_bytes"].as_u64()).sum();
         let flush: Lsn = psql(&self.url, "SELECT pg_current_wal_flush_lsn()").parse().unwrap_or(self.start_lsn);
         Sample {
             t_s: self.began.elapsed().as_secs(),
             db_bytes,
             physical_bytes,
             layers: (l0, l1, images),
+            image_bytes,
             rss_bytes: rss_bytes(&self.repo),
             wal_bytes: flush.0.saturating_sub(self.start_lsn.0),
         }
@@ -92,14 +95,14 @@ impl Bench {
 
 fn print_header() {
     println!(
-        "{:>6} {:>10} {:>13} {:>7} {:>5} {:>5} {:>6} {:>9} {:>10}",
-        "t_s", "db_MiB", "physical_MiB", "ratio", "L0", "L1", "image", "rss_MiB", "wal_MiB"
+        "{:>6} {:>10} {:>13} {:>7} {:>5} {:>5} {:>6} {:>10} {:>9} {:>10}",
+        "t_s", "db_MiB", "physical_MiB", "ratio", "L0", "L1", "image", "image_MiB", "rss_MiB", "wal_MiB"
     );
 }
 
 fn print_sample(s: &Sample, note: &str) {
     println!(
-        "{:>6} {:>10.1} {:>13.1} {:>7.2} {:>5} {:>5} {:>6} {:>9.1} {:>10.1}{note}",
+        "{:>6} {:>10.1} {:>13.1} {:>7.2} {:>5} {:>5} {:>6} {:>10.1} {:>9.1} {:>10.1}{note}",
         s.t_s,
         mib(s.db_bytes),
         mib(s.physical_bytes),
@@ -107,6 +110,7 @@ fn print_sample(s: &Sample, note: &str) {
         s.layers.0,
         s.layers.1,
         s.layers.2,
+        mib(s.image_bytes),
         mib(s.rss_bytes),
         mib(s.wal_bytes)
     );
@@ -162,6 +166,13 @@ fn main() {
     let five_min_ago = samples.iter().rev().find(|s| last.t_s.saturating_sub(s.t_s) >= 300).unwrap_or(&samples[0]);
     let growth = last.physical_bytes as f64 - five_min_ago.physical_bytes as f64;
     println!("pgbench: {tps}");
+    // Image passes make the size a sawtooth: compare the peaks of the last
+    // five minutes and of the five before as well.
+    let peak = |from: u64, to: u64| samples.iter().chain([&last]).filter(|s| s.t_s >= from && s.t_s <= to).map(|s| s.physical_bytes).max();
+    let end = last.t_s;
+    if let (Some(recent), Some(before)) = (peak(end.saturating_sub(300), end), peak(end.saturating_sub(600), end.saturating_sub(300))) {
+        println!("peak physical size: {:.1} MiB in the last 300 s, {:.1} MiB in the 300 s before", mib(recent), mib(before));
+    }
     println!(
         "storage_size figures: database {:.1} MiB, physical {:.1} MiB: ratio {:.2}x (goal <= 2.5x); physical size over the last {} s: {:+.1} MiB ({:+.1}%; goal: flat) while {:.0} MiB of WAL were written; pageserver RSS {:.0} MiB",
         mib(last.db_bytes),
