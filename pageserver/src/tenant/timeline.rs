@@ -748,13 +748,12 @@ impl Timeline {
     /// `disk_consistent_lsn` after each; then (without the flush lock, so
     /// that later flushes and ingest go on meanwhile) an after-flush pass:
     /// L0 compaction and image layers for the key partitions whose delta
-    /// chains have grown past the threshold. Returns once a pass that
-    /// started after this flush is done.
+    /// chains have grown past the threshold. Returns once every flush made
+    /// before it returns (its own, or one another task made) is covered by
+    /// a finished pass.
     pub async fn flush_frozen_layers(&self) -> Result<()> {
-        if self.flush_frozen_only().await? {
-            self.after_flush(true).await?;
-        }
-        Ok(())
+        self.flush_frozen_only().await?;
+        self.after_flush(true).await
     }
 
     /// [`Timeline::flush_frozen_layers`] for the walreceiver's flush tasks:
@@ -808,6 +807,11 @@ impl Timeline {
                 info!(layer = %file.desc, bytes = file.size_bytes, "flushed in-memory layer");
             }
             flushed = true;
+        }
+        if flushed {
+            // Under the flush lock: a flush that finds nothing left to do
+            // after this one still sees the request (and waits for it).
+            self.after_flush_requested.store(true, Ordering::Release);
         }
         Ok(flushed)
     }

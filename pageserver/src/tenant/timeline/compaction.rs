@@ -101,13 +101,13 @@ impl Timeline {
 
     /// The pass after a flush: L0 compaction (at `compaction_threshold`),
     /// then image layers where needed at `disk_consistent_lsn`. One pass at
-    /// a time; each flush sets `after_flush_requested` first, and a running
-    /// pass repeats while it is set, so no flush goes without a pass that
-    /// started after it. With `wait`, returns once such a pass is done;
+    /// a time; each flush sets `after_flush_requested` (under the flush
+    /// lock), and a running pass repeats while it is set, so no flush goes
+    /// without a pass that started after it. With `wait`, returns once the
+    /// requests made so far are served (waiting for a running pass);
     /// without, returns at once when another pass is running (it will
-    /// cover this flush).
+    /// serve this request).
     pub(super) async fn after_flush(&self, wait: bool) -> Result<()> {
-        self.after_flush_requested.store(true, std::sync::atomic::Ordering::Release);
         loop {
             let _pass = match wait {
                 true => self.after_flush_lock.lock().await,
