@@ -126,6 +126,12 @@ pub fn started_cluster(safekeepers: u64) -> Repo {
 
 /// `strata init` with free ports, `start`, and a default tenant, in `repo`.
 pub fn start_cluster(repo: Repo, safekeepers: u64) -> Repo {
+    start_cluster_with_tenant_settings(repo, safekeepers, &[])
+}
+
+/// [`start_cluster`] with the default tenant created with these storage
+/// settings (`KEY=VALUE`, as `strata tenant create -c`).
+pub fn start_cluster_with_tenant_settings(repo: Repo, safekeepers: u64, settings: &[&str]) -> Repo {
     let (base, ps, endpoints) = free_ports();
     let n = safekeepers.to_string();
     repo.ok(&[
@@ -133,7 +139,11 @@ pub fn start_cluster(repo: Repo, safekeepers: u64) -> Repo {
         "--endpoint-base-port", &endpoints.to_string(),
     ]);
     repo.ok(&["start"]);
-    repo.ok(&["tenant", "create", "--set-default"]);
+    let mut create = vec!["tenant", "create", "--set-default"];
+    for s in settings {
+        create.extend(["-c", s]);
+    }
+    repo.ok(&create);
     repo
 }
 

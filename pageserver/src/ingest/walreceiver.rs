@@ -331,7 +331,7 @@ async fn send_feedback(tl: &Timeline, kind: WalSourceKind, stream: &mut Replicat
 fn spawn_flush(tl: &Arc<Timeline>) {
     let tl = Arc::clone(tl);
     tokio::spawn(async move {
-        if let Err(e) = tl.flush_frozen_layers().await {
+        if let Err(e) = tl.flush_frozen_layers_in_background().await {
             warn!(tenant_id = %tl.tenant_id, timeline_id = %tl.timeline_id, "layer flush failed: {e}");
         }
     });

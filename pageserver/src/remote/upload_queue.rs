@@ -23,7 +23,15 @@
 //!
 //! A crash loses the queue; the task's first step (reconcile) rebuilds it
 //! at the next load by comparing the local index with the newest remote
-//! one, and puts what it finds ahead of anything scheduled meanwhile.
+//! one, and puts what it finds ahead of anything scheduled meanwhile. It
+//! also deletes this generation's layer objects that neither index names
+//! (a crash between an index upload and its deletions leaves them), so
+//! a crash leaves no orphan behind once the timeline is loaded again.
+//!
+//! Failpoints (`utils::failpoint`, crash tests): `upload-layer-done` (after
+//! each layer upload; `kill@N` dies with N layers uploaded),
+//! `upload-before-index`, `upload-before-deletions` (the index without the
+//! removed layers is uploaded, their objects are not deleted yet).
 //!
 //! Cancellation: scheduling never waits. [`RemoteTimelineClient::shutdown`]
 //! cancels the task; an operation cut short is repeated at the next load
@@ -46,6 +54,7 @@ use utils::lsn::Lsn;
 use super::{download, generation, layout, RemoteError};
 use crate::metrics;
 use crate::storage::index::{IndexLayer, IndexPart};
+use crate::storage::LayerDesc;
 
 /// Longest wait between attempts of a failing batch.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
@@ -173,7 +182,8 @@ impl RemoteTimelineClient {
         let missing: Vec<IndexLayer> =
             local.layers.iter().filter(|l| remote_layers.get(&l.name) != Some(&l.size_bytes)).cloned().collect();
         let local_names: HashSet<&str> = local.layers.iter().map(|l| l.name.as_str()).collect();
-        let dropped: Vec<String> = remote_layers.keys().filter(|n| !local_names.contains(n.as_str())).cloned().collect();
+        let mut dropped: Vec<String> = remote_layers.keys().filter(|n| !local_names.contains(n.as_str())).cloned().collect();
+        dropped.extend(self.own_orphans(&local_names, &remote_layers).await?);
         info!(
             remote_generation = remote.as_ref().map(|(g, _)| *g),
             to_upload = missing.len(),
@@ -191,6 +201,30 @@ impl RemoteTimelineClient {
         let meanwhile = std::mem::take(&mut q.pending);
         q.pending = ops.into_iter().chain(meanwhile).collect();
         Ok(())
+    }
+
+    /// Layer objects written by this generation that neither the local nor
+    /// the remote index names: removed by a compaction or GC whose remote
+    /// deletion a crash cut short (after the index without them was
+    /// uploaded). Only this generation writes names with its number, and
+    /// every layer it uploads is named by its local index first, so such an
+    /// object is garbage. Older generations' objects are left alone (their
+    /// indexes may still be read by an attach at their generation).
+    async fn own_orphans(
+        &self,
+        local_names: &HashSet<&str>,
+        remote_layers: &BTreeMap<String, u64>,
+    ) -> Result<Vec<String>, RemoteError> {
+        let prefix = layout::timeline_prefix(self.tenant_id, self.timeline_id);
+        let listed = self.storage.list(Some(&prefix), &self.cancel).await?;
+        let own = |name: &str| {
+            LayerDesc::parse_file_name(name).is_some_and(|d| d.generation == self.generation && d.file_name() == name)
+        };
+        Ok(listed
+            .into_iter()
+            .map(|(p, _)| p.object_name().to_string())
+            .filter(|n| own(n) && !local_names.contains(n.as_str()) && !remote_layers.contains_key(n))
+            .collect())
     }
 
     /// Wait until everything scheduled before this call is done.
@@ -343,10 +377,12 @@ impl RemoteTimelineClient {
         let doomed: HashSet<&str> = deletions.iter().map(String::as_str).collect();
         let wanted: Vec<&IndexLayer> = layers.into_iter().filter(|l| !doomed.contains(l.name.as_str())).collect();
         self.upload_layers(&wanted).await?;
+        utils::failpoint::hit("upload-before-index");
         if let Some(index) = index {
             self.upload_index(index).await?;
         }
         if !deletions.is_empty() {
+            utils::failpoint::hit("upload-before-deletions");
             self.delete_layers(deletions).await?;
         }
         Ok(())
@@ -370,6 +406,7 @@ impl RemoteTimelineClient {
             });
         }
         metrics::LAYER_UPLOADS.inc();
+        utils::failpoint::hit("upload-layer-done");
         Ok(())
     }
 

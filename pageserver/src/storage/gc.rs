@@ -5,13 +5,23 @@
 //! cutoff, the locking and the order of durable steps (see
 //! [`crate::tenant::timeline::Timeline::gc_now`]).
 //!
-//! Rule: a layer with LSN range `[s, e)` may be removed when
-//! * it lies entirely below the cutoff (`e <= cutoff`), and every key it
-//!   holds has an image at an LSN in `[e, cutoff]` — so reads at or above
-//!   the cutoff find that image first; and
+//! Rule: let `m` be the lowest LSN of an image that shadows a layer with
+//! LSN range `[s, e)` ([`shadowing_image_lsn`]): `e - 1` for a delta (its
+//! newest record; an image at LSN `i` holds every record at or below `i`),
+//! `e` for an image layer (a strictly newer image). The layer may be
+//! removed when
+//! * every key it holds has an image at an LSN in `[m, cutoff]` — so reads
+//!   at or above the cutoff find that image first (this implies `m <=
+//!   cutoff`: nothing it holds is above the cutoff unshadowed); and
 //! * for every retain LSN `r` (a child branch point) with `s <= r`, every
-//!   key it holds has an image at an LSN in `[e, r]` — so the child's reads
+//!   key it holds has an image at an LSN in `[m, r]` — so the child's reads
 //!   at `r` do not need it either.
+//!
+//! (Flushes end a delta at `e` with `disk_consistent_lsn = e - 1`, and
+//! image layers are made at `disk_consistent_lsn`: the newest delta below
+//! an image typically ends exactly one LSN above it. Requiring the image
+//! at `e` instead of `e - 1` kept such a delta as long as its image was
+//! the newest — for ever on a partition that stops changing.)
 //!
 //! "Every key it holds": for an image layer, its whole key range (a key
 //! missing from an image means "absent at that LSN", so the range shadows
@@ -39,7 +49,7 @@ use utils::lsn::Lsn;
 use super::file::{LayerFile, LayerFileError};
 use super::layer_map::LayerMap;
 use super::partition::class_start;
-use super::LayerKindCounts;
+use super::{LayerDesc, LayerKindCounts};
 use crate::storage::key::Key;
 
 /// What one GC pass did.
@@ -100,23 +110,38 @@ pub fn held_key_runs(layer: &Arc<LayerFile>) -> Result<Vec<Range<Key>>, LayerFil
     Ok(runs)
 }
 
-/// Whether images in `[lsn_end, upto]` cover every run.
-fn covered(map: &LayerMap, runs: &[Range<Key>], lsn_end: Lsn, upto: Lsn) -> bool {
-    runs.iter().all(|r| map.image_coverage(r.clone(), upto).is_some_and(|c| c >= lsn_end))
+/// Whether images in `[from, upto]` cover every run.
+fn covered(map: &LayerMap, runs: &[Range<Key>], from: Lsn, upto: Lsn) -> bool {
+    runs.iter().all(|r| map.image_coverage(r.clone(), upto).is_some_and(|c| c >= from))
+}
+
+/// The lowest LSN an image must have to make `desc` unnecessary for the
+/// keys it covers. An image at LSN `i` holds every record at or below `i`
+/// (the search reads a delta only for LSNs above the image). So a delta
+/// `[s, e)`, whose newest record is at `e - 1`, is shadowed by an image at
+/// `e - 1` or later; an image layer `[i, i + 1)` only by a strictly newer
+/// image, at `i + 1 = e` or later (never by itself).
+pub fn shadowing_image_lsn(desc: &LayerDesc) -> Lsn {
+    let end = desc.lsn_range.end;
+    if desc.is_image {
+        end
+    } else {
+        Lsn(end.0.saturating_sub(1)).max(desc.lsn_range.start)
+    }
 }
 
 /// Whether the rule (module documentation) allows removing `c`.
 pub fn removable(map: &LayerMap, c: &GcCandidate, cutoff: Lsn, retain_lsns: &[Lsn]) -> bool {
     let lsns = &c.layer.desc.lsn_range;
-    lsns.end <= cutoff
-        && covered(map, &c.key_runs, lsns.end, cutoff)
-        && retain_lsns.iter().all(|r| lsns.start > *r || covered(map, &c.key_runs, lsns.end, *r))
+    let from = shadowing_image_lsn(&c.layer.desc);
+    from <= cutoff
+        && covered(map, &c.key_runs, from, cutoff)
+        && retain_lsns.iter().all(|r| lsns.start > *r || covered(map, &c.key_runs, from, *r))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::LayerDesc;
 
     fn layer(is_image: bool, keys: Range<u32>, lsns: Range<u64>) -> Arc<LayerFile> {
         let key = |f6| Key { field1: 3, field6: f6, ..Key::MIN };
@@ -173,5 +198,60 @@ mod tests {
         assert!(!removable(&map, &candidate(&old_image), cutoff, &[Lsn(0x18)]), "the branch reads the image");
         assert!(removable(&map, &candidate(&delta), cutoff, &[Lsn(0x25)]), "the branch reads the 0x20 image");
         assert!(removable(&map, &candidate(&delta), cutoff, &[Lsn(0x5)]), "branch point below the layer");
+    }
+
+    /// What a flush followed by image creation leaves: the delta ends one
+    /// LSN above the image (`end` is exclusive; the image holds the delta's
+    /// last record at `end - 1`).
+    #[test]
+    fn a_delta_ending_one_lsn_above_an_image_is_shadowed_by_it() {
+        let old_image = layer(true, 0..10, 0x10..0x11);
+        let delta = layer(false, 0..10, 0x11..0x20);
+        let image = layer(true, 0..10, 0x1f..0x20);
+        let map = {
+            let mut m = LayerMap::default();
+            for l in [&old_image, &delta, &image] {
+                m.insert(Arc::clone(l));
+            }
+            m
+        };
+        assert!(removable(&map, &candidate(&delta), Lsn(0x40), &[]), "image at end - 1 holds everything the delta does");
+        assert!(removable(&map, &candidate(&old_image), Lsn(0x40), &[]));
+        assert!(!removable(&map, &candidate(&image), Lsn(0x40), &[]), "the newest image never shadows itself");
+        // The cutoff at the image: reads at or above it find the image.
+        assert!(removable(&map, &candidate(&delta), Lsn(0x1f), &[]));
+        assert!(!removable(&map, &candidate(&delta), Lsn(0x1e), &[]), "a read at 0x1e needs the delta");
+        // Branch points: one at the image reads the image; one below it
+        // needs the delta's records up to the branch point.
+        assert!(removable(&map, &candidate(&delta), Lsn(0x40), &[Lsn(0x1f)]));
+        assert!(!removable(&map, &candidate(&delta), Lsn(0x40), &[Lsn(0x1e)]));
+        assert!(!removable(&map, &candidate(&old_image), Lsn(0x40), &[Lsn(0x1e)]), "the branch reads the delta on top of it");
+    }
+
+    /// The symmetric case: a delta holding a record above the image (its
+    /// end two or more LSNs above it) is still needed.
+    #[test]
+    fn a_delta_with_a_record_above_the_image_is_kept() {
+        let delta = layer(false, 0..10, 0x11..0x21);
+        let image = layer(true, 0..10, 0x1f..0x20);
+        let mut map = LayerMap::default();
+        for l in [&delta, &image] {
+            map.insert(Arc::clone(l));
+        }
+        assert!(!removable(&map, &candidate(&delta), Lsn(0x40), &[]), "the record at 0x20 is not in the image");
+        // An image at exactly the delta's last LSN, but of only part of its keys.
+        let partial = layer(true, 0..5, 0x20..0x21);
+        map.insert(Arc::clone(&partial));
+        assert!(!removable(&map, &candidate(&delta), Lsn(0x40), &[]), "keys 5..10 have no image at 0x20");
+        let rest = layer(true, 5..10, 0x20..0x21);
+        map.insert(rest);
+        assert!(removable(&map, &candidate(&delta), Lsn(0x40), &[]));
+        assert!(!removable(&map, &candidate(&partial), Lsn(0x40), &[]), "newest image of keys 0..5");
+        // A one-LSN delta [0x30, 0x31): shadowed by an image at 0x30 only.
+        let short = layer(false, 0..10, 0x30..0x31);
+        map.insert(Arc::clone(&short));
+        assert!(!removable(&map, &candidate(&short), Lsn(0x40), &[]));
+        map.insert(layer(true, 0..10, 0x30..0x31));
+        assert!(removable(&map, &candidate(&short), Lsn(0x40), &[]));
     }
 }

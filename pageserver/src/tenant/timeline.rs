@@ -13,6 +13,10 @@
 //!   so a reader that waited for LSN X sees every value at or below X.
 //! * Freezing happens under `write_lock`, so a frozen layer never receives
 //!   writes; flushing happens under `flush_lock`, oldest frozen layer first.
+//!   The compaction and image creation that follow a flush run after the
+//!   flush lock is released (one pass at a time, coalesced: see
+//!   [`Timeline::flush_frozen_layers`]), so a slow image pass never keeps
+//!   frozen layers from being flushed, nor ingest waiting on them.
 //! * Layer files become part of the timeline in this order: the file is
 //!   written and made durable; the index (`index.json`, naming it and the
 //!   new `disk_consistent_lsn`) is replaced durably under `index_lock`; only
@@ -210,6 +214,11 @@ pub struct Timeline {
     prev_record_lsn: AtomicU64,
     pub(crate) write_lock: tokio::sync::Mutex<()>,
     flush_lock: tokio::sync::Mutex<()>,
+    /// Held by the after-flush pass (compaction, image creation); see
+    /// `Timeline::after_flush`.
+    after_flush_lock: tokio::sync::Mutex<()>,
+    /// An after-flush pass is wanted (set by each flush, taken by the pass).
+    after_flush_requested: AtomicBool,
     /// Serialises index writes with the layer-map changes they announce.
     index_lock: tokio::sync::Mutex<()>,
     /// Latest relation sizes, for ingest (valid at last_record_lsn).
@@ -279,6 +288,8 @@ impl Timeline {
             prev_record_lsn: AtomicU64::new(0),
             write_lock: tokio::sync::Mutex::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
+            after_flush_lock: tokio::sync::Mutex::new(()),
+            after_flush_requested: AtomicBool::new(false),
             index_lock: tokio::sync::Mutex::new(()),
             rel_size_cache: RwLock::new(HashMap::new()),
             flushed: tokio::sync::Notify::new(),
@@ -738,10 +749,30 @@ impl Timeline {
     }
 
     /// Write the frozen layers to delta files, oldest first, advancing
-    /// `disk_consistent_lsn` after each; then create image layers for the
-    /// key partitions whose delta chains have grown past the threshold.
-    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
+    /// `disk_consistent_lsn` after each; then (without the flush lock, so
+    /// that later flushes and ingest go on meanwhile) an after-flush pass:
+    /// L0 compaction and image layers for the key partitions whose delta
+    /// chains have grown past the threshold. Returns once every flush made
+    /// before it returns (its own, or one another task made) is covered by
+    /// a finished pass.
     pub async fn flush_frozen_layers(&self) -> Result<()> {
+        self.flush_frozen_only().await?;
+        self.after_flush(true).await
+    }
+
+    /// [`Timeline::flush_frozen_layers`] for the walreceiver's flush tasks:
+    /// the after-flush pass is requested, not waited for — if one is
+    /// running, it runs once more after it ends, covering this flush too.
+    pub(crate) async fn flush_frozen_layers_in_background(&self) -> Result<()> {
+        if self.flush_frozen_only().await? {
+            self.after_flush(false).await?;
+        }
+        Ok(())
+    }
+
+    /// The flush itself, under `flush_lock`; whether anything was flushed.
+    #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
+    async fn flush_frozen_only(&self) -> Result<bool> {
         let _f = self.flush_lock.lock().await;
         if self.flush_paused_flag.load(Ordering::Acquire) {
             let mut paused = self.flush_paused.subscribe();
@@ -782,10 +813,11 @@ impl Timeline {
             flushed = true;
         }
         if flushed {
-            self.compact_level0().await?;
-            self.create_image_layers_where_needed(self.disk_consistent_lsn()).await?;
+            // Under the flush lock: a flush that finds nothing left to do
+            // after this one still sees the request (and waits for it).
+            self.after_flush_requested.store(true, Ordering::Release);
         }
-        Ok(())
+        Ok(flushed)
     }
 
     /// Make new layer files part of the timeline (and, for a flush, drop

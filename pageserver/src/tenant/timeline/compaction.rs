@@ -3,8 +3,10 @@
 //! compaction, then image layers where needed, with a report).
 //!
 //! Owns: when compaction runs (at least `compaction_threshold` L0 files,
-//! checked after each flush and every `compaction_period` by the tenant's
-//! background loop; any number when forced) and the durable order: the L1 files are
+//! checked by the after-flush pass ([`Timeline::after_flush`]: one at a
+//! time, outside the flush lock, coalescing the flushes that happen while
+//! it runs) and every `compaction_period` by the tenant's background loop;
+//! any number when forced) and the durable order: the L1 files are
 //! written and made durable; the index naming them instead of the L0s is
 //! replaced under `index_lock`; then the layer map swaps them; then the L0
 //! files are deleted. Readers see either the L0s or the L1s, never both.
@@ -12,6 +14,11 @@
 //! Invariants: runs under `gc_lock`, so GC never deletes an L0 file being
 //! merged and never sees a half-applied swap. Remote L0 files are
 //! downloaded before the merge and pinned until it is done.
+//!
+//! Failpoints (`utils::failpoint`, crash tests): `compaction-before-index`
+//! (L1 files durable, the index still names the L0s),
+//! `compaction-before-delete` (the index names the L1s, the L0 files are
+//! still on disk).
 //!
 //! Cancellation: dropped before the index write, the L1 files are
 //! unnamed leftovers (removed at the next start); after it, the L0 files
@@ -92,6 +99,35 @@ impl Timeline {
         })
     }
 
+    /// The pass after a flush: L0 compaction (at `compaction_threshold`),
+    /// then image layers where needed at `disk_consistent_lsn`. One pass at
+    /// a time; each flush sets `after_flush_requested` (under the flush
+    /// lock), and a running pass repeats while it is set, so no flush goes
+    /// without a pass that started after it. With `wait`, returns once the
+    /// requests made so far are served (waiting for a running pass);
+    /// without, returns at once when another pass is running (it will
+    /// serve this request).
+    pub(super) async fn after_flush(&self, wait: bool) -> Result<()> {
+        loop {
+            let _pass = match wait {
+                true => self.after_flush_lock.lock().await,
+                false => match self.after_flush_lock.try_lock() {
+                    Ok(g) => g,
+                    Err(_) => return Ok(()),
+                },
+            };
+            while self.after_flush_requested.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                self.compact_level0().await?;
+                self.create_image_layers_where_needed(self.disk_consistent_lsn()).await?;
+            }
+            drop(_pass);
+            // A flush that found the lock held just before it was released.
+            if !self.after_flush_requested.load(std::sync::atomic::Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+    }
+
     /// Merge every L0 file into L1 files if there are at least `min_l0`.
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id))]
     async fn merge_level0(&self, min_l0: usize) -> Result<Merged> {
@@ -113,7 +149,9 @@ impl Timeline {
             .map_err(other)?
             .map_err(|e| other(format!("compaction: {e}")))?;
         let l1: Vec<Arc<LayerFile>> = l1.into_iter().map(Arc::new).collect();
+        utils::failpoint::hit("compaction-before-index");
         self.commit_replacement(&l1, &l0).await?;
+        utils::failpoint::hit("compaction-before-delete");
         delete_layer_files(&l0).await?;
         self.update_physical_size_metric();
         metrics::COMPACTION_RUNS.inc();

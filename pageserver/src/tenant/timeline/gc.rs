@@ -18,6 +18,10 @@
 //!   timeline, so a branch point below the new cutoff cannot appear while
 //!   GC decides what its retain LSNs need.
 //!
+//! Failpoints (`utils::failpoint`, crash tests): `gc-before-index`,
+//! `gc-before-delete` (the index without the removed layers is durable,
+//! their files are still on disk).
+//!
 //! Cancellation: dropping a pass before the index write changes nothing;
 //! after it, the removed layers' files stay until the next start (or are
 //! deleted by the blocking task already running). All file I/O runs in
@@ -32,7 +36,7 @@ use utils::lsn::Lsn;
 use super::{index_entry, other, PageReconstructError, Result, Timeline};
 use crate::tenant::commit_ts::{commit_ts_at, find_lsn_for_timestamp, system_time_to_pg_timestamp};
 use crate::storage::file::LayerFile;
-use crate::storage::gc::{held_key_runs, removable, GcCandidate, GcResult};
+use crate::storage::gc::{held_key_runs, removable, shadowing_image_lsn, GcCandidate, GcResult};
 use crate::storage::index::{IndexLayer, IndexPart, TimelineMetadata};
 use crate::storage::LayerKindCounts;
 use crate::metrics;
@@ -153,8 +157,10 @@ impl Timeline {
             self.pitr_cutoff_lsn.store(pitr.0, std::sync::atomic::Ordering::Release);
         }
         let doomed = self.layers_to_remove(cutoff).await?;
+        utils::failpoint::hit("gc-before-index");
         self.commit_gc(&doomed, cutoff).await?;
         let bytes_removed = doomed.iter().map(|l| l.size_bytes).sum();
+        utils::failpoint::hit("gc-before-delete");
         if delete_files {
             delete_layer_files(&doomed).await?;
         }
@@ -181,7 +187,7 @@ impl Timeline {
     /// The layers the removal rule allows removing at `cutoff`.
     async fn layers_to_remove(&self, cutoff: Lsn) -> Result<Vec<Arc<LayerFile>>> {
         let below: Vec<Arc<LayerFile>> =
-            self.read_layers().historic().filter(|l| l.desc.lsn_range.end <= cutoff).cloned().collect();
+            self.read_layers().historic().filter(|l| shadowing_image_lsn(&l.desc) <= cutoff).cloned().collect();
         let candidates = tokio::task::spawn_blocking(move || {
             below
                 .into_iter()
