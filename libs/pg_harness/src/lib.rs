@@ -11,6 +11,7 @@
 //! directory, unless `STRATA_KEEP_TEST_DIRS=1` is set, in which case the path
 //! is printed and kept for inspection.
 
+pub mod fuzz_replay;
 pub mod standby;
 pub mod workload;
 

@@ -1,30 +1,7 @@
-//! Replays the saved inputs of the fuzz targets (`fuzz/regressions/<target>/`:
-//! crashes found by fuzzing, fixed since, and seed inputs) through the same
-//! entry functions the targets call; any panic fails the test. Runs on
-//! stable, in CI, without cargo-fuzz.
-use std::path::PathBuf;
-
-/// Every file of `fuzz/regressions/<target>/` (there is at least one).
-fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions").join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no inputs in {}", dir.display());
-    files.into_iter().map(|p| {
-        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
-        (p, bytes)
-    }).collect()
-}
-
-fn replay(target: &str, entry: fn(&[u8])) {
-    for (path, data) in inputs(target) {
-        let result = std::panic::catch_unwind(|| entry(&data));
-        assert!(result.is_ok(), "{target}: {} panics", path.display());
-    }
-}
+//! Replays the saved inputs of this crate's fuzz targets through the entry
+//! functions the targets call (see `pg_harness::fuzz_replay`); any panic
+//! fails the test.
+use pg_harness::fuzz_replay::replay;
 
 #[test]
 fn wal_stream() {
