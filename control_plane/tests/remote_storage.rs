@@ -2,7 +2,8 @@
 //! <repo>/pageserver; strata start` brings every tenant back from remote
 //! storage (attached at a new generation), and an endpoint serves every
 //! committed row — those in uploaded layers and those only in safekeeper
-//! WAL above the remote-consistent LSN. Against the default backend
+//! WAL above the remote-consistent LSN, with an identical `pg_dump`.
+//! Against the default backend
 //! (`<repo>/remote`) and against S3 (moto).
 mod common;
 
@@ -18,6 +19,16 @@ fn checkpoint_and_upload(repo: &Repo) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("checkpoint answered {body:?}: {e}"))
 }
 
+/// A plain-text dump; the `\restrict` key is fixed so two dumps compare.
+fn pg_dump(url: &str) -> String {
+    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_dump")
+        .args(["--restrict-key", "strata", url])
+        .output()
+        .expect("run pg_dump");
+    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("pg_dump prints UTF-8")
+}
+
 fn lose_pageserver_and_recover(repo: Repo) {
     let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
     psql(&url, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
@@ -27,6 +38,7 @@ fn lose_pageserver_and_recover(repo: Repo) {
     // Committed after the upload: only in the safekeepers' WAL.
     psql(&url, "INSERT INTO t SELECT g, 'late' FROM generate_series(20001, 20500) g");
     let sum = psql(&url, "SELECT count(*), sum(id) FROM t");
+    let dump = pg_dump(&url);
     repo.ok(&["stop"]);
 
     std::fs::remove_dir_all(repo.path.join("pageserver")).unwrap();
@@ -34,6 +46,7 @@ fn lose_pageserver_and_recover(repo: Repo) {
     assert!(started.contains("attached from remote storage (generation 2)"), "{started}");
     let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
     assert_eq!(psql(&url, "SELECT count(*), sum(id) FROM t"), sum, "rows lost with the pageserver's directory");
+    assert!(pg_dump(&url) == dump, "pg_dump of the recovered endpoint differs from the one before");
     psql(&url, "INSERT INTO t VALUES (0, 'after recovery')");
     assert_eq!(psql(&url, "SELECT count(*) FROM t WHERE v = 'after recovery'"), "1");
 }
