@@ -114,15 +114,44 @@ pub static PHYSICAL_SIZE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric names are unique")
 });
 
-/// Bytes of a timeline's layer files on local disk (seed 001's
-/// `pageserver_resident_physical_size`).
-pub static RESIDENT_PHYSICAL_SIZE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!(
+/// A per-timeline size exported under the project's name
+/// (`strata_…_bytes`) and under seed 001's name, which dashboards built
+/// for Neon know, with the same value.
+pub struct SizeGauge {
+    names: [IntGaugeVec; 2],
+}
+
+impl SizeGauge {
+    fn new(name: &str, seed_name: &str, help: &str) -> SizeGauge {
+        let gauge = |n: &str| register_int_gauge_vec!(n, help, &["tenant_id", "timeline_id"]).expect("metric names are unique");
+        SizeGauge { names: [gauge(name), gauge(seed_name)] }
+    }
+
+    pub fn set(&self, tenant: &str, timeline: &str, bytes: u64) {
+        for g in &self.names {
+            g.with_label_values(&[tenant, timeline]).set(bytes as i64);
+        }
+    }
+
+    /// The value under each name (project's, seed's).
+    pub fn values(&self, tenant: &str, timeline: &str) -> [i64; 2] {
+        self.names.each_ref().map(|g| g.with_label_values(&[tenant, timeline]).get())
+    }
+
+    pub fn remove(&self, tenant: &str, timeline: &str) {
+        for g in &self.names {
+            let _ = g.remove_label_values(&[tenant, timeline]);
+        }
+    }
+}
+
+/// Bytes of a timeline's layer files on local disk.
+pub static RESIDENT_PHYSICAL_SIZE: LazyLock<SizeGauge> = LazyLock::new(|| {
+    SizeGauge::new(
         "strata_pageserver_resident_physical_size_bytes",
+        "pageserver_resident_physical_size",
         "Bytes of a timeline's layer files on local disk",
-        &["tenant_id", "timeline_id"]
     )
-    .expect("metric names are unique")
 });
 
 /// Layer files evicted (deleted locally, kept in remote storage).
@@ -219,15 +248,13 @@ pub static UPLOAD_QUEUE_PENDING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric names are unique")
 });
 
-/// Bytes of a timeline's layers in remote storage (its last uploaded
-/// index; seed 001's `pageserver_remote_physical_size`).
-pub static REMOTE_PHYSICAL_SIZE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!(
+/// Bytes of a timeline's layers in remote storage (its last uploaded index).
+pub static REMOTE_PHYSICAL_SIZE: LazyLock<SizeGauge> = LazyLock::new(|| {
+    SizeGauge::new(
         "strata_pageserver_remote_physical_size_bytes",
+        "pageserver_remote_physical_size",
         "Bytes of the layers named by a timeline's last uploaded index",
-        &["tenant_id", "timeline_id"]
     )
-    .expect("metric names are unique")
 });
 
 /// Lookups of layer-file index blocks served by the block cache.

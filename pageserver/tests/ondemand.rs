@@ -105,7 +105,9 @@ async fn assert_every_block_matches(tl: &Timeline, w: &Written) -> anyhow::Resul
 
 fn resident_gauge(tl: &Timeline) -> u64 {
     let labels = [tl.tenant_id.to_string(), tl.timeline_id.to_string()];
-    pageserver::metrics::RESIDENT_PHYSICAL_SIZE.with_label_values(&[&labels[0], &labels[1]]).get() as u64
+    let [ours, seeds] = pageserver::metrics::RESIDENT_PHYSICAL_SIZE.values(&labels[0], &labels[1]);
+    assert_eq!(ours, seeds, "pageserver_resident_physical_size differs from strata_pageserver_resident_physical_size_bytes");
+    ours as u64
 }
 
 async fn attach_reads_only_what_it_needs(config: RemoteStorageConfig) -> anyhow::Result<()> {

@@ -418,9 +418,7 @@ impl RemoteTimelineClient {
         let layers: BTreeMap<String, u64> = index.layers.iter().map(|l| (l.name.clone(), l.size_bytes)).collect();
         let size: u64 = layers.values().sum();
         self.lock().remote_layers = layers;
-        metrics::REMOTE_PHYSICAL_SIZE
-            .with_label_values(&[&self.tenant_id.to_string(), &self.timeline_id.to_string()])
-            .set(size as i64);
+        metrics::REMOTE_PHYSICAL_SIZE.set(&self.tenant_id.to_string(), &self.timeline_id.to_string(), size);
         if self.still_current().await? {
             let lsn = index.metadata.disk_consistent_lsn;
             self.remote_consistent_lsn.fetch_max(lsn.0, Ordering::AcqRel);

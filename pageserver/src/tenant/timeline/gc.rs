@@ -72,8 +72,8 @@ impl Timeline {
     pub(crate) fn remove_metrics(&self) {
         let (tenant, timeline) = (self.tenant_id.to_string(), self.timeline_id.to_string());
         let _ = metrics::PHYSICAL_SIZE.remove_label_values(&[&tenant, &timeline]);
-        let _ = metrics::RESIDENT_PHYSICAL_SIZE.remove_label_values(&[&tenant, &timeline]);
-        let _ = metrics::REMOTE_PHYSICAL_SIZE.remove_label_values(&[&tenant, &timeline]);
+        metrics::RESIDENT_PHYSICAL_SIZE.remove(&tenant, &timeline);
+        metrics::REMOTE_PHYSICAL_SIZE.remove(&tenant, &timeline);
         for kind in ["l0", "l1", "image"] {
             let _ = metrics::LAYERS.remove_label_values(&[&tenant, &timeline, kind]);
         }

@@ -185,10 +185,11 @@ impl Timeline {
         self.read_layers().historic().filter(|l| l.is_resident()).map(|l| l.size_bytes).sum()
     }
 
-    /// Set `strata_pageserver_resident_physical_size_bytes` of this timeline.
+    /// Set `strata_pageserver_resident_physical_size_bytes` (and seed 001's
+    /// `pageserver_resident_physical_size`) of this timeline.
     pub(crate) fn update_resident_size_metric(&self) {
         let (tenant, timeline) = (self.tenant_id.to_string(), self.timeline_id.to_string());
-        metrics::RESIDENT_PHYSICAL_SIZE.with_label_values(&[&tenant, &timeline]).set(self.resident_physical_size_bytes() as i64);
+        metrics::RESIDENT_PHYSICAL_SIZE.set(&tenant, &timeline, self.resident_physical_size_bytes());
     }
 
     /// Count an eviction of one of this timeline's layers.
