@@ -81,19 +81,20 @@ impl<'a> Cl<'a> {
     pub fn restart_missing(&self) {
         self.repo.ok(&["start"]);
     }
-    /// Safekeeper WAL bytes `[from, to)`.
-    pub fn wal(&self, id: u64, from: Lsn, to: Lsn) -> Vec<u8> {
+    /// Safekeeper `id`'s WAL bytes `[from, to)`, or `None` when a segment is
+    /// gone (offloaded and removed).
+    pub fn try_wal(&self, id: u64, from: Lsn, to: Lsn) -> Option<Vec<u8>> {
         let dir = self.sk_dir(id);
         let mut buf = Vec::with_capacity((to.0 - from.0) as usize);
         let mut pos = from;
         while pos < to {
             let off = pos.segment_offset(SEG_SIZE) as usize;
             let len = ((to.0 - pos.0) as usize).min(SEG_SIZE as usize - off);
-            let data = std::fs::read(dir.join(pos.segment_file_name(1, SEG_SIZE))).unwrap();
+            let data = std::fs::read(dir.join(pos.segment_file_name(1, SEG_SIZE))).ok()?;
             buf.extend_from_slice(&data[off..off + len]);
             pos += len as u64;
         }
-        buf
+        Some(buf)
     }
     /// Start of the oldest WAL segment safekeeper `id` still has on disk
     /// (older ones may have been offloaded and removed).
@@ -112,15 +113,23 @@ impl<'a> Cl<'a> {
         let statuses: Vec<Value> = (1..=3).map(|id| self.sk_status(id).expect("safekeeper answers")).collect();
         let commit = statuses.iter().map(|s| lsn(s, "commit_lsn")).min().unwrap();
         let start = statuses.iter().map(|s| lsn(s, "timeline_start_lsn")).max().unwrap();
-        let start = (1..=3).map(|id| self.first_local_wal(id)).max().unwrap().max(start);
-        assert!(commit > start, "nothing committed: {start}..{commit}");
-        let first = self.wal(1, start, commit);
-        for id in 2..=3 {
-            let other = self.wal(id, start, commit);
-            if let Some(pos) = first.iter().zip(&other).position(|(a, b)| a != b) {
-                panic!("safekeeper {id} WAL differs from safekeeper 1 at {}", start + pos as u64);
+        // Removal of offloaded segments runs meanwhile: a segment gone
+        // between the listing and the read means look again from later.
+        for _ in 0..10 {
+            let from = (1..=3).map(|id| self.first_local_wal(id)).max().unwrap().max(start);
+            assert!(commit > from, "nothing committed: {from}..{commit}");
+            let Some(wals) = (1..=3).map(|id| self.try_wal(id, from, commit)).collect::<Option<Vec<_>>>() else {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            for (id, other) in (2..=3).zip(&wals[1..]) {
+                if let Some(pos) = wals[0].iter().zip(other).position(|(a, b)| a != b) {
+                    panic!("safekeeper {id} WAL differs from safekeeper 1 at {}", from + pos as u64);
+                }
             }
+            return;
         }
+        panic!("WAL segments kept disappearing while being compared");
     }
     pub fn wait_commit_everywhere(&self, target: Lsn) {
         self.wait_commit_everywhere_within(target, Duration::from_secs(60))
