@@ -36,27 +36,8 @@ struct Args {
     /// Keepalive interval to idle replicas, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     keepalive_interval_ms: u64,
-    /// Object storage WAL segments are offloaded to: a directory, or
-    /// s3://BUCKET/PREFIX (credentials from the AWS_* variables); the same
-    /// as the pageserver's. Without it WAL stays on local disks only.
-    #[arg(long, env = "STRATA_REMOTE_STORAGE")]
-    remote_storage: Option<String>,
-    /// S3 endpoint URL (for S3-compatible servers).
-    #[arg(long, requires = "remote_storage")]
-    s3_endpoint: Option<String>,
-    /// S3 region.
-    #[arg(long, requires = "remote_storage")]
-    s3_region: Option<String>,
-}
-
-fn remote_storage(args: &Args) -> anyhow::Result<Option<remote_storage::GenericRemoteStorage>> {
-    let Some(location) = &args.remote_storage else { return Ok(None) };
-    let mut config = remote_storage::RemoteStorageConfig::parse_location(location)
-        .with_context(|| format!("--remote-storage {location}"))?;
-    config.set_s3_options(args.s3_endpoint.clone(), args.s3_region.clone()).context("--s3-endpoint/--s3-region")?;
-    let storage = remote_storage::GenericRemoteStorage::new(&config).with_context(|| format!("remote storage {location}"))?;
-    tracing::info!(%location, "remote storage configured: WAL segments are offloaded");
-    Ok(Some(storage))
+    #[command(flatten)]
+    remote: remote_storage::cli::RemoteStorageArgs,
 }
 
 #[tokio::main]
@@ -65,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let pg_listener = tokio::net::TcpListener::bind(&args.listen_pg).await.with_context(|| format!("listen on {}", args.listen_pg))?;
     let http_listener = tokio::net::TcpListener::bind(&args.listen_http).await.with_context(|| format!("listen on {}", args.listen_http))?;
-    let remote_storage = remote_storage(&args)?;
+    let remote_storage = args.remote.open().context("--remote-storage")?;
     let conf = Arc::new(SafekeeperConf {
         id: args.id,
         data_dir: args.data_dir,

@@ -18,6 +18,7 @@
 //!
 //! [`testing::MotoServer`] runs a real S3-compatible server for tests.
 
+pub mod cli;
 mod config;
 mod error;
 pub mod metrics;

@@ -66,17 +66,8 @@ struct Args {
     /// Background compaction check period (e.g. "20s"; "0s": only after flushes).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     compaction_period: std::time::Duration,
-    /// Object storage for layers and indexes: a directory, or
-    /// s3://BUCKET/PREFIX (credentials from the AWS_* variables). Without
-    /// it, the local disk is the only copy.
-    #[arg(long, env = "STRATA_REMOTE_STORAGE")]
-    remote_storage: Option<String>,
-    /// S3 endpoint URL (for S3-compatible servers).
-    #[arg(long, requires = "remote_storage")]
-    s3_endpoint: Option<String>,
-    /// S3 region.
-    #[arg(long, requires = "remote_storage")]
-    s3_region: Option<String>,
+    #[command(flatten)]
+    remote: remote_storage::cli::RemoteStorageArgs,
     /// Budget of layer files on local disk, all tenants together (e.g.
     /// "64MiB", "10GiB"; default unlimited): least recently used layers
     /// that are uploaded are evicted to stay under it.
@@ -108,16 +99,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
     pageserver::tenant::config::parse_size(s).ok_or_else(|| format!("'{s}' is not a size (e.g. 64MiB, 10GiB)"))
 }
 
-fn remote_storage(args: &Args) -> anyhow::Result<Option<remote_storage::GenericRemoteStorage>> {
-    let Some(location) = &args.remote_storage else { return Ok(None) };
-    let mut config = remote_storage::RemoteStorageConfig::parse_location(location)
-        .with_context(|| format!("--remote-storage {location}"))?;
-    config.set_s3_options(args.s3_endpoint.clone(), args.s3_region.clone()).context("--s3-endpoint/--s3-region")?;
-    let storage = remote_storage::GenericRemoteStorage::new(&config).with_context(|| format!("remote storage {location}"))?;
-    info!(%location, "remote storage configured");
-    Ok(Some(storage))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -140,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
     conf.timeline.gc_period = args.gc_period;
     conf.timeline.compaction_threshold = usize::try_from(args.compaction_threshold).context("--compaction-threshold")?;
     conf.timeline.compaction_period = args.compaction_period;
-    conf.remote_storage = remote_storage(&args)?;
+    conf.remote_storage = args.remote.open().context("--remote-storage")?;
     conf.resident_limit_bytes = args.resident_limit;
     if let Some(limit) = args.resident_limit {
         info!(resident_limit_bytes = limit, "resident size limit");
