@@ -129,14 +129,16 @@ impl TimelinePersistentState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlFileError {
-    #[error("control file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// (The I/O error is part of the message, not a `source`, so that a
+    /// printed chain names it once.)
+    #[error("control file {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("control file {path} is damaged: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ControlFileError + '_ {
-    move |source| ControlFileError::Io { path: path.to_path_buf(), source }
+    move |error| ControlFileError::Io { path: path.to_path_buf(), error }
 }
 
 /// Serialize `state` in the on-disk format.

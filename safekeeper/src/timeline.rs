@@ -167,7 +167,7 @@ impl Timeline {
             term_history: TermHistory::default(),
             backup_lsn: req.start_lsn,
         };
-        std::fs::create_dir_all(dir).map_err(|source| ControlFileError::Io { path: dir.to_path_buf(), source })?;
+        utils::fs::create_dir_all_durable(dir).map_err(|error| ControlFileError::Io { path: dir.to_path_buf(), error })?;
         control_file::persist(dir, &state)?;
         Self::open(dir, safekeeper_id, state)
     }
@@ -302,7 +302,13 @@ impl Timeline {
         METRICS.wal_bytes_written.inc_by(len);
         self.flush_lsn.send_replace(flush);
         if let Some(snapshot) = self.note_received(record_end) {
-            self.persist(snapshot).await?;
+            // The control file's flush position is only where the next
+            // open starts scanning WAL; everything below `flush` is durable
+            // already. A failed write of it (a full disk) is retried with a
+            // later batch and does not hold back the acknowledgement.
+            if let Err(e) = self.persist(snapshot).await {
+                tracing::warn!("control file not updated, WAL up to {flush} is durable and acknowledged: {e}");
+            }
         }
         Ok(flush)
     }

@@ -2,8 +2,9 @@
 //!
 //! Owns the segment files of one timeline directory, named and laid out
 //! exactly as in PostgreSQL's `pg_wal` (timeline 1, `wal_seg_size` bytes each,
-//! created full-size), so the bytes of an LSN range are byte-identical to the
-//! compute's. Invariants:
+//! created whole: zero-filled under `<name>.alloc`, then renamed, so a full
+//! disk leaves no short segment and holds no space), so the bytes of an LSN
+//! range are byte-identical to the compute's. Invariants:
 //! * WAL is appended contiguously at `write_lsn`; `flush_lsn <= write_lsn`
 //!   and every byte below `flush_lsn` has been fsynced (file data, and the
 //!   directory entry of every segment created);
@@ -32,8 +33,10 @@ pub const PG_TLI: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalStorageError {
-    #[error("WAL file {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// (The I/O error is part of the message, not a `source`, so that a
+    /// printed chain names it once.)
+    #[error("WAL file {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("WAL write at {got} is not contiguous with the end of WAL {expected}")]
     NotContiguous { expected: Lsn, got: Lsn },
     #[error("WAL at {lsn} is not available: this timeline holds {start}..{end}")]
@@ -45,7 +48,7 @@ pub enum WalStorageError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalStorageError + '_ {
-    move |source| WalStorageError::Io { path: path.to_path_buf(), source }
+    move |error| WalStorageError::Io { path: path.to_path_buf(), error }
 }
 
 pub struct WalStorage {
@@ -67,6 +70,7 @@ impl WalStorage {
     /// Open the WAL of `dir` that begins at `start_lsn`, finding its end by
     /// scanning from `flush_hint` (a record boundary known to be durable).
     pub fn open(dir: &Path, seg_size_bytes: u64, start_lsn: Lsn, flush_hint: Lsn) -> Result<WalStorage, WalStorageError> {
+        remove_unfinished_allocations(dir)?;
         let from = flush_hint.max(start_lsn);
         let end = find_end_of_wal(dir, seg_size_bytes, from)?;
         let mut storage = WalStorage {
@@ -203,36 +207,75 @@ impl WalStorage {
     fn segment_file(&mut self, segno: u64) -> Result<(&File, &mut bool), WalStorageError> {
         if !self.open_files.contains_key(&segno) {
             let path = segment_path(&self.dir, PG_TLI, Lsn(segno * self.seg_size_bytes), self.seg_size_bytes);
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
-            let file = file.map_err(io_err(&path))?;
+            let file = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let file = allocate_segment(&path, self.seg_size_bytes)?;
+                    self.dir_dirty = true;
+                    file
+                }
+                Err(e) => return Err(io_err(&path)(e)),
+            };
             let len = file.metadata().map_err(io_err(&path))?.len();
-            let mut dirty = false;
-            if len == 0 {
-                // Written with zeros, not left sparse: a later fdatasync of
-                // WAL then flushes data only, with no block allocation to
-                // journal on every commit (what PostgreSQL's wal_init_zero does).
-                zero_fill(&file, self.seg_size_bytes).map_err(io_err(&path))?;
-                (dirty, self.dir_dirty) = (true, true);
-            } else if len != self.seg_size_bytes {
-                file.set_len(self.seg_size_bytes).map_err(io_err(&path))?;
-                self.dir_dirty = true;
+            if len < self.seg_size_bytes {
+                // Short (written by an older version): fill the rest with
+                // zeros too, never leave it sparse.
+                zero_fill(&file, len, self.seg_size_bytes).map_err(io_err(&path))?;
+                file.sync_data().map_err(io_err(&path))?;
             }
-            self.open_files.insert(segno, (file, dirty));
+            self.open_files.insert(segno, (file, false));
         }
         let (file, dirty) = self.open_files.get_mut(&segno).expect("inserted above");
         Ok((file, dirty))
     }
 }
 
-/// Write `len` zero bytes at the start of `file`, 1 MiB at a time.
-fn zero_fill(file: &File, len: u64) -> std::io::Result<()> {
+/// Suffix of a segment file being allocated.
+const ALLOC_SUFFIX: &str = ".alloc";
+
+/// A new segment file at `path`, whole or not at all: written with zeros
+/// under a temporary name, fsynced, then renamed (the caller fsyncs the
+/// directory). Zeros, not a sparse file: a later fdatasync of WAL then
+/// flushes data only, with no block allocation to journal on every commit
+/// (what PostgreSQL's `wal_init_zero` does). On a full disk the temporary
+/// is removed and the error names the segment.
+fn allocate_segment(path: &Path, seg_size_bytes: u64) -> Result<File, WalStorageError> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(ALLOC_SUFFIX);
+    let tmp = PathBuf::from(tmp_name);
+    let made = (|| {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        zero_fill(&file, 0, seg_size_bytes)?;
+        file.sync_data()?;
+        fs::rename(&tmp, path)?;
+        Ok(file)
+    })();
+    made.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(path)(e)
+    })
+}
+
+/// Write zeros over `[from, to)` of `file`, 1 MiB at a time.
+fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     const CHUNK: u64 = 1 << 20;
-    let zeros = vec![0u8; CHUNK.min(len) as usize];
-    let mut off = 0;
+    let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
+    let (mut off, len) = (from, to);
     while off < len {
         let n = CHUNK.min(len - off) as usize;
         file.write_all_at(&zeros[..n], off)?;
         off += n as u64;
+    }
+    Ok(())
+}
+
+/// Remove segment allocations a crash cut short (they hold no WAL).
+fn remove_unfinished_allocations(dir: &Path) -> Result<(), WalStorageError> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if path.to_string_lossy().ends_with(ALLOC_SUFFIX) {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
     }
     Ok(())
 }

@@ -412,7 +412,7 @@ impl Connection {
                     data
                 }
                 // Removed meanwhile (it was offloaded): fetch it.
-                Err(WalStorageError::Io { source, .. })
+                Err(WalStorageError::Io { error: source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound && self.remote.is_some() && from < self.tl.backup_lsn() =>
                 {
                     self.read_remote(from, len).await?

@@ -136,7 +136,11 @@ impl Repository {
         let cancel = CancellationToken::new();
         let ids = download::list_timelines(storage, tenant_id, &cancel).await.map_err(remote_err)?;
         let timelines_dir = self.conf.workdir.join("tenants").join(tenant_id.to_string()).join("timelines");
-        tokio::fs::create_dir_all(&timelines_dir).await.map_err(|e| remote_err(format!("{}: {e}", timelines_dir.display())))?;
+        let d = timelines_dir.clone();
+        tokio::task::spawn_blocking(move || utils::fs::create_dir_all_durable(&d))
+            .await
+            .map_err(remote_err)?
+            .map_err(|e| remote_err(format!("{}: {e}", timelines_dir.display())))?;
         if let Some(overrides) = remote_config::download_tenant_config(storage, tenant_id, &cancel).await.map_err(remote_err)? {
             let dir = self.conf.workdir.join("tenants").join(tenant_id.to_string());
             let path = dir.join(tenant_config::CONFIG_FILE);
@@ -153,11 +157,10 @@ impl Repository {
                 continue;
             };
             let dir = self.timeline_dir(tenant_id, id);
-            tokio::fs::create_dir_all(&dir).await.map_err(|e| remote_err(format!("{}: {e}", dir.display())))?;
             let (layers, bytes) = (index.layers.len(), index.layers.iter().map(|l| l.size_bytes).sum::<u64>());
             let local = IndexPart { generation, ..index };
             let d = dir.clone();
-            tokio::task::spawn_blocking(move || index::save(&d, &local))
+            tokio::task::spawn_blocking(move || utils::fs::create_dir_all_durable(&d).and_then(|()| index::save(&d, &local)))
                 .await
                 .map_err(remote_err)?
                 .map_err(|e| remote_err(format!("{}: {e}", dir.display())))?;

@@ -509,7 +509,7 @@ impl Repository {
         let index = IndexPart::new(tenant.generation(), md, Vec::new());
         let (d, i) = (dir.clone(), index.clone());
         tokio::task::spawn_blocking(move || {
-            fs::create_dir_all(&d)?;
+            utils::fs::create_dir_all_durable(&d)?;
             index::save(&d, &i)
         })
         .await
@@ -535,7 +535,7 @@ impl Repository {
             .await
             .map_err(|e| RepoError::Import(e.to_string()))?
             .map_err(|e| RepoError::Import(e.to_string()))?;
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        utils::fs::create_dir_all_durable(&dir).map_err(io_err(&dir))?;
         let md = TimelineMetadata {
             disk_consistent_lsn: Lsn(0),
             ancestor_timeline: None,
@@ -638,11 +638,10 @@ impl Repository {
 /// Write a new tenant's `config.json`, then its `timelines` directory.
 /// Blocking.
 fn create_tenant_dir(dir: &Path, overrides: &TenantConfOverrides) -> Result<(), RepoError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    utils::fs::create_dir_all_durable(dir).map_err(io_err(dir))?;
     tenant_config::save(dir, overrides).map_err(io_err(&dir.join(tenant_config::CONFIG_FILE)))?;
     let timelines = dir.join("timelines");
-    fs::create_dir_all(&timelines).map_err(io_err(&timelines))?;
-    utils::fs::fsync_dir(dir).map_err(io_err(dir))
+    utils::fs::create_dir_all_durable(&timelines).map_err(io_err(&timelines))
 }
 
 type ScannedTenants = Vec<(TenantId, Vec<TimelineId>)>;
