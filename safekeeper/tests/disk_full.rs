@@ -5,54 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use common::{wait_until, Env};
-
-/// A tmpfs of `size_mib` mounted over `dir`, holding what `dir` held;
-/// unmounted (contents dropped) when it goes out of scope.
-struct SmallDisk {
-    dir: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount_over(dir: &Path, size_mib: u64) -> anyhow::Result<SmallDisk> {
-        let saved = tempfile::tempdir()?;
-        run(Command::new("cp").arg("-a").arg(format!("{}/.", dir.display())).arg(saved.path()))?;
-        run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size_mib}m,mode=0700"), "tmpfs"]).arg(dir))?;
-        let disk = SmallDisk { dir: dir.to_path_buf() };
-        run(Command::new("cp").arg("-a").arg(format!("{}/.", saved.path().display())).arg(dir))?;
-        Ok(disk)
-    }
-
-    /// Fill every free byte with a file; returns its path.
-    fn fill(&self) -> anyhow::Result<PathBuf> {
-        let path = self.dir.join("filler");
-        let out = Command::new("dd").args(["if=/dev/zero", "bs=1M"]).arg(format!("of={}", path.display())).output()?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || !err.contains("No space left") {
-            bail!("dd did not fill the disk: {err}");
-        }
-        Ok(path)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
+use pg_harness::small_disk::SmallDisk;
 
 #[test]
 fn a_full_disk_holds_back_acknowledgement_and_writing_resumes_when_space_returns() -> anyhow::Result<()> {

@@ -12,6 +12,7 @@
 //! is printed and kept for inspection.
 
 pub mod fuzz_replay;
+pub mod small_disk;
 pub mod standby;
 pub mod workload;
 

@@ -49,8 +49,9 @@
 //! until the read is done.
 //!
 //! Cancellation: all functions do blocking file I/O: async callers use
-//! `spawn_blocking`. A writer dropped before `finish` leaves its `.tmp`
-//! file (removed at the next start).
+//! `spawn_blocking`. A writer dropped before `finish`, or whose `finish`
+//! fails, removes its `.tmp` file (one a crash leaves is removed at the
+//! next start).
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::ops::Range;
@@ -199,7 +200,7 @@ impl LevelBuilder {
 pub struct LayerFileWriter {
     desc: LayerDesc,
     dir: PathBuf,
-    tmp_path: PathBuf,
+    tmp: TmpFile,
     out: BufWriter<File>,
     offset: u64,
     entries: u64,
@@ -211,14 +212,14 @@ pub struct LayerFileWriter {
 
 impl LayerFileWriter {
     pub fn new(dir: &Path, desc: LayerDesc) -> std::io::Result<LayerFileWriter> {
-        let tmp_path = dir.join(format!("{}.tmp", desc.file_name()));
-        let file = File::create(&tmp_path)?;
+        let tmp = TmpFile(dir.join(format!("{}.tmp", desc.file_name())));
+        let file = File::create(&tmp.0)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&encode_header(&desc))?;
         Ok(LayerFileWriter {
             desc,
             dir: dir.to_path_buf(),
-            tmp_path,
+            tmp,
             out,
             offset: HEADER_SIZE as u64,
             entries: 0,
@@ -330,9 +331,21 @@ impl LayerFileWriter {
         file.sync_all()?;
         drop(file);
         let final_path = self.dir.join(self.desc.file_name());
-        fs::rename(&self.tmp_path, &final_path)?;
+        fs::rename(&self.tmp.0, &final_path)?;
+        std::mem::forget(self.tmp);
         utils::fs::fsync_dir(&self.dir)?;
         Ok(LayerFile::new(final_path, self.desc, size))
+    }
+}
+
+/// The temporary file of an unfinished [`LayerFileWriter`]: removed when
+/// the writer is dropped or fails (a full disk, an I/O error), so a failed
+/// write holds no space; forgotten once renamed to its final name.
+struct TmpFile(PathBuf);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 

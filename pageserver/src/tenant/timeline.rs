@@ -793,6 +793,7 @@ impl Timeline {
                         generation: self.generation,
                     };
                     let (dir, layer) = (self.path.clone(), Arc::clone(&frozen));
+                    let what = format!("writing delta layer {} in {}", desc.file_name(), self.path.display());
                     let file = tokio::task::spawn_blocking(move || {
                         let mut w = LayerFileWriter::new(&dir, desc)?;
                         layer.for_each(|k, l, v| w.put(k, l, v))?;
@@ -800,7 +801,7 @@ impl Timeline {
                     })
                     .await
                     .map_err(other)?
-                    .map_err(|e| other(format!("writing delta layer: {e}")))?;
+                    .map_err(|e| other(format!("{what}: {e}")))?;
                     Some(Arc::new(file))
                 }
                 None => None,
