@@ -44,6 +44,9 @@ pub struct SafekeeperConf {
     pub broker_endpoint: Option<String>,
     /// Send a keepalive to idle replicas this often.
     pub keepalive_interval_ms: u64,
+    /// A client must send its startup packet, and complete every message
+    /// it begins, within this long; else its connection is closed.
+    pub partial_message_timeout_ms: u64,
     /// Object storage WAL is offloaded to (the same as the pageservers'
     /// and every other safekeeper's of the cluster); `None`: WAL stays on
     /// local disks only.

@@ -36,6 +36,11 @@ struct Args {
     /// Keepalive interval to idle replicas, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     keepalive_interval_ms: u64,
+    /// A client of the replication port must send its startup packet, and
+    /// complete every message it begins, within this many milliseconds;
+    /// else its connection is closed (a stalled client holds nothing).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    partial_message_timeout_ms: u64,
     #[command(flatten)]
     remote: remote_storage::cli::RemoteStorageArgs,
 }
@@ -54,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         advertise_http: args.advertise_http.clone().map_or_else(|| http_listener.local_addr().map(|a| a.to_string()), Ok)?,
         broker_endpoint: args.broker_endpoint,
         keepalive_interval_ms: args.keepalive_interval_ms,
+        partial_message_timeout_ms: args.partial_message_timeout_ms,
         remote_storage,
     });
     tracing::info!(id = conf.id, pg = %conf.advertise_pg, http = %conf.advertise_http, data_dir = %conf.data_dir.display(), "safekeeper starting");

@@ -19,7 +19,8 @@
 //! Idle replicas get a keepalive with reply requested every
 //! `keepalive_interval_ms`. A malformed message or an unknown command in
 //! streaming mode closes that connection with a logged error; other
-//! connections are unaffected.
+//! connections are unaffected. So does a client that sends no startup
+//! packet, or only part of a message, within `partial_message_timeout_ms`.
 //!
 //! Cancellation: each connection is its own task; all reads go through the
 //! cancellation-safe `PostgresBackend::read_message`, so the select loop can
@@ -154,8 +155,13 @@ struct Connection {
 
 async fn handle_connection(stream: TcpStream, peer: SocketAddr, timelines: Arc<Timelines>) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
-    let mut pgb = PostgresBackend::new(stream);
-    let startup = match pgb.read_startup().await? {
+    let timeout = Duration::from_millis(timelines.conf.partial_message_timeout_ms);
+    let mut pgb = PostgresBackend::new(stream).with_partial_message_timeout(timeout);
+    let startup = match tokio::time::timeout(timeout, pgb.read_startup()).await {
+        Ok(read) => read?,
+        Err(_) => bail!("no startup packet within {} ms", timeout.as_millis()),
+    };
+    let startup = match startup {
         Some(FeMessage::StartupMessage(startup)) => startup,
         _ => return Ok(()), // closed, or a cancel request: nothing to cancel here
     };

@@ -78,7 +78,7 @@ fn offloader_seen_by(env: &Env, i: usize) -> anyhow::Result<serde_json::Value> {
 fn one_safekeeper_offloads_and_another_takes_over_when_it_dies() -> anyhow::Result<()> {
     let remote = tempfile::tempdir()?;
     let args = ["--remote-storage".to_string(), remote.path().display().to_string()];
-    let mut env = Env::with_remote(3, 2, &[], &args)?;
+    let mut env = Env::with_args(3, 2, &[], &args)?;
     env.pg.sql("CREATE TABLE t(id serial primary key, v text)")?;
     let end = write_segments(&env, 4)?;
     let done = end.segment_start(SEG_SIZE);
@@ -166,7 +166,7 @@ fn offloaded_wal_in_s3_is_served_after_local_removal() -> anyhow::Result<()> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let env = Env::with_remote(1, 1, &[], &args)?;
+    let env = Env::with_args(1, 1, &[], &args)?;
     env.pg.sql("CREATE TABLE t(id serial primary key, v text)")?;
     let end = write_segments(&env, 3)?;
     let done = end.segment_start(SEG_SIZE);

@@ -19,6 +19,7 @@ fn timelines_in(dir: &std::path::Path) -> anyhow::Result<Arc<Timelines>> {
         advertise_http: "127.0.0.1:1".into(),
         broker_endpoint: None,
         keepalive_interval_ms: 1000,
+        partial_message_timeout_ms: 10_000,
         remote_storage: None,
     });
     Ok(Timelines::load_all(conf)?)

@@ -223,6 +223,35 @@ fn read_until_tag(conn: &mut TcpStream, tag: u8) -> anyhow::Result<()> {
 }
 
 /// The server closes the connection (EOF or reset), possibly after an error message.
+/// A client that connects and sends nothing, or half a startup packet, or
+/// half a query, is disconnected after the partial-message timeout; the
+/// safekeeper goes on serving.
+#[test]
+fn stalled_clients_are_disconnected() -> anyhow::Result<()> {
+    let args = ["--partial-message-timeout-ms".to_string(), "500".to_string()];
+    let env = Env::with_args(1, 1, &[], &args)?;
+    let port = env.sks[0].pg_port;
+    let mut silent = TcpStream::connect(("127.0.0.1", port))?;
+    let mut half_startup = TcpStream::connect(("127.0.0.1", port))?;
+    half_startup.write_all(&[0, 0, 0, 40, 0, 3])?;
+    let mut half_query = TcpStream::connect(("127.0.0.1", port))?;
+    let options = format!("-c tenant_id={} -c timeline_id={}", env.tenant, env.timeline);
+    let mut buf = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message([("user", "postgres"), ("options", options.as_str())], &mut buf)?;
+    half_query.write_all(&buf)?;
+    read_until_tag(&mut half_query, b'Z')?;
+    half_query.write_all(&[b'Q', 0, 0, 0, 100, b'S'])?;
+    for conn in [&mut silent, &mut half_startup, &mut half_query] {
+        assert_closed(conn)?;
+    }
+    let log = std::fs::read_to_string(env.sks[0].data_dir.path().join("safekeeper.log"))?;
+    assert!(log.contains("no startup packet within 500 ms"), "{}", env.sks[0].log_tail());
+    assert!(log.contains("incomplete message"), "{}", env.sks[0].log_tail());
+    env.pg.sql(LOAD_SQL)?;
+    env.wait_commit(0, env.compute_flush_lsn()?)?;
+    Ok(())
+}
+
 fn assert_closed(conn: &mut TcpStream) -> anyhow::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut sink = [0u8; 4096];

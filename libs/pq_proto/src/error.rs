@@ -44,6 +44,11 @@ pub enum ProtocolError {
     /// The peer closed the connection in the middle of an exchange.
     #[error("connection closed unexpectedly")]
     ConnectionClosed,
+
+    /// The peer sent the first bytes of a message and not the rest in time
+    /// (a stalled or malicious client must not hold the connection).
+    #[error("incomplete message: {have_bytes} bytes, the rest not sent within {timeout_ms} ms")]
+    PartialMessageTimeout { have_bytes: usize, timeout_ms: u64 },
 }
 
 impl ProtocolError {

@@ -40,6 +40,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PostgresBackend<S> {
         }
     }
 
+    /// Bound the time a client may take to complete a message it began
+    /// (the startup packet included); see
+    /// [`crate::ProtocolError::PartialMessageTimeout`].
+    pub fn with_partial_message_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.conn.partial_message_timeout = Some(timeout);
+        self
+    }
+
     /// Set the largest message body accepted from the client.
     pub fn with_max_message_len(mut self, max_len: usize) -> Self {
         self.max_message_len = max_len;

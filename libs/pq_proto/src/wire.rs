@@ -9,8 +9,12 @@
 //!
 //! Cancellation: [`Framed::read_with`] keeps all received bytes in a
 //! persistent `BytesMut` and only consumes complete messages, so dropping
-//! the future loses nothing; [`Framed::flush`] advances its write buffer as
+//! the future loses nothing (nor resets the partial-message deadline); [`Framed::flush`] advances its write buffer as
 //! bytes are accepted, so a dropped flush resumes where it stopped.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -187,6 +191,13 @@ pub(crate) struct Framed<S> {
     pub(crate) stream: S,
     pub(crate) read_buf: BytesMut,
     pub(crate) write_buf: BytesMut,
+    /// Once the first bytes of a message arrived, the rest must within
+    /// this long; `None`: no bound.
+    pub(crate) partial_message_timeout: Option<Duration>,
+    /// Since when the head of `read_buf` has been an incomplete message.
+    /// Kept across dropped reads, so a caller that polls in a `select!`
+    /// cannot extend the bound.
+    partial_since: Option<Instant>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
@@ -195,22 +206,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::with_capacity(READ_CHUNK),
+            partial_message_timeout: None,
+            partial_since: None,
         }
     }
 
     /// Run `parse` over the read buffer until it yields a message, reading
     /// more bytes as needed. `Ok(None)`: the peer closed cleanly between
-    /// messages. Cancellation-safe (see the module docs).
+    /// messages. With a `partial_message_timeout`, a message begun but not
+    /// completed within it is [`ProtocolError::PartialMessageTimeout`].
+    /// Cancellation-safe (see the module docs).
     pub(crate) async fn read_with<T>(
         &mut self,
         mut parse: impl FnMut(&mut BytesMut) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
         loop {
             if let Some(msg) = parse(&mut self.read_buf)? {
+                self.partial_since = None;
                 return Ok(Some(msg));
             }
             self.read_buf.reserve(READ_CHUNK);
-            let n = self.stream.read_buf(&mut self.read_buf).await?;
+            let deadline = match self.partial_message_timeout {
+                Some(limit) if !self.read_buf.is_empty() => {
+                    Some((*self.partial_since.get_or_insert_with(Instant::now) + limit, limit))
+                }
+                _ => None,
+            };
+            let read = self.stream.read_buf(&mut self.read_buf);
+            let n = match deadline {
+                None => read.await?,
+                Some((at, limit)) => match tokio::time::timeout_at(at, read).await {
+                    Ok(n) => n?,
+                    Err(_) => {
+                        return Err(ProtocolError::PartialMessageTimeout {
+                            have_bytes: self.read_buf.len(),
+                            timeout_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+                        })
+                    }
+                },
+            };
             if n == 0 {
                 return if self.read_buf.is_empty() {
                     Ok(None)

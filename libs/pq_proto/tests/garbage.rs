@@ -193,3 +193,40 @@ async fn cancelled_reads_lose_nothing() {
     assert_eq!(got, queries);
     drop(writer.await.unwrap());
 }
+
+/// A client that sends half a message and stalls gets an error after the
+/// partial-message timeout (also when the reader is polled in a loop of
+/// short, dropped reads); an idle connection between messages does not,
+/// and a message trickled in within the bound is read whole.
+#[tokio::test(start_paused = true)]
+async fn half_a_message_times_out_but_idle_and_slow_whole_messages_do_not() {
+    let limit = Duration::from_millis(500);
+    let mut wire = BytesMut::new();
+    frontend::query("SELECT 1", &mut wire).unwrap();
+
+    let (mut client, server) = tokio::io::duplex(1024);
+    let mut pgb = PostgresBackend::new(server).with_partial_message_timeout(limit);
+    client.write_all(&wire[..3]).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let err = loop {
+        match tokio::time::timeout(Duration::from_millis(50), pgb.read_message()).await {
+            Err(_elapsed) => continue,
+            Ok(r) => break r.unwrap_err(),
+        }
+    };
+    assert!(matches!(err, ProtocolError::PartialMessageTimeout { have_bytes: 3, .. }), "{err}");
+    assert!(started.elapsed() >= limit && started.elapsed() < limit * 2, "{:?}", started.elapsed());
+
+    let (mut client, server) = tokio::io::duplex(1024);
+    let mut pgb = PostgresBackend::new(server).with_partial_message_timeout(limit);
+    let idle = tokio::time::timeout(limit * 10, pgb.read_message()).await;
+    assert!(idle.is_err(), "an idle connection is not a partial message");
+    let trickle = async {
+        for chunk in wire.chunks(2) {
+            client.write_all(chunk).await.unwrap();
+            tokio::time::sleep(limit / 10).await;
+        }
+    };
+    let (_, msg) = tokio::join!(trickle, pgb.read_message());
+    assert_eq!(msg.unwrap(), Some(FeMessage::Query("SELECT 1".into())));
+}

@@ -21,20 +21,21 @@ pub struct Safekeeper {
     pub pg_port: u16,
     pub http_port: u16,
     broker: String,
-    /// `--remote-storage LOCATION [--s3-endpoint URL --s3-region R]`, if any.
-    pub remote_args: Vec<String>,
+    /// More command-line arguments, e.g. `--remote-storage LOCATION
+    /// [--s3-endpoint URL --s3-region R]`.
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Safekeeper {
-    pub fn new(id: u64, broker: &str, remote_args: &[String]) -> anyhow::Result<Safekeeper> {
+    pub fn new(id: u64, broker: &str, extra_args: &[String]) -> anyhow::Result<Safekeeper> {
         let mut sk = Safekeeper {
             id,
             data_dir: tempfile::tempdir()?,
             pg_port: free_port()?,
             http_port: free_port()?,
             broker: broker.to_string(),
-            remote_args: remote_args.to_vec(),
+            extra_args: extra_args.to_vec(),
             child: None,
         };
         sk.start()?;
@@ -44,9 +45,9 @@ impl Safekeeper {
     pub fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.path().join("safekeeper.log"))?;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_safekeeper"));
-        if !self.remote_args.is_empty() {
+        if !self.extra_args.is_empty() {
             // moto's dummy credentials (unused by a local directory).
-            cmd.args(&self.remote_args).env("AWS_ACCESS_KEY_ID", "testing").env("AWS_SECRET_ACCESS_KEY", "testing");
+            cmd.args(&self.extra_args).env("AWS_ACCESS_KEY_ID", "testing").env("AWS_SECRET_ACCESS_KEY", "testing");
         }
         let child = cmd
             .args(["--id", &self.id.to_string(), "-D"])
@@ -145,14 +146,14 @@ pub struct Env {
 
 impl Env {
     pub fn new(n: u64, quorum: usize, extra_settings: &[(&str, &str)]) -> anyhow::Result<Env> {
-        Env::with_remote(n, quorum, extra_settings, &[])
+        Env::with_args(n, quorum, extra_settings, &[])
     }
 
     /// As [`Env::new`], the safekeepers offloading WAL to remote storage
-    /// (`remote_args`: `--remote-storage LOCATION`, and S3 options).
-    pub fn with_remote(n: u64, quorum: usize, extra_settings: &[(&str, &str)], remote_args: &[String]) -> anyhow::Result<Env> {
+    /// (`extra_args`: e.g. `--remote-storage LOCATION`, and S3 options).
+    pub fn with_args(n: u64, quorum: usize, extra_settings: &[(&str, &str)], extra_args: &[String]) -> anyhow::Result<Env> {
         let broker = Broker::start()?;
-        let sks = (1..=n).map(|id| Safekeeper::new(id, &broker.addr, remote_args)).collect::<anyhow::Result<Vec<_>>>()?;
+        let sks = (1..=n).map(|id| Safekeeper::new(id, &broker.addr, extra_args)).collect::<anyhow::Result<Vec<_>>>()?;
         let names: Vec<String> = (1..=n).map(|id| format!("sk_{id}")).collect();
         let sync_names = format!("ANY {quorum} ({})", names.join(", "));
         let mut settings = vec![
