@@ -150,6 +150,6 @@ pub async fn serve(
     let broker = Broker::new()?;
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "broker listening");
-    axum::serve(listener, router(broker)).with_graceful_shutdown(shutdown).await?;
+    http_api::serve(listener, router(broker), shutdown).await?;
     Ok(())
 }

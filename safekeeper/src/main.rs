@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let timelines = Timelines::load_all(conf.clone())?;
     let pg_task = tokio::spawn(walsender::serve(pg_listener, timelines.clone()));
     let router = http::router(timelines.clone());
-    let http_task = tokio::spawn(async move { axum::serve(http_listener, router).await });
+    let http_task = tokio::spawn(http_api::serve(http_listener, router, std::future::pending()));
     tokio::select! {
         r = pg_task => r?.context("replication service")?,
         r = http_task => r?.context("HTTP service")?,

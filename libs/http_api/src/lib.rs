@@ -6,10 +6,15 @@
 //! axum's plain-text replies, the fallbacks for unknown routes and methods,
 //! serving an OpenAPI document, and the [`routes!`] table that builds a router
 //! and its `ROUTES` list from one declaration (the servers' tests hold
-//! `ROUTES` equal to their `openapi.json`).
+//! `ROUTES` equal to their `openapi.json`), and [`serve`], which serves a
+//! router with a header timeout and a connection limit.
 //!
 //! Invariant: every answer these produce is JSON. Cancellation: extractors
 //! hold no state across awaits; dropping a request is harmless.
+
+mod serve;
+
+pub use serve::{serve, serve_with, HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, StatusCode};

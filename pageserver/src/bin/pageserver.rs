@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    axum::serve(http, app).with_graceful_shutdown(shutdown).await?;
+    http_api::serve(http, app, shutdown).await?;
     page_service.abort();
     info!("shutting down");
     repo.shutdown(true).await;
