@@ -273,6 +273,30 @@ pub static INDEX_CACHE_BYTES: LazyLock<prometheus::IntGauge> = LazyLock::new(|| 
         .expect("metric names are unique")
 });
 
+/// Requests per pipelined exchange with a WAL redo process.
+pub static WAL_REDO_PIPELINED_REQUESTS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "strata_pageserver_wal_redo_pipelined_requests",
+        "Page requests pipelined to a WAL redo process in one exchange",
+        COUNT_BUCKETS,
+    )
+});
+
+/// Relation-size lookups the relation-size cache answered.
+pub static REL_SIZE_CACHE_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_rel_size_cache_hits_total", "Relation size/existence lookups answered by the relation-size cache")
+});
+
+/// Relation-size lookups that read the relation directory and size key.
+pub static REL_SIZE_CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_rel_size_cache_misses_total", "Relation size/existence lookups read from storage")
+});
+
+/// Times a timeline's relation-size cache was full and emptied.
+pub static REL_SIZE_CACHE_EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_rel_size_cache_evictions_total", "Times a relation-size cache reached its capacity and was emptied")
+});
+
 /// Time ingest waited for frozen in-memory layers to be flushed.
 pub static INGEST_BACKPRESSURE_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
     prometheus::register_counter!(

@@ -45,6 +45,17 @@ struct Args {
     /// e.g. "1h"); a process is replaced once it has used half of it.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     walredo_cpu_limit: std::time::Duration,
+    /// WAL redo processes that may run at once (default: one per CPU, at
+    /// least 2, at most 16).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    walredo_pool_size: Option<u64>,
+    /// Memory of the process-wide cache of layer-file index blocks (e.g.
+    /// "64MiB").
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    layer_index_cache_size: u64,
+    /// Relation forks whose size each timeline's relation-size cache holds.
+    #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u64).range(1..))]
+    rel_size_cache_entries: u64,
     /// Freeze the in-memory layer at this many MiB.
     #[arg(long, default_value_t = 64)]
     checkpoint_distance_mb: usize,
@@ -111,6 +122,16 @@ async fn main() -> anyhow::Result<()> {
     conf.walredo.sandbox = args.walredo_sandbox;
     conf.walredo.memory_limit_bytes = args.walredo_memory_limit;
     conf.walredo.cpu_limit_secs = args.walredo_cpu_limit.as_secs().max(1);
+    if let Some(n) = args.walredo_pool_size {
+        conf.walredo.pool_size = usize::try_from(n).context("--walredo-pool-size")?;
+    }
+    let index_cache_bytes = usize::try_from(args.layer_index_cache_size).context("--layer-index-cache-size")?;
+    if !pageserver::storage::block_cache::set_global_budget(index_cache_bytes) {
+        anyhow::bail!("--layer-index-cache-size: the cache was already in use");
+    }
+    pageserver::tenant::timeline::relcache::set_capacity(
+        usize::try_from(args.rel_size_cache_entries).context("--rel-size-cache-entries")?,
+    );
     if !args.walredo_sandbox {
         tracing::warn!("WAL redo sandbox turned off (--walredo-sandbox false)");
     }

@@ -76,11 +76,12 @@ impl<'a> DatadirModification<'a> {
         let lsn = self.lsn;
         let items = self.pending.into_iter().map(|(k, v)| (k, lsn, v)).collect();
         self.tline.put_batch(items)?;
+        // Before last_record_lsn passes `lsn` (see timeline::relcache).
         if self.clear_size_cache {
-            self.tline.clear_rel_size_cache();
+            self.tline.invalidate_rel_sizes(lsn);
         }
         for (rel, fork, size) in self.size_updates {
-            self.tline.update_rel_size_cache(rel, fork, size);
+            self.tline.ingested_rel_size(rel, fork, lsn, size);
         }
         self.tline.finish_write(lsn);
         Ok(())
@@ -160,7 +161,7 @@ impl<'a> DatadirModification<'a> {
             None => 0,
         };
         if !self.pending_images.contains_key(&rel_dir_key(rel.spc_node, rel.db_node)) {
-            self.tline.update_rel_size_cache(rel, forknum, Some(n));
+            self.tline.observed_rel_size(rel, forknum, n);
         }
         Ok(Some(n))
     }

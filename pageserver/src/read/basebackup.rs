@@ -4,8 +4,9 @@
 //! Owns the layout of the archive, not the data: everything comes from a
 //! [`BasebackupSource`] (the timeline's key space at the LSN). The archive
 //! holds the directory skeleton PostgreSQL expects, `PG_VERSION` files,
-//! relation files (materialised page by page, split into 1 GiB segments),
-//! SLRU segments (`pg_xact`, `pg_multixact`), relmapper files, two-phase
+//! relation files (materialised from range reads of up to 256 blocks,
+//! [`BasebackupSource::pages`], split into 1 GiB segments),
+//! SLRU segments (`pg_xact`, `pg_multixact`, each read as one range), relmapper files, two-phase
 //! state files, a `pg_control` pointing at a shutdown checkpoint at the LSN,
 //! and a WAL segment holding that checkpoint record (see
 //! `postgres_ffi::walgen`). Configuration files are not included: whoever
@@ -38,8 +39,11 @@ pub const RELSEG_SIZE_BLOCKS: u32 = 131072;
 pub const DEFAULTTABLESPACE_OID: u32 = 1663;
 pub const GLOBALTABLESPACE_OID: u32 = 1664;
 const MAIN_FORK: u8 = 0;
-/// Page reads a basebackup keeps in flight.
-const PAGES_IN_FLIGHT: usize = 16;
+/// Blocks of a relation read as one range ([`BasebackupSource::pages`]).
+const RANGE_BLOCKS: u32 = 256;
+/// Range reads a basebackup keeps in flight (the next one is read while
+/// the current one is written).
+const RANGES_IN_FLIGHT: usize = 2;
 /// Log progress every this many bytes of archive.
 const PROGRESS_STEP_BYTES: u64 = 256 << 20;
 const INIT_FORK: u8 = 3;
@@ -70,6 +74,15 @@ pub trait BasebackupSource {
     async fn relations(&self, spc: u32, db: u32, lsn: Lsn) -> Result<Vec<(RelFileNode, u8)>, String>;
     async fn rel_size(&self, rel: RelFileNode, fork: u8, lsn: Lsn) -> Result<u32, String>;
     async fn page(&self, rel: RelFileNode, fork: u8, blkno: u32, lsn: Lsn) -> Result<Bytes, String>;
+    /// Blocks `blocks` of a fork (all inside it), in order. A source that
+    /// can read a range at once (a vectored read) overrides this.
+    async fn pages(&self, rel: RelFileNode, fork: u8, blocks: std::ops::Range<u32>, lsn: Lsn) -> Result<Vec<Bytes>, String> {
+        let mut out = Vec::with_capacity(blocks.len());
+        for blkno in blocks {
+            out.push(self.page(rel, fork, blkno, lsn).await?);
+        }
+        Ok(out)
+    }
     async fn relmap_file(&self, spc: u32, db: u32, lsn: Lsn) -> Result<Option<Bytes>, String>;
     async fn slru_segments(&self, kind: SlruKind, lsn: Lsn) -> Result<Vec<u32>, String>;
     /// The whole segment file.
@@ -254,21 +267,24 @@ async fn write_relation<W: AsyncWrite + Unpin, S: BasebackupSource>(
         let count = nblocks.saturating_sub(first).min(RELSEG_SIZE_BLOCKS);
         let size = count as u64 * BLCKSZ as u64;
         tar.begin_file(&path, size).await?;
-        // Several page reads in flight (each may wait on a layer file read or
-        // WAL redo), written in block order.
-        let mut pages = futures::stream::iter(first..first + count)
-            .map(|blkno| async move {
-                let what = || format!("{rel} fork {from_fork} block {blkno}");
-                (blkno, source(what, lsn, src.page(rel, from_fork, blkno, lsn)).await)
+        // The segment as range reads (one vectored read each), the next
+        // one in flight while the current one is written, in block order.
+        let end = first + count;
+        let ranges = (first..end).step_by(RANGE_BLOCKS as usize).map(|s| s..(s + RANGE_BLOCKS).min(end));
+        let mut ranges = futures::stream::iter(ranges)
+            .map(|r| async move {
+                let what = || format!("{rel} fork {from_fork} blocks {}..{}", r.start, r.end);
+                (r.start, source(what, lsn, src.pages(rel, from_fork, r.clone(), lsn)).await)
             })
-            .buffered(PAGES_IN_FLIGHT);
-        while let Some((blkno, page)) = pages.next().await {
-            let page = page?;
-            if page.len() != BLCKSZ {
-                return Err(BasebackupError::Invalid(format!("page {blkno} of {rel} is {} bytes", page.len())));
+            .buffered(RANGES_IN_FLIGHT);
+        while let Some((start, pages)) = ranges.next().await {
+            for (blkno, page) in (start..).zip(pages?) {
+                if page.len() != BLCKSZ {
+                    return Err(BasebackupError::Invalid(format!("page {blkno} of {rel} is {} bytes", page.len())));
+                }
+                tar.write_raw(&path, &page).await?;
+                tar.stats.pages += 1;
             }
-            tar.write_raw(&path, &page).await?;
-            tar.stats.pages += 1;
         }
         tar.end_file(&path, size).await?;
         tar.stats.relation_files += 1;
@@ -335,6 +351,9 @@ impl BasebackupSource for crate::tenant::timeline::Timeline {
     async fn page(&self, rel: RelFileNode, fork: u8, blkno: u32, lsn: Lsn) -> Result<Bytes, String> {
         self.rel_page(rel, fork, blkno, lsn).await.map_err(|e| e.to_string())
     }
+    async fn pages(&self, rel: RelFileNode, fork: u8, blocks: std::ops::Range<u32>, lsn: Lsn) -> Result<Vec<Bytes>, String> {
+        self.rel_page_range(rel, fork, blocks, lsn).await.map_err(|e| e.to_string())
+    }
     async fn relmap_file(&self, spc: u32, db: u32, lsn: Lsn) -> Result<Option<Bytes>, String> {
         crate::tenant::timeline::Timeline::relmap_file(self, spc, db, lsn).await.map_err(|e| e.to_string())
     }
@@ -342,12 +361,7 @@ impl BasebackupSource for crate::tenant::timeline::Timeline {
         Ok(self.list_slru_segments(kind, lsn).await.map_err(|e| e.to_string())?.into_iter().collect())
     }
     async fn slru_segment(&self, kind: SlruKind, segno: u32, lsn: Lsn) -> Result<Bytes, String> {
-        let blocks = self.slru_segment_size(kind, segno, lsn).await.map_err(|e| e.to_string())?;
-        let mut data = bytes::BytesMut::with_capacity(blocks as usize * BLCKSZ);
-        for blkno in 0..blocks {
-            data.extend_from_slice(&self.slru_page(kind, segno, blkno, lsn).await.map_err(|e| e.to_string())?);
-        }
-        Ok(data.freeze())
+        self.read_slru_segment(kind, segno, lsn).await.map_err(|e| e.to_string())
     }
     async fn twophase_files(&self, lsn: Lsn) -> Result<Vec<(u32, Bytes)>, String> {
         let mut out = Vec::new();

@@ -59,7 +59,7 @@ pub struct PageServiceConf {
     pub partial_message_timeout_ms: u64,
     /// Page-stream requests read ahead and served as one batch, at most.
     pub pipeline_depth: usize,
-    /// Block reads in flight per connection, at most.
+    /// Kept for compatibility and unused: batches are one vectored read.
     pub read_parallelism: usize,
 }
 

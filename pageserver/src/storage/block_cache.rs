@@ -1,8 +1,12 @@
 //! The process-wide cache of layer-file index blocks: what keeps the memory
 //! of opened layer files bounded. A layer file's key index lives on disk in
 //! fixed-size blocks ([`crate::storage::file`]); every lookup reads the
-//! blocks it needs through this cache, which holds at most
-//! [`INDEX_CACHE_BUDGET_BYTES`] of them and evicts the least recently used.
+//! blocks it needs through this cache, which holds at most its budget
+//! (default [`INDEX_CACHE_BUDGET_BYTES`], the pageserver's
+//! `--layer-index-cache-size`) and evicts the least recently used. Values
+//! are not cached here: reads of adjacent values are coalesced into one
+//! `pread` served by the kernel's page cache (a copy here would double the
+//! memory of hot pages).
 //!
 //! Owns: the cached blocks, keyed by (file id, block offset). A file id is
 //! handed out once per opened layer file ([`next_file_id`]) and never
@@ -130,10 +134,19 @@ impl BlockCache {
     }
 }
 
-/// The process-wide cache (budget [`INDEX_CACHE_BUDGET_BYTES`]).
+static GLOBAL: OnceLock<BlockCache> = OnceLock::new();
+
+/// The process-wide cache (budget [`INDEX_CACHE_BUDGET_BYTES`] unless
+/// [`set_global_budget`] was called first).
 pub fn global() -> &'static BlockCache {
-    static CACHE: OnceLock<BlockCache> = OnceLock::new();
-    CACHE.get_or_init(|| BlockCache::new(INDEX_CACHE_BUDGET_BYTES))
+    GLOBAL.get_or_init(|| BlockCache::new(INDEX_CACHE_BUDGET_BYTES))
+}
+
+/// Give the process-wide cache a budget of `budget_bytes` (the
+/// pageserver's `--layer-index-cache-size`); false if the cache was
+/// already in use (then its budget stays).
+pub fn set_global_budget(budget_bytes: usize) -> bool {
+    GLOBAL.set(BlockCache::new(budget_bytes)).is_ok()
 }
 
 /// A new file id (never reused in this process).

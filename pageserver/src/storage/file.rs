@@ -91,6 +91,19 @@ const KIND_INNER: u8 = 1;
 const MAX_DEPTH: u32 = 12;
 /// Entries of a version-1 index per chunk read through the cache.
 const FLAT_CHUNK_ENTRIES: u64 = (INDEX_BLOCK_SIZE / LEAF_ENTRY_SIZE) as u64;
+/// Longest run of adjacent values read with one `pread` by a vectored read.
+const MAX_COALESCED_READ_BYTES: u64 = 1 << 20;
+
+/// One key of a vectored read ([`LayerFile::visit_keys`]): its versions in
+/// `lsn_range` are added to `state`, newest first, until an image or an
+/// initialising record (`result` then says `Complete`).
+#[derive(Debug)]
+pub struct KeyVisit {
+    pub key: Key,
+    pub lsn_range: Range<Lsn>,
+    pub state: ValueReconstructState,
+    pub result: ReconstructResult,
+}
 
 /// A damaged or unreadable layer file, or one that is not on local disk.
 #[derive(Debug, thiserror::Error)]
@@ -758,43 +771,114 @@ impl LayerFile {
     fn read_value(&self, opened: &Opened, e: &IndexEntry) -> Result<Value, LayerFileError> {
         let mut buf = vec![0u8; e.len as usize];
         opened.file.read_exact_at(&mut buf, e.offset).map_err(|err| self.err(format!("read value: {err}")))?;
-        if crc32c::crc32c(&buf) != e.crc {
-            return Err(self.err(format!("checksum mismatch in the value of {} at {}", e.key, e.lsn)));
-        }
-        Value::decode(Bytes::from(buf)).map_err(|r| self.err(format!("value of {} at {}: {r}", e.key, e.lsn)))
+        self.check_value(e, Bytes::from(buf))
     }
 
     /// Collect `key`'s versions in `lsn_range`, newest first, until an
-    /// image or an initialising record. Blocking.
+    /// image or an initialising record (a [`LayerFile::visit_keys`] of one
+    /// key). Blocking.
     pub fn get_value_reconstruct_data(
         &self,
         key: Key,
         lsn_range: Range<Lsn>,
         state: &mut ValueReconstructState,
     ) -> Result<ReconstructResult, LayerFileError> {
+        let visit = KeyVisit { key, lsn_range, state: std::mem::take(state), result: ReconstructResult::Continue };
+        let mut visits = [visit];
+        let r = self.visit_keys(&mut visits);
+        let [visit] = visits;
+        *state = visit.state;
+        r.map(|()| visit.result)
+    }
+
+    /// [`LayerFile::get_value_reconstruct_data`] for many keys at once (a
+    /// vectored read): every key's index entries are found first (index
+    /// blocks through the block cache), then the values are read with one
+    /// `pread` per run of adjacent values (values of consecutive keys are
+    /// adjacent in the file), and decoded in place: each value is a slice
+    /// of its run's buffer, no allocation per value. Each visit's `result`
+    /// says whether its walk is complete. Blocking.
+    pub fn visit_keys(&self, visits: &mut [KeyVisit]) -> Result<(), LayerFileError> {
         let opened = self.opened()?;
-        // The first entry at or after (key, end); walk back from there.
-        let mut cursor = self.seek(&opened, key, lsn_range.end, true)?;
-        while self.retreat(&opened, &mut cursor, true)? {
-            let Some(e) = self.current(&opened, &cursor, true)? else { break };
-            if e.key != key || e.lsn < lsn_range.start {
-                break;
-            }
-            match self.read_value(&opened, &e)? {
-                Value::Image(img) => {
-                    state.img = Some((e.lsn, img));
-                    return Ok(ReconstructResult::Complete);
+        // (visit index, entry), newest first per visit.
+        let mut wanted: Vec<(usize, IndexEntry)> = Vec::with_capacity(visits.len());
+        for (i, v) in visits.iter().enumerate() {
+            let mut cursor = self.seek(&opened, v.key, v.lsn_range.end, true)?;
+            while self.retreat(&opened, &mut cursor, true)? {
+                let Some(e) = self.current(&opened, &cursor, true)? else { break };
+                if e.key != v.key || e.lsn < v.lsn_range.start {
+                    break;
                 }
-                Value::WalRecord(rec) => {
-                    let init = rec.will_init();
-                    state.records.push((e.lsn, rec));
-                    if init {
-                        return Ok(ReconstructResult::Complete);
-                    }
+                wanted.push((i, e));
+                if self.desc.is_image {
+                    break; // every value of an image layer is an image
                 }
             }
         }
-        Ok(ReconstructResult::Continue)
+        let values = self.read_values_coalesced(&opened, &wanted)?;
+        let mut stopped = vec![false; visits.len()];
+        for ((i, e), value) in wanted.iter().zip(values) {
+            if stopped[*i] {
+                continue;
+            }
+            let st = &mut visits[*i].state;
+            match value {
+                Value::Image(img) => {
+                    st.img = Some((e.lsn, img));
+                    stopped[*i] = true;
+                }
+                Value::WalRecord(rec) => {
+                    stopped[*i] = rec.will_init();
+                    st.records.push((e.lsn, rec));
+                }
+            }
+        }
+        for (v, stop) in visits.iter_mut().zip(stopped) {
+            v.result = if stop { ReconstructResult::Complete } else { ReconstructResult::Continue };
+        }
+        Ok(())
+    }
+
+    /// The values of `entries` (in their order), read in runs of adjacent
+    /// values: one read and one buffer per run, each value a slice of it.
+    fn read_values_coalesced(&self, opened: &Opened, entries: &[(usize, IndexEntry)]) -> Result<Vec<Value>, LayerFileError> {
+        let mut by_offset: Vec<usize> = (0..entries.len()).collect();
+        by_offset.sort_unstable_by_key(|&i| entries[i].1.offset);
+        let mut values: Vec<Option<Value>> = (0..entries.len()).map(|_| None).collect();
+        let mut run_start = 0;
+        while run_start < by_offset.len() {
+            let first = &entries[by_offset[run_start]].1;
+            let (start, mut end) = (first.offset, first.offset + first.len as u64);
+            let mut run_end = run_start + 1;
+            while run_end < by_offset.len() {
+                let e = &entries[by_offset[run_end]].1;
+                if e.offset > end || e.offset + (e.len as u64) - start > MAX_COALESCED_READ_BYTES {
+                    break;
+                }
+                end = end.max(e.offset + e.len as u64);
+                run_end += 1;
+            }
+            let len = usize::try_from(end - start).map_err(|_| self.err(format!("value run of {} bytes", end - start)))?;
+            let mut buf = BytesMut::zeroed(len);
+            opened.file.read_exact_at(&mut buf, start).map_err(|err| self.err(format!("read values at {start}: {err}")))?;
+            let buf = buf.freeze();
+            for &i in &by_offset[run_start..run_end] {
+                let e = &entries[i].1;
+                let at = (e.offset - start) as usize;
+                let raw = buf.slice(at..at + e.len as usize);
+                values[i] = Some(self.check_value(e, raw)?);
+            }
+            run_start = run_end;
+        }
+        Ok(values.into_iter().flatten().collect())
+    }
+
+    /// Check a value's CRC and decode it (in place: images are slices of `raw`).
+    fn check_value(&self, e: &IndexEntry, raw: Bytes) -> Result<Value, LayerFileError> {
+        if crc32c::crc32c(&raw) != e.crc {
+            return Err(self.err(format!("checksum mismatch in the value of {} at {}", e.key, e.lsn)));
+        }
+        Value::decode(raw).map_err(|r| self.err(format!("value of {} at {}: {r}", e.key, e.lsn)))
     }
 
     /// Whether the file holds a value of some key in `key_range`. Blocking.

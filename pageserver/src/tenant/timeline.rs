@@ -44,6 +44,11 @@
 //!   Compaction and image creation do the same for what they read; GC
 //!   reads nothing of a remote layer (see [`crate::storage::gc`]).
 //!
+//! * Reads are vectored (submodule `vectored`): one walk down the layers
+//!   for any number of keys, one blocking section per round of layers.
+//!   Relation existence and sizes come from a cache kept exact by ingest
+//!   (submodule `relcache`) where it can answer.
+//!
 //! Cancellation: reads are cancel-safe (dropping them leaves no state
 //! behind; a blocking file read that was started completes on its own
 //! thread; a download that was started completes for the others). Dropping `flush_frozen_layers` after a file was written but
@@ -51,7 +56,7 @@
 //! or the next restart removes (the index does not name it); dropping it
 //! after the index was written leaves the frozen layer in the map, and the
 //! next flush writes the same file and index again.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -70,6 +75,8 @@ mod batch;
 mod compaction;
 mod gc;
 mod ondemand;
+pub mod relcache;
+mod vectored;
 
 pub use crate::storage::gc::GcResult;
 pub use batch::BlockRef;
@@ -82,9 +89,9 @@ use crate::storage::file::{LayerFile, LayerFileError, LayerFileWriter};
 use crate::storage::index::{self, IndexLayer, IndexPart, TimelineMetadata};
 use crate::remote::upload_queue::RemoteTimelineClient;
 use crate::storage::inmemory::InMemoryLayer;
-use crate::storage::layer_map::{LayerMap, SearchLayer};
+use crate::storage::layer_map::LayerMap;
 use crate::storage::partition::{partition, Partition};
-use crate::storage::{LayerDesc, ReconstructResult, ValueReconstructState};
+use crate::storage::{LayerDesc, ValueReconstructState};
 use crate::metrics;
 use crate::storage::value::*;
 use crate::walredo::{PostgresRedoManager, SlruKind};
@@ -221,8 +228,8 @@ pub struct Timeline {
     after_flush_requested: AtomicBool,
     /// Serialises index writes with the layer-map changes they announce.
     index_lock: tokio::sync::Mutex<()>,
-    /// Latest relation sizes, for ingest (valid at last_record_lsn).
-    rel_size_cache: RwLock<HashMap<(RelFileNode, u8), u32>>,
+    /// Relation sizes kept exact by ingest (see submodule `relcache`).
+    rel_sizes: relcache::RelSizeCache,
     pub(crate) walredo: Arc<PostgresRedoManager>,
     /// The upload queue, when the pageserver has remote storage.
     remote: OnceLock<Arc<RemoteTimelineClient>>,
@@ -291,7 +298,7 @@ impl Timeline {
             after_flush_lock: tokio::sync::Mutex::new(()),
             after_flush_requested: AtomicBool::new(false),
             index_lock: tokio::sync::Mutex::new(()),
-            rel_size_cache: RwLock::new(HashMap::new()),
+            rel_sizes: relcache::RelSizeCache::new(md.disk_consistent_lsn, relcache::capacity()),
             flushed: tokio::sync::Notify::new(),
             frozen_high_water: AtomicUsize::new(0),
             flush_paused: tokio::sync::watch::Sender::new(false),
@@ -393,65 +400,40 @@ impl Timeline {
     /// The value of `key` at `lsn` (no waiting, no scope check): walk the
     /// layers newest first collecting records until an image or an
     /// initialising record, following the ancestor below the branch point,
-    /// then run WAL redo if records were found.
+    /// then run WAL redo if records were found (a vectored read of one key,
+    /// see submodule `vectored`).
     pub async fn get(&self, key: Key, lsn: Lsn) -> Result<Bytes> {
-        let mut state = ValueReconstructState::default();
-        let mut tl: &Timeline = self;
-        let mut cont_lsn = lsn + 1;
-        'walk: loop {
-            loop {
-                let found = tl.read_layers().search(key, cont_lsn);
-                let Some(found) = found else { break };
-                let range = found.lsn_floor..cont_lsn;
-                let result = match found.layer {
-                    SearchLayer::InMemory(layer) => layer.get_value_reconstruct_data(key, range, &mut state),
-                    SearchLayer::File(layer) => {
-                        // Pinned (and downloaded if remote) before the
-                        // blocking read; the pin lives until it is done.
-                        let pin = tl.ensure_resident(&layer).await?;
-                        let st = std::mem::take(&mut state);
-                        let (res, st) = tokio::task::spawn_blocking(move || {
-                            let mut st = st;
-                            let res = pin.layer().get_value_reconstruct_data(key, range, &mut st);
-                            (res, st)
-                        })
-                        .await
-                        .map_err(other)?;
-                        state = st;
-                        res?
-                    }
-                };
-                if result == ReconstructResult::Complete {
-                    break 'walk;
-                }
-                cont_lsn = found.lsn_floor;
-            }
-            match &tl.ancestor {
-                Some(ancestor) => {
-                    cont_lsn = cont_lsn.min(tl.ancestor_lsn + 1);
-                    tl = ancestor;
-                }
-                None => break,
-            }
+        match self.get_vectored(&[key], lsn).await.pop() {
+            Some(Ok(Some(v))) => Ok(v),
+            Some(Ok(None)) => Err(PageReconstructError::MissingKey { key, lsn }),
+            Some(Err(e)) => Err(e),
+            None => Err(other("vectored read of one key returned nothing")),
         }
-        self.reconstruct(key, lsn, state).await
     }
 
-    async fn reconstruct(&self, key: Key, lsn: Lsn, state: ValueReconstructState) -> Result<Bytes> {
-        let ValueReconstructState { mut records, img } = state;
-        if records.is_empty() {
-            return img.map(|(_, b)| b).ok_or(PageReconstructError::MissingKey { key, lsn });
+    /// WAL redo for several keys at `lsn` at once, pipelined to the redo
+    /// processes ([`PostgresRedoManager::request_redo_many`]); results in
+    /// order.
+    async fn reconstruct_many(&self, reqs: Vec<(Key, ValueReconstructState)>, lsn: Lsn) -> Vec<Result<Bytes>> {
+        let mut results: Vec<Option<Result<Bytes>>> = Vec::with_capacity(reqs.len());
+        let (mut redo, mut redo_keys) = (Vec::new(), Vec::new());
+        for (key, st) in reqs {
+            let ValueReconstructState { mut records, img } = st;
+            let Some(redo_key) = key.to_redo_key() else {
+                results.push(Some(Err(PageReconstructError::Corrupt { key, reason: "WAL records under a non-page key".into() })));
+                continue;
+            };
+            records.reverse();
+            metrics::RECONSTRUCT_RECORDS.observe(records.len() as f64);
+            results.push(None);
+            redo_keys.push((results.len() - 1, key));
+            redo.push(crate::walredo::RedoRequest { key: redo_key, lsn, base: img.map(|(_, b)| b), records });
         }
-        let Some(redo_key) = key.to_redo_key() else {
-            return Err(PageReconstructError::Corrupt { key, reason: "WAL records under a non-page key".into() });
-        };
-        records.reverse();
-        metrics::RECONSTRUCT_RECORDS.observe(records.len() as f64);
-        let base = img.map(|(_, b)| b);
-        self.walredo
-            .request_redo(redo_key, lsn, base, records)
-            .await
-            .map_err(|e| PageReconstructError::WalRedo { key, lsn, reason: e.to_string() })
+        let pages = self.walredo.request_redo_many(redo).await;
+        for ((i, key), page) in redo_keys.into_iter().zip(pages) {
+            results[i] = Some(page.map_err(|e| PageReconstructError::WalRedo { key, lsn, reason: e.to_string() }));
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(other("redo result missing")))).collect()
     }
 
     async fn get_opt(&self, key: Key, lsn: Lsn) -> Result<Option<Bytes>> {
@@ -481,18 +463,31 @@ impl Timeline {
     }
 
     pub async fn rel_exists(&self, rel: RelFileNode, forknum: u8, lsn: Lsn) -> Result<bool> {
-        Ok(self.list_rels(rel.spc_node, rel.db_node, lsn).await?.contains(&(rel.rel_node, forknum)))
+        Ok(self.rel_size_opt(rel, forknum, lsn).await?.is_some())
     }
 
     pub async fn rel_size(&self, rel: RelFileNode, forknum: u8, lsn: Lsn) -> Result<u32> {
-        if !self.rel_exists(rel, forknum, lsn).await? {
-            return Err(PageReconstructError::RelationNotFound { rel, forknum, lsn });
+        self.rel_size_opt(rel, forknum, lsn).await?.ok_or(PageReconstructError::RelationNotFound { rel, forknum, lsn })
+    }
+
+    /// The fork's size at `lsn`, `None` if it does not exist: from the
+    /// relation-size cache, else from the relation directory and the size
+    /// key (and then remembered if the cache may keep it).
+    async fn rel_size_opt(&self, rel: RelFileNode, forknum: u8, lsn: Lsn) -> Result<Option<u32>> {
+        if let Some(size) = self.rel_sizes.get(rel, forknum, lsn) {
+            return Ok(size);
         }
-        let key = rel_size_key(rel, forknum);
-        match self.get_opt(key, lsn).await? {
-            Some(b) => decode_u32(&b).map_err(|reason| PageReconstructError::Corrupt { key, reason }),
-            None => Ok(0),
-        }
+        let size = if self.list_rels(rel.spc_node, rel.db_node, lsn).await?.contains(&(rel.rel_node, forknum)) {
+            let key = rel_size_key(rel, forknum);
+            Some(match self.get_opt(key, lsn).await? {
+                Some(b) => decode_u32(&b).map_err(|reason| PageReconstructError::Corrupt { key, reason })?,
+                None => 0,
+            })
+        } else {
+            None
+        };
+        self.rel_sizes.observed(rel, forknum, lsn, size);
+        Ok(size)
     }
 
     pub async fn rel_page(&self, rel: RelFileNode, forknum: u8, blkno: u32, lsn: Lsn) -> Result<Bytes> {
@@ -645,20 +640,27 @@ impl Timeline {
         self.last_record_lsn.advance(lsn);
     }
 
+    /// The latest size of a relation fork as the relation-size cache knows
+    /// it (for ingest, which reads at the last record LSN).
     pub(crate) fn cached_rel_size(&self, rel: RelFileNode, forknum: u8) -> Option<u32> {
-        self.rel_size_cache.read().unwrap_or_else(|e| e.into_inner()).get(&(rel, forknum)).copied()
+        self.rel_sizes.latest(rel, forknum)
     }
 
-    pub(crate) fn update_rel_size_cache(&self, rel: RelFileNode, forknum: u8, size: Option<u32>) {
-        let mut cache = self.rel_size_cache.write().unwrap_or_else(|e| e.into_inner());
-        match size {
-            Some(s) => cache.insert((rel, forknum), s),
-            None => cache.remove(&(rel, forknum)),
-        };
+    /// Ingest changed a fork's size at `lsn` (`None`: dropped); called
+    /// before `last_record_lsn` reaches `lsn`. Callers hold `write_lock`.
+    pub(crate) fn ingested_rel_size(&self, rel: RelFileNode, forknum: u8, lsn: Lsn, size: Option<u32>) {
+        self.rel_sizes.ingested(rel, forknum, lsn, size);
     }
 
-    pub(crate) fn clear_rel_size_cache(&self) {
-        self.rel_size_cache.write().unwrap_or_else(|e| e.into_inner()).clear();
+    /// Ingest read a fork's size at the last record LSN from storage.
+    pub(crate) fn observed_rel_size(&self, rel: RelFileNode, forknum: u8, size: u32) {
+        self.rel_sizes.observed(rel, forknum, self.last_record_lsn(), Some(size));
+    }
+
+    /// A change at `lsn` the relation-size cache cannot track per fork (a
+    /// database dropped, an import): it forgets everything.
+    pub(crate) fn invalidate_rel_sizes(&self, lsn: Lsn) {
+        self.rel_sizes.invalidate(lsn);
     }
 
     /// Whether the open layer should be frozen (size or age threshold).
@@ -839,6 +841,7 @@ impl Timeline {
     pub(crate) async fn commit_import(&self, files: Vec<Arc<LayerFile>>, lsn: Lsn, prev_record_lsn: Lsn) -> Result<()> {
         {
             let _w = self.write_lock.lock().await;
+            self.invalidate_rel_sizes(lsn);
             self.finish_write(lsn);
             self.set_prev_record_lsn(prev_record_lsn);
         }

@@ -109,6 +109,25 @@ pub struct WalRedoConfig {
     pub cpu_limit_secs: u64,
 }
 
+/// Default [`WalRedoConfig::pool_size`]: one process per CPU (at least 2,
+/// at most 16): redo is CPU-bound in the process, and each process is
+/// kept busy by pipelining ([`PostgresRedoManager::request_redo_many`]).
+pub fn default_pool_size() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16)
+}
+
+/// Requests pipelined to one redo process in one exchange.
+pub const PIPELINE_DEPTH: usize = 16;
+
+/// One page of [`PostgresRedoManager::request_redo_many`].
+pub struct RedoRequest {
+    pub key: RedoKey,
+    pub lsn: Lsn,
+    pub base: Option<Bytes>,
+    /// (end LSN, record), in LSN order.
+    pub records: Vec<(Lsn, WalRecord)>,
+}
+
 /// Default [`WalRedoConfig::memory_limit_bytes`]: 1 GiB.
 pub const DEFAULT_MEMORY_LIMIT_BYTES: u64 = 1 << 30;
 /// Default [`WalRedoConfig::cpu_limit_secs`]: 1 hour.
@@ -121,7 +140,7 @@ impl WalRedoConfig {
             template_dir: None,
             lib_path: None,
             pg_bin_dir: utils::pg_user::pg_bin_dir(),
-            pool_size: 2,
+            pool_size: default_pool_size(),
             request_timeout: Duration::from_secs(60),
             launch_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -180,6 +199,8 @@ struct Slot {
 #[derive(Clone, Copy)]
 enum Op<'a> {
     Apply { target: Target, base: Option<&'a Bytes>, records: &'a [(Lsn, &'a Bytes)] },
+    /// Encoded requests, pipelined; the answer is their pages concatenated.
+    ApplyMany { requests: &'a [Vec<u8>] },
     Ping,
     Test(TestCommand),
 }
@@ -240,6 +261,87 @@ impl PostgresRedoManager {
             image = Some(page);
         }
         image.ok_or_else(|| WalRedoError::InvalidRequest("no records".into()))
+    }
+
+    /// Rebuild several pages, results in the order of `reqs`. Requests made
+    /// only of records the processes apply go to them pipelined, up to
+    /// [`PIPELINE_DEPTH`] per exchange and one exchange per process at a
+    /// time, each request one message (base page and all its records); the
+    /// others, and the requests of an exchange that failed, go one by one
+    /// through [`PostgresRedoManager::request_redo`] (with its retry).
+    pub async fn request_redo_many(&self, mut reqs: Vec<RedoRequest>) -> Vec<Result<Bytes, WalRedoError>> {
+        use futures::StreamExt;
+        let mut results: Vec<Option<Result<Bytes, WalRedoError>>> = (0..reqs.len()).map(|_| None).collect();
+        let pipelined: Vec<usize> = (0..reqs.len()).filter(|&i| pipelinable(&reqs[i])).collect();
+        if pipelined.len() > 1 {
+            let exchanges: Vec<_> = pipelined
+                .chunks(PIPELINE_DEPTH)
+                .map(|chunk| {
+                    let batch: Vec<&RedoRequest> = chunk.iter().map(|&i| &reqs[i]).collect();
+                    let chunk = chunk.to_vec();
+                    async move { (chunk, self.apply_pipelined(batch).await) }
+                })
+                .collect();
+            let mut exchanges = futures::stream::iter(exchanges).buffer_unordered(self.pool_size());
+            while let Some((chunk, pages)) = exchanges.next().await {
+                match pages {
+                    Ok(pages) => {
+                        for (n, &i) in chunk.iter().enumerate() {
+                            results[i] = Some(Ok(pages.slice(n * BLCKSZ..(n + 1) * BLCKSZ)));
+                        }
+                    }
+                    Err(e) => warn!(requests = chunk.len(), "pipelined WAL redo failed, retrying one by one: {e}"),
+                }
+            }
+        }
+        let rest: Vec<(usize, RedoRequest)> = (0..reqs.len())
+            .filter(|&i| results[i].is_none())
+            .map(|i| {
+                let empty = RedoRequest { key: reqs[i].key, lsn: reqs[i].lsn, base: None, records: Vec::new() };
+                (i, std::mem::replace(&mut reqs[i], empty))
+            })
+            .collect();
+        let mut singles = futures::stream::iter(rest)
+            .map(|(i, r)| async move { (i, self.request_redo(r.key, r.lsn, r.base, r.records).await) })
+            .buffer_unordered(self.pool_size() * 2);
+        while let Some((i, page)) = singles.next().await {
+            results[i] = Some(page);
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(WalRedoError::Process("request not served".into())))).collect()
+    }
+
+    /// One pipelined exchange with one process (no retry: the caller
+    /// falls back to single requests).
+    async fn apply_pipelined(&self, reqs: Vec<&RedoRequest>) -> Result<Bytes, WalRedoError> {
+        let mut encoded = Vec::new();
+        let mut records = 0;
+        for r in reqs {
+            let RedoKey::Rel { rel, forknum, blkno } = r.key else {
+                return Err(WalRedoError::InvalidRequest(format!("Postgres records for {}", r.key)));
+            };
+            let raw = r.records.iter().filter_map(postgres_record);
+            let base = r.base.as_ref().map_or(Base::None, |b| Base::Image(b));
+            encoded.push(protocol::encode_request(Target { rel, forknum, blkno }, base, raw));
+            records += r.records.len();
+        }
+        *self.inner.last_redo_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
+        let started = Instant::now();
+        let pages = self.inner.run(Op::ApplyMany { requests: &encoded }).await?;
+        if pages.len() != encoded.len() * BLCKSZ {
+            return Err(WalRedoError::Process(format!("{} bytes for {} pages", pages.len(), encoded.len())));
+        }
+        let per_page = started.elapsed().as_secs_f64() / encoded.len() as f64;
+        for _ in &encoded {
+            metrics::WAL_REDO_TIME.observe(per_page);
+            metrics::WAL_REDO_RECORDS.observe(records as f64 / encoded.len() as f64);
+        }
+        metrics::WAL_REDO_PIPELINED_REQUESTS.observe(encoded.len() as f64);
+        Ok(pages)
+    }
+
+    /// Number of redo processes that may run at once.
+    pub fn pool_size(&self) -> usize {
+        self.inner.conf.pool_size.max(1)
     }
 
     /// A ping round trip through a (possibly new) process.
@@ -305,13 +407,7 @@ impl PostgresRedoManager {
         let RedoKey::Rel { rel, forknum, blkno } = *key else {
             return Err(WalRedoError::InvalidRequest(format!("Postgres records for {key}")));
         };
-        let raw: Vec<(Lsn, &Bytes)> = run
-            .iter()
-            .filter_map(|(lsn, rec)| match rec {
-                WalRecord::Postgres { rec, .. } => Some((*lsn, rec)),
-                _ => None,
-            })
-            .collect();
+        let raw: Vec<(Lsn, &Bytes)> = run.iter().filter_map(postgres_record).collect();
         let nbytes: usize = raw.iter().map(|(_, r)| r.len()).sum();
         *self.inner.last_redo_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
         let target = Target { rel, forknum, blkno };
@@ -360,6 +456,22 @@ impl PostgresRedoManager {
             attempt += 1;
         }
     }
+}
+
+/// The raw record of a record the processes apply.
+fn postgres_record((lsn, rec): &(Lsn, WalRecord)) -> Option<(Lsn, &Bytes)> {
+    match rec {
+        WalRecord::Postgres { rec, .. } => Some((*lsn, rec)),
+        _ => None,
+    }
+}
+
+/// Whether a request can go pipelined: a page of a relation, rebuilt only
+/// by records the processes apply, and well-formed.
+fn pipelinable(r: &RedoRequest) -> bool {
+    matches!(r.key, RedoKey::Rel { .. })
+        && r.records.iter().all(|(_, rec)| !rec.is_rust_applied())
+        && validate_request(&r.base, &r.records).is_ok()
 }
 
 fn validate_request(base: &Option<Bytes>, records: &[(Lsn, WalRecord)]) -> Result<(), WalRedoError> {
@@ -550,6 +662,7 @@ impl Lease {
                 let base = base.map_or(Base::None, |b| Base::Image(b));
                 proc.apply(target, base, records, timeout).await
             }
+            Op::ApplyMany { requests } => proc.apply_many(requests, timeout).await,
             Op::Ping => proc.ping(timeout).await.map(|()| Bytes::new()),
             Op::Test(cmd) => proc.test_command(cmd, timeout).await.map(|()| Bytes::new()),
         };

@@ -245,6 +245,33 @@ impl WalRedoProcess {
         result.map(|()| Bytes::from(page))
     }
 
+    /// Several requests pipelined: all of `requests` (each a whole encoded
+    /// request, see [`protocol::encode_request`]) are written while the
+    /// answers are read, so the process never waits for the next request;
+    /// the answers are the pages in order, concatenated.
+    pub(crate) async fn apply_many(&mut self, requests: &[Vec<u8>], timeout: Duration) -> Result<Bytes, WalRedoError> {
+        let mut pages = vec![0u8; BLCKSZ * requests.len()];
+        let (stdin, stdout) = (&mut self.stdin, &mut self.stdout);
+        let write = async {
+            for r in requests {
+                stdin.write_all(r).await?;
+            }
+            stdin.flush().await
+        };
+        let read = async { stdout.read_exact(&mut pages).await.map(|_| ()) };
+        let outcome = tokio::time::timeout(timeout, async { tokio::try_join!(write, read) }).await;
+        let result = match outcome {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.failure(&e.to_string()).await),
+            Err(_) => {
+                metrics::WAL_REDO_PROCESS_DEATHS.with_label_values(&["timeout"]).inc();
+                Err(WalRedoError::Timeout { pid: self.pid, timeout })
+            }
+        };
+        self.last_used = Instant::now();
+        result.map(|()| Bytes::from(pages))
+    }
+
     /// A ping round trip.
     pub(crate) async fn ping(&mut self, timeout: Duration) -> Result<(), WalRedoError> {
         let mut answer = [0u8; 4];

@@ -14,8 +14,8 @@
 //! * the **server** (the connection's task) takes everything queued as one
 //!   batch, resolves "latest" once per batch, serves consecutive GetPage
 //!   requests at one LSN together ([`Timeline::get_rel_pages_at_lsn`]: one
-//!   LSN check and wait, one size lookup per relation, block reads with
-//!   bounded parallelism), writes the responses in request order and
+//!   LSN check and wait, one size lookup per relation, one vectored read
+//!   of all the blocks), writes the responses in request order and
 //!   flushes once per batch (or every [`FLUSH_BYTES`]).
 //!
 //! Invariants: responses go out in request order, one per request; an
