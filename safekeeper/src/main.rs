@@ -47,6 +47,11 @@ struct Args {
     /// S3 region.
     #[arg(long, requires = "remote_storage")]
     s3_region: Option<String>,
+    /// File holding the password of the role the compute's conninfo names
+    /// (the cluster's replication role), used when the conninfo has none;
+    /// read at every connection, so it may appear or change later.
+    #[arg(long, value_name = "FILE")]
+    compute_password_file: Option<std::path::PathBuf>,
 }
 
 fn remote_storage(args: &Args) -> anyhow::Result<Option<remote_storage::GenericRemoteStorage>> {
@@ -74,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         broker_endpoint: args.broker_endpoint,
         keepalive_interval_ms: args.keepalive_interval_ms,
         remote_storage,
+        compute_password_file: args.compute_password_file,
     });
     tracing::info!(id = conf.id, pg = %conf.advertise_pg, http = %conf.advertise_http, data_dir = %conf.data_dir.display(), "safekeeper starting");
     let timelines = Timelines::load_all(conf.clone())?;

@@ -20,6 +20,7 @@ fn timelines_in(dir: &std::path::Path) -> anyhow::Result<Arc<Timelines>> {
         broker_endpoint: None,
         keepalive_interval_ms: 1000,
         remote_storage: None,
+        compute_password_file: None,
     });
     Ok(Timelines::load_all(conf)?)
 }
