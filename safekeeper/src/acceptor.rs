@@ -175,11 +175,11 @@ fn can_follow(tl: &Timeline, spec: &ComputeSpec) -> bool {
 /// How to connect to the compute: its conninfo as this safekeeper's
 /// standby, with the password from `--compute-password-file` when the
 /// conninfo has none.
-fn compute_config(conf: &SafekeeperConf, spec: &ComputeSpec) -> anyhow::Result<ConnConfig> {
+async fn compute_config(conf: &SafekeeperConf, spec: &ComputeSpec) -> anyhow::Result<ConnConfig> {
     let mut config: ConnConfig = spec.conninfo.parse()?;
     config.application_name = Some(conf.standby_name());
     if let (None, Some(file)) = (&config.password, &conf.compute_password_file) {
-        match std::fs::read_to_string(file) {
+        match tokio::fs::read_to_string(file).await {
             Ok(text) => config.password = Some(text.trim_end_matches(['\n', '\r']).to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("read {}", file.display())),
@@ -192,7 +192,7 @@ fn compute_config(conf: &SafekeeperConf, spec: &ComputeSpec) -> anyhow::Result<C
 async fn follow(tl: &Timeline, conf: &SafekeeperConf, spec: &ComputeSpec) -> anyhow::Result<()> {
     let name = conf.standby_name();
     let shown = redact_password(&spec.conninfo);
-    let config = compute_config(conf, spec).with_context(|| format!("compute {shown}"))?;
+    let config = compute_config(conf, spec).await.with_context(|| format!("compute {shown}"))?;
     let mut client = ReplicationClient::connect_config(&config)
         .await
         .with_context(|| format!("connect to compute {shown}"))?;
