@@ -35,7 +35,8 @@ pub struct ProxyContext {
     pub endpoints: Arc<Endpoints>,
     /// Time a client has to send its startup packet.
     pub startup_timeout: Duration,
-    /// Time to open the TCP connection to a running compute.
+    /// Time to open the TCP connection to a running compute (and, for a
+    /// password-form client, to log in to it).
     pub connect_timeout: Duration,
     pub connections: Arc<tokio::sync::Semaphore>,
     pub max_connections: usize,
@@ -186,19 +187,35 @@ async fn connect(
     compute.write_all(&packet).await.map_err(unreachable)?;
     let mut from_compute = BytesMut::new();
     if let Some(password) = password {
-        let user = route.params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.as_str()).unwrap_or_default();
-        match crate::auth::login(&mut compute, user, &password, &mut from_compute).await {
-            Ok(()) => compute.write_all(&rest).await.map_err(unreachable)?,
-            Err(crate::auth::AuthError::Refused(error)) => {
-                METRICS.refused.with_label_values(&["auth_failed"]).inc();
-                info!(endpoint = route.endpoint, "password-form login refused by the compute");
-                let _ = client.write_all(&error).await;
-                return Err(None);
-            }
-            Err(e) => return Err(Some(Refusal::new("08006", "compute_unreachable", format!("endpoint {}: login: {e}", route.endpoint)))),
-        }
+        log_in_for(ctx, client, &mut compute, &route, &password, &mut from_compute).await?;
+        compute.write_all(&rest).await.map_err(unreachable)?;
     }
     Ok((compute, Target { endpoint: route.endpoint, host, port }, guard, from_compute))
+}
+
+/// Log in to the compute for a password-form client (within the connect
+/// timeout); a refusal by the compute goes to the client as it is.
+async fn log_in_for(
+    ctx: &ProxyContext,
+    client: &mut Client,
+    compute: &mut TcpStream,
+    route: &route::Route,
+    password: &str,
+    from_compute: &mut BytesMut,
+) -> Result<(), Option<Refusal>> {
+    let user = route.params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.as_str()).unwrap_or_default();
+    let failed = |detail: String| Some(Refusal::new("08006", "compute_unreachable", format!("endpoint {}: login: {detail}", route.endpoint)));
+    match tokio::time::timeout(ctx.connect_timeout, crate::auth::login(compute, user, password, from_compute)).await {
+        Err(_) => Err(failed("timed out".into())),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(crate::auth::AuthError::Refused(error))) => {
+            METRICS.refused.with_label_values(&["auth_failed"]).inc();
+            info!(endpoint = route.endpoint, "password-form login refused by the compute");
+            let _ = client.write_all(&error).await;
+            Err(None)
+        }
+        Ok(Err(e)) => Err(failed(e.to_string())),
+    }
 }
 
 /// A startup packet that names no endpoint: ask for the password, which
