@@ -25,6 +25,7 @@ else
 fi
 "$strata" endpoint list
 echo
-echo "Connect:   psql postgresql://postgres@127.0.0.1:$("$strata" endpoint list | awk '$1 == "main" {split($2, a, ":"); print a[2]}')/postgres"
+port=$("$strata" endpoint list | awk '$1 == "main" {split($2, a, ":"); print a[2]}')
+echo "Connect:   psql \"postgresql://postgres:$("$strata" endpoint show-password main)@127.0.0.1:$port/postgres\""
 echo "Branch:    $strata timeline branch --branch-name dev && $strata endpoint start dev --branch-name dev"
 echo "Stop all:  $strata stop"

@@ -54,8 +54,8 @@ fn status(repo: &common::Repo) -> String {
 fn main() {
     let repo = started_cluster(1);
     let out = repo.ok(&["endpoint", "start", "main"]);
-    let direct = common::url_of(&out);
-    let proxied = out.lines().find_map(|l| l.strip_prefix("through the proxy: psql ")).expect("proxy URL").to_string();
+    let direct = common::url_of(&repo, &out);
+    let proxied = common::proxy_url(&repo, "main");
     let out = Command::new("/usr/lib/postgresql/15/bin/pgbench").args(["-i", "-s", "10", "-q", &direct]).output().unwrap();
     assert!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
 

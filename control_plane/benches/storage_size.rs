@@ -132,7 +132,7 @@ fn main() {
     let state = control_plane::state::State::load(&repo.path).unwrap();
     let main_branch = state.branches.iter().find(|b| b.name == "main").unwrap();
     let timeline_path = format!("/v1/tenant/{}/timeline/{}", main_branch.tenant_id, main_branch.timeline_id);
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     let start_lsn: Lsn = psql(&url, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
     println!("storage_size: tenant settings {settings:?}; pgbench -i -s {scale}, then {secs} s of pgbench -c {clients}");
     let init_started = Instant::now();

@@ -74,7 +74,7 @@ fn main() {
     let state = control_plane::state::State::load(&repo.path).unwrap();
     let main_branch = state.branches.iter().find(|b| b.name == "main").unwrap();
     let (tenant, timeline) = (main_branch.tenant_id.to_string(), main_branch.timeline_id.to_string());
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     let start: Lsn = psql(&url, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
     common::pgbench(&url, &["-i", "-q", "-s", &scale]);
     psql(&url, "CREATE TABLE bench_log(id bigserial, aid int, payload text)");

@@ -26,10 +26,16 @@ impl Cluster {
         self.conf.pageserver.at.http(self.conf.pageserver.http_port)
     }
 
-    /// URL of endpoint `name` through the proxy, if the cluster has one.
-    pub fn proxy_url(&self, name: &str) -> Option<String> {
+    /// URL of endpoint `ep` through the proxy, if the cluster has one; with
+    /// its password when `with_password`.
+    pub fn proxy_url(&self, ep: &crate::endpoint::Endpoint, with_password: bool) -> Option<String> {
         let proxy = self.conf.proxy.as_ref()?;
-        Some(format!("postgresql://postgres@{}/postgres?options=endpoint%3D{name}", proxy.at.addr(proxy.pg_port)))
+        let password = match (&ep.credential, with_password) {
+            (Some(c), true) => format!(":{}", c.password.expose()),
+            _ => String::new(),
+        };
+        let (role, name) = (crate::secrets::CLIENT_ROLE, &ep.name);
+        Some(format!("postgresql://{role}{password}@{}/postgres?options=endpoint%3D{name}", proxy.at.addr(proxy.pg_port)))
     }
 
     pub fn safekeeper_http(&self, id: u64) -> Option<String> {
@@ -53,7 +59,7 @@ impl Cluster {
             out.push(Component {
                 name: format!("safekeeper_{}", sk.id),
                 binary: bin.join("safekeeper"),
-                args: safekeeper_args(sk, &dir, &self.broker_addr(), &self.conf.pageserver),
+                args: safekeeper_args(sk, &dir, &self.broker_addr(), &self.repo, &self.conf.pageserver),
                 ports: vec![sk.pg_port, sk.http_port],
                 ready_url: format!("{}/v1/status", sk.at.http(sk.http_port)),
                 at: sk.at.clone(),
@@ -179,8 +185,9 @@ impl Cluster {
 }
 
 /// A safekeeper's command line: it offloads WAL to the cluster's remote
-/// storage (the pageserver's), when there is one.
-fn safekeeper_args(sk: &crate::config::SafekeeperConf, dir: &Path, broker: &str, ps: &crate::config::PageserverConf) -> Vec<String> {
+/// storage (the pageserver's), when there is one, and logs in to computes
+/// with the cluster's replication password.
+fn safekeeper_args(sk: &crate::config::SafekeeperConf, dir: &Path, broker: &str, repo: &Path, ps: &crate::config::PageserverConf) -> Vec<String> {
     let mut args = vec![
         "--id".into(),
         sk.id.to_string(),
@@ -196,6 +203,8 @@ fn safekeeper_args(sk: &crate::config::SafekeeperConf, dir: &Path, broker: &str,
         sk.at.addr(sk.http_port),
         "--broker-endpoint".into(),
         broker.to_string(),
+        "--compute-password-file".into(),
+        crate::secrets::replication_password_path(repo).display().to_string(),
     ];
     args.extend(remote_storage_args(ps));
     args

@@ -12,6 +12,24 @@
 //! Invariants: one running endpoint per branch (checked by the caller
 //! against `endpoint.toml` files and live postmasters); the data directory is
 //! replaced wholesale at every start, since the pageserver holds the truth.
+//!
+//! Authentication (`pg_hba.conf`, written at every start):
+//! * TCP connections need a password (SCRAM-SHA-256): clients log in as
+//!   [`CLIENT_ROLE`] with the endpoint's own password (made at its first
+//!   start, kept in `endpoint.toml`, mode 0600), directly or through the
+//!   proxy; replication connections only as [`REPLICATION_ROLE`], the
+//!   cluster's safekeepers, with the cluster's replication password. Other
+//!   roles the user creates log in with their own passwords.
+//! * The Unix socket is trusted. It lives in the runtime directory, mode
+//!   0700 and owned by the Postgres user, so only that user and root reach
+//!   it — and both can read and change the data directory anyway, so a
+//!   password there would protect nothing. The control plane sets the
+//!   passwords over it, and the proxy counts client backends over it.
+//! * [`Endpoint::configure_roles`] gives the compute the stored SCRAM
+//!   verifiers (never a cleartext password) and changes the catalog only
+//!   when they differ, committing with `synchronous_commit = local`: the
+//!   safekeepers cannot connect (nor acknowledge) before the replication
+//!   role exists.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -21,6 +39,8 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use utils::id::{TenantId, TimelineId};
 use utils::pg_user::{pg_bin_dir, PgUser};
+
+use crate::secrets::{Credential, CLIENT_ROLE, REPLICATION_ROLE};
 
 pub const ENDPOINT_FILE: &str = "endpoint.toml";
 /// WAL a compute keeps for an absent safekeeper's slot; one further behind
@@ -53,6 +73,10 @@ pub struct Endpoint {
     /// connection through the proxy starts it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
+    /// The password of [`CLIENT_ROLE`] on this endpoint (made at its first
+    /// start; `None` only before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Credential>,
 }
 
 pub fn endpoints_dir(repo: &Path) -> PathBuf {
@@ -100,7 +124,8 @@ impl Endpoint {
         let dir = Self::dir(repo, &self.name);
         fs::create_dir_all(&dir)?;
         // Atomic: the proxy reads it while the CLI writes it, and back.
-        utils::fs::write_atomic(&dir.join(ENDPOINT_FILE), toml::to_string_pretty(self)?.as_bytes())?;
+        // Private: it holds the endpoint's password.
+        utils::fs::write_atomic_private(&dir.join(ENDPOINT_FILE), toml::to_string_pretty(self)?.as_bytes())?;
         Ok(())
     }
 
@@ -115,8 +140,15 @@ impl Endpoint {
         self.pgdata.parent().map(Path::to_path_buf).unwrap_or_else(|| self.pgdata.clone())
     }
 
+    /// The compute's own URL, without the password.
     pub fn url(&self) -> String {
-        format!("postgresql://postgres@{}/postgres", self.at.addr(self.port))
+        format!("postgresql://{CLIENT_ROLE}@{}/postgres", self.at.addr(self.port))
+    }
+
+    /// The compute's own URL with the password in it.
+    pub fn url_with_password(&self) -> String {
+        let password = self.credential.as_ref().map(|c| format!(":{}", c.password.expose())).unwrap_or_default();
+        format!("postgresql://{CLIENT_ROLE}{password}@{}/postgres", self.at.addr(self.port))
     }
 
     /// Pid of the running postmaster, if any.
@@ -157,12 +189,21 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Trust on loopback; when the compute listens on another address (its
-    /// safekeepers on other hosts), trust the subnets it is directly on.
+    /// Trust on the Unix socket; passwords on loopback TCP, and on the
+    /// subnets the compute is directly on when it listens on another
+    /// address (its safekeepers on other hosts); replication only as
+    /// [`REPLICATION_ROLE`]. See the module doc.
     fn hba(&self) -> String {
-        let mut hba = "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n".to_string();
+        let mut hba = "# Written by strata at every `strata endpoint start`.\n\
+                       # The socket's directory is reachable by root and the Postgres user only.\n\
+                       local all all trust\n"
+            .to_string();
+        let mut nets = vec!["127.0.0.1/32"];
         if !self.at.is_loopback() {
-            hba.push_str("host all all samenet trust\nhost replication all samenet trust\n");
+            nets.push("samenet");
+        }
+        for net in nets {
+            hba.push_str(&format!("host all all {net} scram-sha-256\nhost replication {REPLICATION_ROLE} {net} scram-sha-256\n"));
         }
         hba
     }
@@ -202,6 +243,8 @@ impl Endpoint {
         let parent = self.pgdata.parent().context("pgdata has a parent")?;
         user.chown(parent)?;
         fs::set_permissions(&self.pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        // The trusted socket is in here: root and the Postgres user only.
+        fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         self.pg_ctl(&["-w", "-t", "60", "start"])
     }
 
@@ -211,6 +254,59 @@ impl Endpoint {
             return Ok(());
         }
         self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "stop"])
+    }
+}
+
+impl Endpoint {
+    /// Run `sql` as [`CLIENT_ROLE`] over the compute's Unix socket with
+    /// psql, the SQL on its standard input (never on a command line, which
+    /// every local user can read); returns psql's output.
+    pub async fn psql_local(&self, sql: &str) -> anyhow::Result<String> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(pg_bin_dir().join("psql"))
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", CLIENT_ROLE, "-d", "postgres", "-h"])
+            .arg(self.runtime_dir())
+            .args(["-p", &self.port.to_string()])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("run psql")?;
+        let mut stdin = child.stdin.take().context("psql's stdin")?;
+        stdin.write_all(sql.as_bytes()).await.context("write to psql")?;
+        drop(stdin);
+        let out = child.wait_with_output().await.context("wait for psql")?;
+        if !out.status.success() {
+            bail!("psql on endpoint {} over its socket: {}", self.name, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Give the running compute the passwords of [`CLIENT_ROLE`] (this
+    /// endpoint's) and of [`REPLICATION_ROLE`] (the cluster's, creating the
+    /// role), as SCRAM verifiers; nothing is written when it has them.
+    pub async fn configure_roles(&self, replication: &Credential) -> anyhow::Result<()> {
+        let client = self.credential.as_ref().with_context(|| format!("endpoint {} has no password", self.name))?;
+        let query = format!("SELECT rolname || ' ' || coalesce(rolpassword, '') FROM pg_authid WHERE rolname IN ('{CLIENT_ROLE}', '{REPLICATION_ROLE}')");
+        let current = self.psql_local(&query).await?;
+        let has = |role: &str, verifier: &str| current.lines().any(|l| l.split_once(' ') == Some((role, verifier)));
+        let exists = |role: &str| current.lines().any(|l| l.split_once(' ').is_some_and(|(r, _)| r == role));
+        let mut sql = String::new();
+        if !has(CLIENT_ROLE, &client.scram_verifier) {
+            sql.push_str(&format!("ALTER ROLE {CLIENT_ROLE} PASSWORD '{}';\n", client.scram_verifier));
+        }
+        if !has(REPLICATION_ROLE, &replication.scram_verifier) {
+            let verb = if exists(REPLICATION_ROLE) { "ALTER" } else { "CREATE" };
+            sql.push_str(&format!("{verb} ROLE {REPLICATION_ROLE} LOGIN REPLICATION PASSWORD '{}';\n", replication.scram_verifier));
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        // Local commit: the safekeepers need this role to connect at all.
+        let preamble = "SET synchronous_commit = local;\nSET log_statement = 'none';\nSET password_encryption = 'scram-sha-256';\n";
+        self.psql_local(&format!("{preamble}{sql}")).await.map(drop)
     }
 }
 

@@ -2,7 +2,8 @@
 //! directory — its configuration ([`config`]) and its components run as
 //! background processes ([`background`], [`cluster`]); where a compute
 //! starts is decided from the safekeepers ([`election`]); per-tenant storage
-//! settings ([`tenant_conf`]) and branch removal ([`timeline_delete`]).
+//! settings ([`tenant_conf`]) and branch removal ([`timeline_delete`]);
+//! passwords of endpoints and of the replication role ([`secrets`]).
 
 pub mod api;
 pub mod background;
@@ -13,6 +14,7 @@ pub mod endpoint;
 pub mod import;
 pub mod logs;
 pub mod ops;
+pub mod secrets;
 pub mod settings;
 pub mod state;
 pub mod tenant_conf;

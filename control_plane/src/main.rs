@@ -183,7 +183,8 @@ enum TimelineCmd {
 
 #[derive(Subcommand)]
 enum EndpointCmd {
-    /// Start (creating if needed) a compute on a branch; prints its URL.
+    /// Start (creating if needed) a compute on a branch; prints its URL
+    /// (through the proxy), with the endpoint's password at its first start.
     Start {
         name: String,
         /// Branch to run on (default: the endpoint's branch, or `main`).
@@ -208,6 +209,9 @@ enum EndpointCmd {
     },
     /// Stop a compute (fast shutdown; committed data stays in the cluster).
     Stop { name: String },
+    /// Print the password of an endpoint's role `postgres` (made at its
+    /// first start, kept in <repo>/endpoints/NAME/endpoint.toml, mode 0600).
+    ShowPassword { name: String },
     /// List computes: address, branch, timeline, start LSN, status.
     List,
     /// Prove the storage is exact: stop the compute, rebuild its data directory
@@ -238,18 +242,39 @@ fn print_tree(branches: &[Branch], parent: Option<&str>, depth: usize) {
     }
 }
 
+/// The URLs of a started endpoint: through the proxy (when the cluster has
+/// one), then directly to its compute; the password in the first only when
+/// it was just made (`show_password`).
+fn print_urls(cluster: &Cluster, ep: &Endpoint, show_password: bool) {
+    let name = &ep.name;
+    let proxy = cluster.proxy_url(ep, show_password);
+    let main = proxy.clone().unwrap_or_else(|| if show_password { ep.url_with_password() } else { ep.url() });
+    let hint = if show_password { String::new() } else { format!(" (password: `strata endpoint show-password {name}`)") };
+    println!("connect with: psql \"{main}\"{hint}");
+    if proxy.is_some() {
+        println!("directly, bypassing the proxy: psql \"{}\" (same password)", ep.url());
+    }
+    if show_password {
+        println!("the password of role {} was made now and is shown only this once; print it again with `strata endpoint show-password {name}`", control_plane::secrets::CLIENT_ROLE);
+    }
+}
+
 async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
     match cmd {
         EndpointCmd::Start { name, branch_name, tenant_id, setting, reset, suspend_after } => {
             let cluster = Cluster::load(repo)?;
             let tenant = State::load(repo)?.tenant(tenant_id)?;
             let change = SettingsChange { set: setting, reset, suspend_after_s: suspend_after };
+            let had_password = Endpoint::load(repo, &name)?.is_some_and(|e| e.credential.is_some());
             let ep = cluster.endpoint_start(tenant, &name, branch_name.as_deref(), &change).await?;
             println!("endpoint {} on branch {} (timeline {}) at LSN {}", ep.name, ep.branch, ep.timeline_id, ep.start_lsn.as_deref().unwrap_or("?"));
-            println!("connect with: psql {}", ep.url());
-            if let Some(url) = cluster.proxy_url(&ep.name) {
-                println!("through the proxy: psql {url}");
-            }
+            print_urls(&cluster, &ep, !had_password);
+        }
+        EndpointCmd::ShowPassword { name } => {
+            Config::load(repo)?;
+            let ep = Endpoint::load(repo, &name)?.with_context(|| format!("no endpoint named {name:?}"))?;
+            let credential = ep.credential.with_context(|| format!("endpoint {name:?} has no password yet: it is made at its first `strata endpoint start {name}`"))?;
+            println!("{}", credential.password.expose());
         }
         EndpointCmd::Stop { name } => {
             Cluster::load(repo)?.endpoint_stop(&name).await?;

@@ -2,7 +2,9 @@
 //! computes. Every operation validates names and state first and only then
 //! changes anything, so bad input leaves nothing half-created.
 //!
-//! `endpoint start` takes its start LSN and new term from a quorum of
+//! `endpoint start` makes the endpoint's password at its first start and
+//! sets it (and the cluster's replication role) on the compute once it is
+//! up, before returning. It takes its start LSN and new term from a quorum of
 //! safekeepers ([`crate::election`]), writes the term, then waits for the
 //! pageserver (which streams from any safekeeper) to reach exactly that LSN
 //! before the basebackup. Branch points and `endpoint compare` still wait
@@ -20,6 +22,7 @@ use utils::pg_user::PgUser;
 use crate::api::{field, Api};
 use crate::cluster::Cluster;
 use crate::endpoint::{self, Endpoint};
+use crate::secrets::Credential;
 use crate::settings::SettingsChange;
 use crate::state::{Branch, State};
 
@@ -233,7 +236,10 @@ impl Cluster {
         // The start LSN and the new term come from a quorum of safekeepers;
         // the term is written before the compute exists, fencing older ones.
         let election = self.elect(&api, t, branch.timeline_id).await?;
-        let conninfo = format!("host={} port={port} user=postgres dbname=postgres", self.conf.compute.at.host);
+        // No password in it: the safekeepers read the replication password
+        // from their --compute-password-file.
+        let replication = crate::secrets::replication_credential(&self.repo)?;
+        let conninfo = format!("host={} port={port} user={} dbname=postgres", self.conf.compute.at.host, crate::secrets::REPLICATION_ROLE);
         self.establish_term(&api, t, branch.timeline_id, &election, &conninfo).await?;
         let lsn = election.start_lsn;
         let prev = self.pageserver_at(&api, t, branch.timeline_id, lsn).await?;
@@ -254,6 +260,7 @@ impl Cluster {
                 None => existing.as_ref().and_then(|e| e.suspend_after_s),
             },
             suspended: false,
+            credential: Some(existing.as_ref().and_then(|e| e.credential.clone()).unwrap_or_else(Credential::generate)),
         };
         self.fetch_basebackup(&api, &ep, lsn, prev).await?;
         ep.write_config(&self.conf.safekeepers.iter().map(|s| format!("sk_{}", s.id)).collect::<Vec<_>>(), self.quorum())?;
@@ -263,6 +270,11 @@ impl Cluster {
             let previous = existing.as_ref().map(|e| e.settings.clone()).unwrap_or_default();
             Endpoint { settings: previous, ..ep.clone() }.save(&self.repo)?;
             return Err(e);
+        }
+        if let Err(e) = ep.configure_roles(&replication).await {
+            // Not left running with passwords no one holds.
+            let _ = ep.stop_postgres();
+            return Err(e.context(format!("set the passwords of endpoint {name}")));
         }
         Ok(ep)
     }

@@ -15,7 +15,7 @@ fn version_logs_and_status() {
     let version = repo.ok(&["--version"]);
     assert_eq!(version.trim(), format!("strata {}", env!("CARGO_PKG_VERSION")));
 
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&url, "CREATE TABLE t AS SELECT g FROM generate_series(1, 100000) g");
     let ps = repo.ok(&["logs", "pageserver", "-n", "3"]);
     assert!(!ps.is_empty() && ps.lines().count() <= 3, "{ps}");

@@ -38,14 +38,14 @@ fn partial_files(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn full_pageserver_and_safekeeper_disks_lose_nothing_and_resume_when_space_returns() {
     let repo = common::start_cluster_with_tenant_settings(Repo::new(), 3, &["checkpoint_distance=4MiB"]);
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     common::pgbench(&url, &["-i", "-s", "2", "-q"]);
     repo.ok(&["endpoint", "stop", "main"]);
     repo.ok(&["stop"]);
     let ps_disk = SmallDisk::mount_over(&repo.path.join("pageserver/data"), 192).unwrap();
     let sk_disk = SmallDisk::mount_over(&repo.path.join("safekeeper_1/data"), 64).unwrap();
     repo.ok(&["start"]);
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     let cl = Cl::new(&repo);
     let ps_filler = ps_disk.fill().unwrap();
     let sk_filler = sk_disk.fill().unwrap();
@@ -95,7 +95,7 @@ fn full_pageserver_and_safekeeper_disks_lose_nothing_and_resume_when_space_retur
     // Every block equal, every acknowledged transaction there after a restart.
     repo.ok(&["endpoint", "compare", "main"]);
     repo.ok(&["endpoint", "stop", "main"]);
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     let history: u64 = psql(&url, "SELECT count(*) FROM pgbench_history").parse().unwrap();
     assert_eq!(history, processed, "acknowledged pgbench transactions lost");
     assert_eq!(psql(&url, "SELECT count(*) FROM big"), "120000");

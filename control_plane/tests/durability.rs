@@ -94,7 +94,7 @@ fn kill9_tree(pid: i32) {
 #[test]
 fn kill9_of_pageserver_and_compute_loses_no_committed_transaction() {
     let repo = started_cluster(1);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&main, "CREATE TABLE c(id bigserial primary key, v int)");
     let loads = [Load::start(&main), Load::start(&main)];
     wait_for("load to commit", || loads.iter().map(Load::count).sum::<usize>() > 300);
@@ -110,7 +110,7 @@ fn kill9_of_pageserver_and_compute_loses_no_committed_transaction() {
     assert!(acked.len() > 600, "only {} commits acknowledged", acked.len());
 
     repo.ok(&["start"]); // restarts the pageserver, which resumes streaming
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     let ids = acked.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
     let found = psql(&main, &format!("SELECT count(*) FROM c WHERE id = ANY('{{{ids}}}'::bigint[])"));
     assert_eq!(found, acked.len().to_string(), "acknowledged commits were lost");

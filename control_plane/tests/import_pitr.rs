@@ -17,7 +17,7 @@ use utils::lsn::Lsn;
 fn endpoint_start(repo: &Repo, args: &[&str]) -> (String, String) {
     let mut full = vec!["endpoint", "start"];
     full.extend_from_slice(args);
-    (args[0].to_string(), url_of(&repo.ok(&full)))
+    (args[0].to_string(), url_of(&repo, &repo.ok(&full)))
 }
 
 

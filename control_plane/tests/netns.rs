@@ -131,7 +131,7 @@ fn a_partitioned_safekeeper_loses_nothing_and_catches_up_when_its_link_returns()
     let net = Net::new(5);
     let repo = placed_cluster(&net);
     let cl = Cl::new(&repo);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     assert!(main.contains(&net.host_ip(COMPUTE)), "the compute is reached by its own address: {main}");
     // Each component listens on its host's address only: nothing on our loopback.
     let sk1 = &cl.conf.safekeepers[0];
@@ -146,7 +146,7 @@ fn a_partitioned_safekeeper_loses_nothing_and_catches_up_when_its_link_returns()
     wait_for("commits with safekeeper 3 partitioned away", Duration::from_secs(60), || acked.lock().unwrap().len() >= before + 50);
     repo.ok(&["endpoint", "stop", "main"]);
     let restarted = repo.ok(&["endpoint", "start", "main"]);
-    assert_eq!(url_of(&restarted), main);
+    assert_eq!(url_of(&repo, &restarted), main);
     let before = acked.lock().unwrap().len();
     wait_for("commits after the restart, still partitioned", Duration::from_secs(60), || acked.lock().unwrap().len() >= before + 20);
     stop.store(true, Ordering::Relaxed);

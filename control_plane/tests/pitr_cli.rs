@@ -8,7 +8,7 @@ use common::{psql, started_cluster, url_of};
 #[test]
 fn branch_at_a_timestamp_shows_the_state_at_that_time() {
     let repo = started_cluster(1);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&main, "CREATE TABLE t(k int primary key)");
     psql(&main, "INSERT INTO t VALUES (1)");
     // A time after the first commit, by the compute's own clock.
@@ -17,7 +17,7 @@ fn branch_at_a_timestamp_shows_the_state_at_that_time() {
     psql(&main, "INSERT INTO t VALUES (2)");
 
     repo.ok(&["timeline", "branch", "--branch-name", "then", "--at", &at]);
-    let then = url_of(&repo.ok(&["endpoint", "start", "then", "--branch-name", "then"]));
+    let then = url_of(&repo, &repo.ok(&["endpoint", "start", "then", "--branch-name", "then"]));
     assert_eq!(psql(&then, "SELECT string_agg(k::text, ',' ORDER BY k) FROM t"), "1");
     assert_eq!(psql(&main, "SELECT string_agg(k::text, ',' ORDER BY k) FROM t"), "1,2");
 

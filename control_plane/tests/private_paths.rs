@@ -30,7 +30,7 @@ fn repo_and_walredo_lib_under_0700_dirs_serve_pgbench_and_a_restart_that_needs_r
     repo.envs.push(("STRATA_WALREDO_LIB".into(), lib.display().to_string()));
     repo.envs.push(("STRATA_STATE_DIR".into(), state.path().display().to_string()));
     let repo = start_cluster(repo, 1);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     pgbench(&main, &["-i", "-s", "2", "-q"]);
     psql(&main, "CHECKPOINT");
     pgbench(&main, &["-c", "2", "-t", "300", "-n"]);
@@ -44,7 +44,7 @@ fn repo_and_walredo_lib_under_0700_dirs_serve_pgbench_and_a_restart_that_needs_r
 
     // A restart from a basebackup needs WAL redo of the pages pgbench changed.
     repo.ok(&["endpoint", "stop", "main"]);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     assert_eq!(sums(&main), before, "data differs after the restart");
     let port = Config::load(&repo.path).unwrap().pageserver.http_port;
     let metrics = common::http_get(port, "/metrics");
@@ -57,10 +57,10 @@ fn repo_and_walredo_lib_under_0700_dirs_serve_pgbench_and_a_restart_that_needs_r
 fn readme_commands_verbatim_with_the_default_relative_repo_dir() {
     let repo = start_cluster(Repo::in_cwd(), 1);
     assert!(repo.path.join("config.toml").is_file(), "the repo is not ./.strata");
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&main, "CREATE TABLE t AS SELECT 1 AS x");
     repo.ok(&["timeline", "branch", "--branch-name", "dev"]);
-    let dev = url_of(&repo.ok(&["endpoint", "start", "dev", "--branch-name", "dev"]));
+    let dev = url_of(&repo, &repo.ok(&["endpoint", "start", "dev", "--branch-name", "dev"]));
     assert_eq!(psql(&dev, "SELECT x FROM t"), "1");
     let tree = repo.ok(&["timeline", "list"]);
     assert!(tree.contains(": dev ["), "{tree}");

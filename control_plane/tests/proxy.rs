@@ -19,9 +19,13 @@ use control_plane::config::Config;
 
 const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
 
-/// The proxy URL `strata endpoint start` printed.
-fn proxy_url_of(stdout: &str) -> String {
-    stdout.lines().find_map(|l| l.strip_prefix("through the proxy: psql ")).expect("proxy URL printed").to_string()
+/// `strata endpoint start ARGS…`; the endpoint's URL through the proxy,
+/// with its password.
+fn start(repo: &Repo, args: &[&str]) -> String {
+    let mut full = vec!["endpoint", "start"];
+    full.extend_from_slice(args);
+    repo.ok(&full);
+    common::proxy_url(repo, args[0])
 }
 
 fn proxy_ports(repo: &Repo) -> (u16, u16) {
@@ -50,10 +54,10 @@ fn endpoint_status(repo: &Repo, name: &str) -> String {
 #[test]
 fn one_port_routes_to_two_branches_and_refuses_what_it_cannot_route() {
     let repo = started_cluster(1);
-    let main = proxy_url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = start(&repo, &["main"]);
     psql(&main, "CREATE TABLE t(v text); INSERT INTO t VALUES ('before the branch')");
     repo.ok(&["timeline", "branch", "--branch-name", "dev"]);
-    let dev = proxy_url_of(&repo.ok(&["endpoint", "start", "dev", "--branch-name", "dev"]));
+    let dev = start(&repo, &["dev", "--branch-name", "dev"]);
     psql(&main, "INSERT INTO t VALUES ('main only')");
     psql(&dev, "INSERT INTO t VALUES ('dev only')");
     assert_eq!(psql(&main, "SELECT string_agg(v, ',' ORDER BY v) FROM t"), "before the branch,main only");
@@ -72,16 +76,19 @@ fn one_port_routes_to_two_branches_and_refuses_what_it_cannot_route() {
     let conninfo = psql(&format!("{main}&sslmode=require"), "\\conninfo");
     assert!(conninfo.contains("SSL connection"), "{conninfo}");
     let ca = repo.path.join("tls/ca.crt");
-    let verified = format!("postgresql://postgres@localhost:{port}/postgres?options=endpoint%3Dmain&sslmode=verify-full&sslrootcert={}", ca.display());
+    let (main_pw, dev_pw) = (common::password_of(&repo, "main"), common::password_of(&repo, "dev"));
+    let verified = format!("postgresql://postgres:{main_pw}@localhost:{port}/postgres?options=endpoint%3Dmain&sslmode=verify-full&sslrootcert={}", ca.display());
     assert_eq!(psql(&verified, "SELECT count(*) FROM t"), "2");
-    let by_sni = format!("host=dev.localhost hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=verify-full sslrootcert={}", ca.display());
+    let by_sni = format!("host=dev.localhost hostaddr=127.0.0.1 port={port} user=postgres password={dev_pw} dbname=postgres sslmode=verify-full sslrootcert={}", ca.display());
     assert_eq!(psql(&by_sni, "SELECT string_agg(v, ',' ORDER BY v) FROM t"), "before the branch,dev only");
     let wrong_name = psql_error(&format!("host=main.example.com hostaddr=127.0.0.1 port={port} user=postgres sslmode=verify-full sslrootcert={}", ca.display()));
     assert!(wrong_name.contains("does not match host name"), "{wrong_name}");
 
     let unknown = psql_error(&format!("postgresql://postgres@127.0.0.1:{port}/postgres?options=endpoint%3Dnope"));
     assert!(unknown.contains("endpoint \"nope\" does not exist"), "{unknown}");
-    let missing = psql_error(&format!("postgresql://postgres@127.0.0.1:{port}/postgres"));
+    // No endpoint named: the proxy asks for the password form, and refuses
+    // any other password with what to do.
+    let missing = psql_error(&format!("postgresql://postgres:not-the-form@127.0.0.1:{port}/postgres"));
     assert!(missing.contains("no endpoint given") && missing.contains("options=endpoint"), "{missing}");
     let hostile = psql_error(&format!("postgresql://postgres@127.0.0.1:{port}/postgres?options=endpoint%3D..%2Fx"));
     assert!(hostile.contains("is not valid"), "{hostile}");
@@ -105,7 +112,7 @@ fn one_port_routes_to_two_branches_and_refuses_what_it_cannot_route() {
 #[test]
 fn an_idle_endpoint_is_suspended_and_woken_once_by_twenty_clients() {
     let repo = started_cluster(1);
-    let url = proxy_url_of(&repo.ok(&["endpoint", "start", "main", "--suspend-after", "2s"]));
+    let url = start(&repo, &["main", "--suspend-after", "2s"]);
     psql(&url, "CREATE TABLE t(id int); INSERT INTO t SELECT generate_series(1, 1000)");
     wait_for("the endpoint to be suspended", Duration::from_secs(60), || endpoint_status(&repo, "main") == "suspended");
     assert_eq!(proxy_metric(&repo, "proxy_suspends_total"), 1.0);
@@ -141,7 +148,7 @@ fn an_idle_endpoint_is_suspended_and_woken_once_by_twenty_clients() {
 #[test]
 fn tokio_postgres_queries_and_cancels_through_the_proxy() {
     let repo = started_cluster(1);
-    let url = proxy_url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = start(&repo, &["main"]);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect through the proxy");

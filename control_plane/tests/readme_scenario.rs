@@ -8,12 +8,12 @@ use common::{psql, started_cluster, url_of};
 #[test]
 fn readme_scenario_branch_isolation() {
     let repo = started_cluster(1);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&main, "CREATE TABLE t(key int primary key, value text)");
     psql(&main, "INSERT INTO t VALUES (1, '1')");
 
     repo.ok(&["timeline", "branch", "--branch-name", "migration_check"]);
-    let branch = url_of(&repo.ok(&["endpoint", "start", "migration_check", "--branch-name", "migration_check"]));
+    let branch = url_of(&repo, &repo.ok(&["endpoint", "start", "migration_check", "--branch-name", "migration_check"]));
     assert_eq!(psql(&branch, "SELECT key, value FROM t"), "1|1");
     psql(&branch, "INSERT INTO t VALUES (2, '2')");
     assert_eq!(psql(&branch, "SELECT count(*) FROM t"), "2");
@@ -36,9 +36,9 @@ fn readme_scenario_branch_isolation() {
     // Everything committed survives a full stop and start.
     repo.ok(&["stop"]);
     repo.ok(&["start"]);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     assert_eq!(psql(&main, "SELECT string_agg(key::text, ',' ORDER BY key) FROM t"), "1,3");
-    let branch = url_of(&repo.ok(&["endpoint", "start", "migration_check"]));
+    let branch = url_of(&repo, &repo.ok(&["endpoint", "start", "migration_check"]));
     assert_eq!(psql(&branch, "SELECT string_agg(key::text, ',' ORDER BY key) FROM t"), "1,2");
     let status = repo.ok(&["status"]);
     assert!(status.contains("migration_check"), "{status}");

@@ -19,14 +19,15 @@ fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().and_then(|p| p.split('/').next()).and_then(|p| p.parse().ok()).expect("port in URL")
 }
 
-/// Run the two halves; returns the failed tests of both.
-fn run_halves(suite: &Suite, port: u16, halves: &(std::path::PathBuf, std::path::PathBuf), between: impl FnOnce() -> u16) -> Vec<String> {
+/// Run the two halves against the server at `host` (an address or a socket
+/// directory); returns the failed tests of both.
+fn run_halves(suite: &Suite, host: &str, port: u16, halves: &(std::path::PathBuf, std::path::PathBuf), between: impl FnOnce() -> u16) -> Vec<String> {
     let first = RunOptions { schedule: Some(halves.0.clone()), ..Default::default() };
-    let run1 = suite.run("127.0.0.1", port, &first).expect("first half runs");
+    let run1 = suite.run(host, port, &first).expect("first half runs");
     println!("first half: {} ({:?})", run1.summary, run1.elapsed);
     let port = between();
     let second = RunOptions { schedule: Some(halves.1.clone()), use_existing: true, ..Default::default() };
-    let run2 = suite.run("127.0.0.1", port, &second).expect("second half runs");
+    let run2 = suite.run(host, port, &second).expect("second half runs");
     println!("second half: {} ({:?})", run2.summary, run2.elapsed);
     let mut failed = run1.failed;
     failed.extend(run2.failed);
@@ -95,7 +96,7 @@ fn regression_suite_passes_on_strata_as_on_stock_and_the_rebuild_is_identical() 
     // Stock PostgreSQL, same binaries, same settings as an endpoint.
     let mut stock = PgCluster::start(&[("max_prepared_transactions", "10")]).unwrap();
     let stock_port = stock.port();
-    let stock_failed = run_halves(&suite, stock_port, &halves, || {
+    let stock_failed = run_halves(&suite, "127.0.0.1", stock_port, &halves, || {
         stock.stop().unwrap();
         stock.start_postmaster().unwrap();
         stock.port()
@@ -103,15 +104,18 @@ fn regression_suite_passes_on_strata_as_on_stock_and_the_rebuild_is_identical() 
     drop(stock);
 
     let repo = start_cluster_with_tenant_settings(Repo::new(), 1, AGGRESSIVE);
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
-    let strata_failed = run_halves(&suite, port_of(&url), &halves, || {
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
+    // Over the compute's Unix socket (trusted, as stock's loopback is):
+    // the suite logs in as the roles it creates, which have no passwords.
+    let socket_dir = common::endpoint(&repo, "main").runtime_dir().display().to_string();
+    let strata_failed = run_halves(&suite, &socket_dir, port_of(&url), &halves, || {
         // Restart the compute from a fresh basebackup between the halves,
         // once the pageserver has ingested what the first half wrote: with
         // 1 MiB layers ingest does more work per MiB than the compute, and
         // `endpoint start` waits only 60 s for it.
         wait_for_ingest(&repo, &url);
         repo.ok(&["endpoint", "stop", "main"]);
-        port_of(&url_of(&repo.ok(&["endpoint", "start", "main"])))
+        port_of(&url_of(&repo, &repo.ok(&["endpoint", "start", "main"])))
     });
     assert_eq!(strata_failed, stock_failed, "the suite fails differently on Strata than on stock PostgreSQL {}", suite.installed_version());
     assert_storage_passes_ran(&repo);

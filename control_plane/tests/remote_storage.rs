@@ -30,7 +30,7 @@ fn pg_dump(url: &str) -> String {
 }
 
 fn lose_pageserver_and_recover(repo: Repo) {
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&url, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
     let detail = checkpoint_and_upload(&repo);
     let remote_lsn = detail["remote_consistent_lsn"].as_str().unwrap().to_string();
@@ -44,7 +44,7 @@ fn lose_pageserver_and_recover(repo: Repo) {
     std::fs::remove_dir_all(repo.path.join("pageserver")).unwrap();
     let started = repo.ok(&["start"]);
     assert!(started.contains("attached from remote storage (generation 2)"), "{started}");
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     assert_eq!(psql(&url, "SELECT count(*), sum(id) FROM t"), sum, "rows lost with the pageserver's directory");
     assert!(pg_dump(&url) == dump, "pg_dump of the recovered endpoint differs from the one before");
     psql(&url, "INSERT INTO t VALUES (0, 'after recovery')");
@@ -104,7 +104,7 @@ fn pageserver_resident_limit_evicts_and_serves() {
     repo.ok(&["start"]);
     repo.ok(&["tenant", "create", "--set-default"]);
 
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&url, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g");
     let detail = checkpoint_and_upload(&repo);
     let physical = detail["current_physical_size"].as_u64().unwrap();
@@ -135,7 +135,7 @@ fn pageserver_resident_limit_evicts_and_serves() {
     // A new compute's basebackup reads every page: evicted layers come back.
     let downloads_before = common::metric(&metrics, "strata_pageserver_remote_layer_downloads_total").unwrap_or(0.0);
     repo.ok(&["endpoint", "stop", "main"]);
-    let url = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     assert_eq!(psql(&url, "SELECT count(*), sum(id) FROM t"), sum);
     let metrics = common::http_get(port, "/metrics");
     let downloads = common::metric(&metrics, "strata_pageserver_remote_layer_downloads_total").unwrap_or(0.0);

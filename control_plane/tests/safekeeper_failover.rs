@@ -26,7 +26,7 @@ fn insert_acked(url: &str, n: usize) -> Vec<i64> {
 fn acknowledged_commits_survive_compute_restart_with_a_safekeeper_down() {
     let repo = started_cluster(3);
     let cl = Cl::new(&repo);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&main, "CREATE TABLE c(id bigserial primary key, v int)");
     let mut acked = insert_acked(&main, 20);
     cl.kill9_sk(1);
@@ -35,7 +35,7 @@ fn acknowledged_commits_survive_compute_restart_with_a_safekeeper_down() {
     psql(&main, "INSERT INTO c(v) SELECT 2 FROM generate_series(1, 20000)");
     acked.extend(insert_acked(&main, 20));
     repo.ok(&["endpoint", "stop", "main"]);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     assert_eq!(count_ids(&main, &acked), acked.len(), "acknowledged commits were lost");
     assert_eq!(psql(&main, "SELECT count(*) FROM c WHERE v = 2"), "20000");
     // The restarted safekeeper rejoins the new term and catches up.
@@ -56,7 +56,7 @@ fn acknowledged_commits_survive_compute_restart_with_a_safekeeper_down() {
 fn a_restarted_safekeeper_catches_up_from_its_peers() {
     let repo = started_cluster(3);
     let cl = Cl::new(&repo);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&main, "CREATE TABLE c(id bigserial primary key, v int)");
     cl.kill9_sk(3);
     // A few MB of WAL while safekeeper 3 is down.
@@ -97,7 +97,7 @@ fn a_safekeeper_down_for_256_mb_of_wal_catches_up_from_peers_within_the_pg_wal_b
     let cl = Cl::new(&repo);
     let keep = format!("max_slot_wal_keep_size={keep_mb}MB");
     let max_wal = format!("max_wal_size={max_wal_mb}MB");
-    let main = url_of(&repo.ok(&["endpoint", "start", "main", "-c", &keep, "-c", &max_wal, "-c", "min_wal_size=32MB"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main", "-c", &keep, "-c", &max_wal, "-c", "min_wal_size=32MB"]));
     psql(&main, "CREATE TABLE c(id bigserial primary key, v int)");
     let mut acked = insert_acked(&main, 10);
     cl.kill9_sk(3);
@@ -127,7 +127,7 @@ fn a_safekeeper_down_for_256_mb_of_wal_catches_up_from_peers_within_the_pg_wal_b
     println!("safekeeper 3 recovered {} MB from its peers", recovered as u64 / MB);
     assert!(recovered > 0.0, "safekeeper 3 did not recover from its peers");
     repo.ok(&["endpoint", "stop", "main"]);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     assert_eq!(count_ids(&main, &acked), acked.len(), "acknowledged commits were lost");
 }
 
@@ -135,7 +135,7 @@ fn a_safekeeper_down_for_256_mb_of_wal_catches_up_from_peers_within_the_pg_wal_b
 fn the_pageserver_switches_source_when_its_safekeeper_dies() {
     let repo = started_cluster(3);
     let cl = Cl::new(&repo);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&main, "CREATE TABLE c(id bigserial primary key, v int)");
     psql(&main, "INSERT INTO c(v) SELECT 1 FROM generate_series(1, 1000)");
     let source = |d: &Value| d["walreceiver"]["source"]["conninfo"].as_str().unwrap_or("").to_string();
@@ -154,7 +154,7 @@ fn the_pageserver_switches_source_when_its_safekeeper_dies() {
     assert!(!source(&cl.ps_detail()).contains(&format!("port={}", cl.conf.safekeepers[victim as usize - 1].pg_port)));
     // Every block the pageserver rebuilds equals the compute's.
     repo.ok(&["endpoint", "compare", "main"]);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     assert_eq!(psql(&main, "SELECT count(*) FROM c"), "51000");
 }
 
@@ -235,7 +235,7 @@ fn chaos_bank_transfers_survive_safekeeper_kills_and_a_compute_restart() {
     println!("chaos seed {seed}, {secs} s");
     let repo = started_cluster(3);
     let cl = Cl::new(&repo);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&main, "CREATE TABLE acc(id int primary key, bal bigint); CREATE TABLE xfer(id bigserial primary key, a int, b int, amount int)");
     psql(&main, &format!("INSERT INTO acc SELECT g, {INITIAL_BALANCE} FROM generate_series(1, {ACCOUNTS}) g"));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -314,6 +314,6 @@ fn without_a_quorum_of_safekeepers_the_compute_does_not_start_and_nothing_change
     assert!(err.contains("only 1 of 3 safekeepers answer") && err.contains("safekeeper 1") && err.contains("safekeeper 2"), "{err}");
     assert_eq!(cl.sk_status(3).unwrap()["term"], term_before, "a failed election changed the term");
     cl.restart_missing();
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&main, "SELECT 1");
 }

@@ -94,7 +94,7 @@ fn tenant_settings_compaction_gc_layers_and_branch_delete() {
 
     // pgbench with a 1 MiB checkpoint distance: L0 files pile up (the
     // compaction threshold is 1000).
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     pgbench(&main, &["-i", "-q", "-s", "2"]);
     pgbench(&main, &["-c", "2", "-t", "300"]);
     let tl = timeline_of(&repo, "main");
@@ -191,7 +191,7 @@ fn tenant_settings_compaction_gc_layers_and_branch_delete() {
     // endpoint; removes the directories otherwise.
     repo.ok(&["timeline", "branch", "--branch-name", "dev"]);
     repo.ok(&["timeline", "branch", "--branch-name", "devchild", "--ancestor-branch-name", "dev"]);
-    let dev_url = url_of(&repo.ok(&["endpoint", "start", "devep", "--branch-name", "dev"]));
+    let dev_url = url_of(&repo, &repo.ok(&["endpoint", "start", "devep", "--branch-name", "dev"]));
     psql(&dev_url, "CREATE TABLE only_on_dev AS SELECT generate_series(1, 1000) AS x");
     let dev_lsn = psql(&dev_url, "SELECT pg_current_wal_flush_lsn()");
     let (dev, child) = (timeline_of(&repo, "dev"), timeline_of(&repo, "devchild"));

@@ -21,12 +21,12 @@ fn pgbench_datadir_imports_with_an_equal_dump() {
 
     let out = repo.ok(&["tenant", "import", "--pgdata", pg.data_dir().to_str().unwrap(), "--set-default"]);
     assert!(out.starts_with("imported tenant "), "{out}");
-    let url = url_of(&repo.ok(&["endpoint", "start", "imported"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "imported"]));
     assert_eq!(pg_harness::pg_dump(&url).unwrap(), before, "dump differs after import");
     // The imported database takes writes, which survive a restart.
     psql(&url, "INSERT INTO extra VALUES (0, 'after import')");
     repo.ok(&["endpoint", "stop", "imported"]);
-    let url = url_of(&repo.ok(&["endpoint", "start", "imported"]));
+    let url = url_of(&repo, &repo.ok(&["endpoint", "start", "imported"]));
     assert_eq!(psql(&url, "SELECT count(*) FROM extra"), "5001");
     assert_eq!(psql(&url, "SELECT count(*) FROM pgbench_history"), "400");
 }

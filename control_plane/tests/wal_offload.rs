@@ -138,7 +138,7 @@ fn wal_is_offloaded_removed_locally_and_still_served() {
     let repo = started_cluster(3);
     let cl = Cluster::new(&repo);
     assert!(cl.conf.pageserver.remote_storage.is_some());
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     psql(&main, "CREATE TABLE t(id bigserial primary key, v text)");
     // Safekeeper 3 is down for the first part: it must later catch up from
     // WAL that its peers have offloaded and removed.
@@ -224,7 +224,7 @@ fn wal_is_offloaded_removed_locally_and_still_served() {
     assert_eq!(rows, "12001");
     psql(&main, "INSERT INTO t(v) VALUES ('after removal')");
     repo.ok(&["endpoint", "stop", "main"]);
-    let main = url_of(&repo.ok(&["endpoint", "start", "main"]));
+    let main = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
     assert_eq!(psql(&main, "SELECT count(*) FROM t"), "12002");
     assert_eq!(psql(&main, "SELECT count(*) FROM t WHERE v = 'after removal'"), "1");
     let status = repo.ok(&["status"]);
@@ -233,7 +233,7 @@ fn wal_is_offloaded_removed_locally_and_still_served() {
 
     // A deleted branch takes its offloaded WAL with it.
     repo.ok(&["timeline", "branch", "--branch-name", "dev"]);
-    let dev = url_of(&repo.ok(&["endpoint", "start", "dev", "--branch-name", "dev"]));
+    let dev = url_of(&repo, &repo.ok(&["endpoint", "start", "dev", "--branch-name", "dev"]));
     psql(&dev, "INSERT INTO t(v) SELECT 'dev' FROM generate_series(1, 1000)");
     psql(&dev, "SELECT pg_switch_wal()");
     psql(&dev, "INSERT INTO t(v) VALUES ('dev after the switch')");

@@ -4,8 +4,11 @@
 //! (from the startup packet or the TLS SNI name), wake it if suspended,
 //! connect to its compute, hand the startup packet on without the routing
 //! option, then relay bytes both ways until either side closes.
-//! Authentication is between the client and the compute: the proxy never
-//! sees a password.
+//! Authentication is between the client and the compute (SCRAM-SHA-256,
+//! relayed): the proxy never sees a password — except from a client that
+//! names its endpoint by the `endpoint=NAME;PASSWORD` password form, which
+//! the proxy asks for in cleartext and logs in to the compute with itself
+//! ([`crate::auth`]).
 //!
 //! Every refusal is a FATAL ErrorResponse with a SQLSTATE and a message
 //! that says what to do, never a silently dropped connection.
@@ -32,7 +35,8 @@ pub struct ProxyContext {
     pub endpoints: Arc<Endpoints>,
     /// Time a client has to send its startup packet.
     pub startup_timeout: Duration,
-    /// Time to open the TCP connection to a running compute.
+    /// Time to open the TCP connection to a running compute (and, for a
+    /// password-form client, to log in to it).
     pub connect_timeout: Duration,
     pub connections: Arc<tokio::sync::Semaphore>,
     pub max_connections: usize,
@@ -98,11 +102,11 @@ async fn handle(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr) {
     METRICS.active_connections.inc();
     let _active = scopeguard(|| METRICS.active_connections.dec());
     match connect(&ctx, &mut client).await {
-        Ok((mut compute, target, _guard)) => {
+        Ok((mut compute, target, _guard, from_compute)) => {
             let span = tracing::info_span!("relay", endpoint = %target.endpoint);
             async {
                 info!(%peer, "connected to the compute");
-                let _key = match relay_until_ready(&mut client, &mut compute).await {
+                let _key = match relay_until_ready(&mut client, &mut compute, from_compute).await {
                     Ok(key) => key.map(|(pid, secret)| ctx.cancel.register(pid, secret, target.host.clone(), target.port)),
                     Err(e) => return info!("session ended during authentication: {e}"),
                 };
@@ -132,17 +136,19 @@ struct Target {
     port: u16,
 }
 
+/// With it, what the compute sent after the login the proxy did for a
+/// password-form client (else empty).
 async fn connect(
     ctx: &ProxyContext,
     client: &mut Client,
-) -> Result<(TcpStream, Target, crate::endpoints::ConnectionGuard), Option<Refusal>> {
+) -> Result<(TcpStream, Target, crate::endpoints::ConnectionGuard, BytesMut), Option<Refusal>> {
     let startup = match tokio::time::timeout(ctx.startup_timeout, read_startup(client, ctx.tls.as_ref())).await {
         Err(_) => return Err(Some(Refusal::new("08P01", "startup_timeout", "no startup packet received in time"))),
         Ok(Err(e)) => return Err(Some(Refusal::new("08P01", "bad_startup", format!("invalid startup packet: {e}")))),
         Ok(Ok(None)) => return Err(None),
         Ok(Ok(Some(s))) => s,
     };
-    let Startup { message, rest, sni } = startup;
+    let Startup { message, mut rest, sni } = startup;
     let params = match message {
         FeMessage::StartupMessage(m) => m.params,
         FeMessage::CancelRequest { process_id, secret_key } => {
@@ -151,7 +157,15 @@ async fn connect(
         }
         other => return Err(Some(Refusal::new("08P01", "bad_startup", format!("unexpected {other:?} before startup")))),
     };
-    let route = route::route(&params, sni.as_deref()).map_err(|e| Some(Refusal::new("08004", "no_route", e.to_string())))?;
+    route::refuse_replication(&params).map_err(|e| Some(Refusal::new("28000", "replication", e.to_string())))?;
+    let (route, password) = match route::route(&params, sni.as_deref()) {
+        Ok(route) => (route, None),
+        Err(route::RouteError::Missing) => {
+            let (route, password) = password_form(ctx, client, &params, &mut rest).await?;
+            (route, Some(password))
+        }
+        Err(e) => return Err(Some(Refusal::new("08004", "no_route", e.to_string()))),
+    };
     let refusal = |e: crate::endpoints::EndpointError| Some(Refusal::new(e.sqlstate(), e.reason(), e.to_string()));
     let guard = ctx.endpoints.open(&route.endpoint).map_err(refusal)?;
     let (host, port) = ctx.endpoints.connect_target(&route.endpoint).await.map_err(refusal)?;
@@ -166,20 +180,83 @@ async fn connect(
     let pairs = route.params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     postgres_protocol::message::frontend::startup_message(pairs, &mut packet)
         .map_err(|e| Some(Refusal::new("08P01", "bad_startup", format!("startup parameters: {e}"))))?;
-    packet.extend_from_slice(&rest);
-    if let Err(e) = compute.write_all(&packet).await {
-        return Err(Some(Refusal::new("08006", "compute_unreachable", format!("endpoint {}: {e}", route.endpoint))));
+    if password.is_none() {
+        packet.extend_from_slice(&rest);
     }
-    Ok((compute, Target { endpoint: route.endpoint, host, port }, guard))
+    let unreachable = |e: std::io::Error| Some(Refusal::new("08006", "compute_unreachable", format!("endpoint {}: {e}", route.endpoint)));
+    compute.write_all(&packet).await.map_err(unreachable)?;
+    let mut from_compute = BytesMut::new();
+    if let Some(password) = password {
+        log_in_for(ctx, client, &mut compute, &route, &password, &mut from_compute).await?;
+        compute.write_all(&rest).await.map_err(unreachable)?;
+    }
+    Ok((compute, Target { endpoint: route.endpoint, host, port }, guard, from_compute))
+}
+
+/// Log in to the compute for a password-form client (within the connect
+/// timeout); a refusal by the compute goes to the client as it is.
+async fn log_in_for(
+    ctx: &ProxyContext,
+    client: &mut Client,
+    compute: &mut TcpStream,
+    route: &route::Route,
+    password: &str,
+    from_compute: &mut BytesMut,
+) -> Result<(), Option<Refusal>> {
+    let user = route.params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.as_str()).unwrap_or_default();
+    let failed = |detail: String| Some(Refusal::new("08006", "compute_unreachable", format!("endpoint {}: login: {detail}", route.endpoint)));
+    match tokio::time::timeout(ctx.connect_timeout, crate::auth::login(compute, user, password, from_compute)).await {
+        Err(_) => Err(failed("timed out".into())),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(crate::auth::AuthError::Refused(error))) => {
+            METRICS.refused.with_label_values(&["auth_failed"]).inc();
+            info!(endpoint = route.endpoint, "password-form login refused by the compute");
+            let _ = client.write_all(&error).await;
+            Err(None)
+        }
+        Ok(Err(e)) => Err(failed(e.to_string())),
+    }
+}
+
+/// A startup packet that names no endpoint: ask for the password, which
+/// must be `endpoint=NAME;PASSWORD`; returns the route and the password.
+async fn password_form(
+    ctx: &ProxyContext,
+    client: &mut Client,
+    params: &std::collections::HashMap<String, String>,
+    rest: &mut BytesMut,
+) -> Result<(route::Route, String), Option<Refusal>> {
+    let text = match tokio::time::timeout(ctx.startup_timeout, crate::auth::ask_password(client, rest)).await {
+        Err(_) => return Err(Some(Refusal::new("08P01", "startup_timeout", "no password received in time"))),
+        Ok(Err(crate::auth::AuthError::Io(_))) => return Err(None),
+        Ok(Err(e)) => return Err(Some(Refusal::new("08P01", "bad_startup", e.to_string()))),
+        Ok(Ok(text)) => text,
+    };
+    let no_route = |e: route::RouteError| Some(Refusal::new("08004", "no_route", e.to_string()));
+    let (name, password) = route::split_password_form(&text).ok_or_else(|| no_route(route::RouteError::Missing))?;
+    let route = route::route_named(params, name).map_err(no_route)?;
+    Ok((route, password.to_string()))
 }
 
 /// Relay both ways until the compute's first ReadyForQuery (authentication
-/// and start-up), reading the compute's messages whole to find its
-/// BackendKeyData. Returns that key (process id, secret).
-async fn relay_until_ready(client: &mut Client, compute: &mut TcpStream) -> std::io::Result<Option<(i32, i32)>> {
-    let (mut from_client, mut from_compute) = (vec![0u8; 8192], BytesMut::with_capacity(8192));
+/// and start-up), reading the compute's messages whole (starting with those
+/// already in `from_compute`) to find its BackendKeyData. Returns that key
+/// (process id, secret).
+async fn relay_until_ready(client: &mut Client, compute: &mut TcpStream, mut from_compute: BytesMut) -> std::io::Result<Option<(i32, i32)>> {
+    let mut from_client = vec![0u8; 8192];
     let mut key = None;
     loop {
+        while let Some((tag, body)) = split_message(&mut from_compute) {
+            if tag == b'K' && body.len() == 13 {
+                let field = |at: usize| i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+                key = Some((field(5), field(9)));
+            }
+            client.write_all(&body).await?;
+            if tag == b'Z' {
+                client.write_all(&from_compute).await?;
+                return Ok(key);
+            }
+        }
         tokio::select! {
             n = client.read(&mut from_client) => {
                 let n = n?;
@@ -192,17 +269,6 @@ async fn relay_until_ready(client: &mut Client, compute: &mut TcpStream) -> std:
                 if n? == 0 {
                     client.write_all(&from_compute).await?;
                     return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "compute closed"));
-                }
-                while let Some((tag, body)) = split_message(&mut from_compute) {
-                    if tag == b'K' && body.len() == 13 {
-                        let field = |at: usize| i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
-                        key = Some((field(5), field(9)));
-                    }
-                    client.write_all(&body).await?;
-                    if tag == b'Z' {
-                        client.write_all(&from_compute).await?;
-                        return Ok(key);
-                    }
                 }
             }
         }

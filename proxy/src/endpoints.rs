@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use control_plane::cluster::Cluster;
 use control_plane::endpoint::Endpoint;
 use control_plane::settings::SettingsChange;
+use anyhow::Context;
 use tokio::sync::OwnedMutexGuard;
 use tracing::{info, warn};
 
@@ -264,16 +265,10 @@ fn postmaster_age(ep: &Endpoint) -> Option<Duration> {
 }
 
 /// Client backends on the compute other than the asking one (connections
-/// through the proxy included).
+/// through the proxy included), counted over its Unix socket (no password
+/// needed there; see `control_plane::endpoint`).
 async fn direct_clients(ep: &Endpoint) -> anyhow::Result<u64> {
-    let psql = utils::pg_user::pg_bin_dir().join("psql");
-    let (host, port) = (ep.at.host.clone(), ep.port.to_string());
     let sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
-    let out = tokio::process::Command::new(psql)
-        .args(["-X", "-At", "-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .await?;
-    anyhow::ensure!(out.status.success(), "psql on endpoint {}: {}", ep.name, String::from_utf8_lossy(&out.stderr).trim());
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    let out = ep.psql_local(sql).await?;
+    out.trim().parse().with_context(|| format!("count of client backends on endpoint {}: {out:?}", ep.name))
 }

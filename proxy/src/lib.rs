@@ -5,10 +5,14 @@
 //! session. Endpoints with a suspend timeout are stopped when they have had
 //! no client for that long.
 //!
-//! Data flow: client → [`conn`] (startup, [`route`]) → [`endpoints`]
+//! Clients authenticate with the compute's SCRAM-SHA-256 (relayed), or
+//! give `endpoint=NAME;PASSWORD` as their password ([`auth`]).
+//!
+//! Data flow: client → [`conn`] (startup, [`route`], [`auth`]) → [`endpoints`]
 //! (lookup, wake, count) → compute; [`endpoints`]'s suspender stops idle
 //! computes in the background.
 
+pub mod auth;
 pub mod cancel;
 pub mod conn;
 pub mod endpoints;

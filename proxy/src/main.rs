@@ -10,8 +10,9 @@ use proxy::conn::{serve, ProxyContext};
 use proxy::endpoints::Endpoints;
 
 #[derive(Parser)]
-#[command(about = "Strata proxy: one PostgreSQL port for every endpoint (route with options=endpoint=NAME), \
-                   waking suspended endpoints and suspending idle ones")]
+#[command(about = "Strata proxy: one PostgreSQL port for every endpoint (route with options=endpoint=NAME, \
+                   the TLS SNI name, or the password endpoint=NAME;PASSWORD), waking suspended endpoints \
+                   and suspending idle ones")]
 struct Args {
     /// The cluster's repository (its endpoints and configuration).
     #[arg(long, env = "STRATA_REPO_DIR")]

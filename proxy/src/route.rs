@@ -1,7 +1,8 @@
 //! Which endpoint a client asks for, read from its startup packet: the
 //! `endpoint=NAME` token in the `options` parameter (what
 //! `?options=endpoint%3DNAME` in a URL sends), else the first label of the
-//! TLS SNI host name (`NAME.example.com`) when there is one.
+//! TLS SNI host name (`NAME.example.com`) when there is one; failing both,
+//! the `endpoint=NAME;PASSWORD` password form ([`split_password_form`]).
 //!
 //! Invariants: a returned name is 1–63 characters of `[A-Za-z0-9_-]`, so it
 //! can name a directory and never walks out of one; the parameters handed
@@ -14,13 +15,27 @@ use std::collections::HashMap;
 pub enum RouteError {
     #[error(
         "no endpoint given: add options=endpoint=NAME to the connection (in a URL: \
-         ?options=endpoint%3DNAME), or connect with TLS to NAME.<proxy host>"
+         ?options=endpoint%3DNAME), connect with TLS to NAME.<proxy host>, or give \
+         the password as endpoint=NAME;PASSWORD"
     )]
     Missing,
     #[error("endpoint name {0:?} is not valid (1-63 letters, digits, '-' or '_')")]
     Invalid(String),
     #[error("two different endpoints asked for: {0:?} and {1:?}")]
     Conflict(String, String),
+    #[error("replication connections are not accepted through the proxy (only the cluster's safekeepers replicate, directly)")]
+    Replication,
+}
+
+/// A startup packet asking for a walsender (`replication` other than off):
+/// refused, whatever the role — a superuser could otherwise stream WAL
+/// with `replication=database`, which pg_hba.conf cannot tell apart.
+pub fn refuse_replication(params: &HashMap<String, String>) -> Result<(), RouteError> {
+    match params.get("replication").map(|v| v.to_ascii_lowercase()) {
+        None => Ok(()),
+        Some(v) if matches!(v.as_str(), "false" | "off" | "no" | "0") => Ok(()),
+        Some(_) => Err(RouteError::Replication),
+    }
 }
 
 /// Where a connection goes and what to send the compute.
@@ -37,6 +52,33 @@ pub fn is_valid_name(name: &str) -> bool {
 
 /// Route a startup packet's parameters (and SNI name, if TLS gave one).
 pub fn route(params: &HashMap<String, String>, sni: Option<&str>) -> Result<Route, RouteError> {
+    let (from_options, forwarded) = split_params(params);
+    let from_sni = sni.and_then(|host| host.split('.').next()).filter(|label| !label.is_empty() && host_has_domain(sni));
+    let endpoint = match (from_options, from_sni) {
+        (Some(a), Some(b)) if a != b => return Err(RouteError::Conflict(a, b.to_string())),
+        (Some(a), _) => a,
+        (None, Some(b)) => b.to_string(),
+        (None, None) => return Err(RouteError::Missing),
+    };
+    route_to(endpoint, forwarded)
+}
+
+/// Route to `endpoint` (named by the password form) a startup packet that
+/// named none.
+pub fn route_named(params: &HashMap<String, String>, endpoint: &str) -> Result<Route, RouteError> {
+    route_to(endpoint.to_string(), split_params(params).1)
+}
+
+fn route_to(endpoint: String, mut forwarded: Vec<(String, String)>) -> Result<Route, RouteError> {
+    if !is_valid_name(&endpoint) {
+        return Err(RouteError::Invalid(endpoint));
+    }
+    forwarded.sort();
+    Ok(Route { endpoint, params: forwarded })
+}
+
+/// The endpoint named in `options`, and the parameters without it.
+fn split_params(params: &HashMap<String, String>) -> (Option<String>, Vec<(String, String)>) {
     let mut from_options = None;
     let mut forwarded = Vec::new();
     for (key, value) in params {
@@ -50,18 +92,13 @@ pub fn route(params: &HashMap<String, String>, sni: Option<&str>) -> Result<Rout
             forwarded.push((key.clone(), value.clone()));
         }
     }
-    let from_sni = sni.and_then(|host| host.split('.').next()).filter(|label| !label.is_empty() && host_has_domain(sni));
-    let endpoint = match (from_options, from_sni) {
-        (Some(a), Some(b)) if a != b => return Err(RouteError::Conflict(a, b.to_string())),
-        (Some(a), _) => a,
-        (None, Some(b)) => b.to_string(),
-        (None, None) => return Err(RouteError::Missing),
-    };
-    if !is_valid_name(&endpoint) {
-        return Err(RouteError::Invalid(endpoint));
-    }
-    forwarded.sort();
-    Ok(Route { endpoint, params: forwarded })
+    (from_options, forwarded)
+}
+
+/// `endpoint=NAME;PASSWORD` → (`NAME`, `PASSWORD`); `None` for any other
+/// password. The password may itself contain `;`.
+pub fn split_password_form(password: &str) -> Option<(&str, &str)> {
+    password.strip_prefix("endpoint=")?.split_once(';')
 }
 
 /// An SNI name routes only if it has a domain below the label (a bare host
@@ -138,6 +175,27 @@ mod tests {
             route(&params(&[("options", "endpoint=a")]), Some("b.x.y")),
             Err(RouteError::Conflict("a".into(), "b".into()))
         );
+    }
+
+    #[test]
+    fn walsender_connections_are_refused() {
+        for mode in ["true", "database", "on", "1"] {
+            assert_eq!(refuse_replication(&params(&[("replication", mode)])), Err(RouteError::Replication), "{mode}");
+        }
+        assert_eq!(refuse_replication(&params(&[("replication", "false")])), Ok(()));
+        assert_eq!(refuse_replication(&params(&[("user", "u")])), Ok(()));
+    }
+
+    #[test]
+    fn the_password_form_names_the_endpoint() {
+        assert_eq!(split_password_form("endpoint=dev;pa;ss"), Some(("dev", "pa;ss")));
+        assert_eq!(split_password_form("endpoint=dev;"), Some(("dev", "")));
+        assert_eq!(split_password_form("endpoint=dev"), None);
+        assert_eq!(split_password_form("secret"), None);
+        let r = route_named(&params(&[("user", "u"), ("options", "-c a=b")]), "dev").unwrap();
+        assert_eq!(r.endpoint, "dev");
+        assert_eq!(r.params, vec![("options".to_string(), "-c a=b".to_string()), ("user".to_string(), "u".to_string())]);
+        assert_eq!(route_named(&params(&[]), "../x"), Err(RouteError::Invalid("../x".into())));
     }
 
     #[test]

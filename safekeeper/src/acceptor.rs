@@ -13,6 +13,11 @@
 //! up from a peer ([`recovery`]); it never follows a compute whose start LSN
 //! is beyond its own WAL, nor one of an older term than a peer shows.
 //!
+//! Authentication: the conninfo's password, else the one in
+//! `--compute-password-file` (the cluster's replication role); passwords
+//! never appear in logs, errors or the acceptor status (see
+//! [`pq_proto::conninfo::redact_password`]).
+//!
 //! Reconnects with exponential backoff when the compute goes away. A new
 //! compute (higher term) cancels the current connection at once; the term
 //! is re-checked under the storage lock on every write, so a cancelled
@@ -30,6 +35,7 @@ use bytes::BytesMut;
 use futures::FutureExt;
 use postgres_ffi::WalStreamDecoder;
 use pq_proto::client::{ReplicationClient, ReplicationStream};
+use pq_proto::conninfo::{redact_password, ConnConfig};
 use pq_proto::replication::{pg_now_us, ReplicationMessage, StandbyStatusUpdate};
 use utils::lsn::Lsn;
 
@@ -166,12 +172,30 @@ fn can_follow(tl: &Timeline, spec: &ComputeSpec) -> bool {
     spec.term == tl.term() && tl.last_record_lsn() >= spec.start_lsn && !fenced
 }
 
+/// How to connect to the compute: its conninfo as this safekeeper's
+/// standby, with the password from `--compute-password-file` when the
+/// conninfo has none.
+async fn compute_config(conf: &SafekeeperConf, spec: &ComputeSpec) -> anyhow::Result<ConnConfig> {
+    let mut config: ConnConfig = spec.conninfo.parse()?;
+    config.application_name = Some(conf.standby_name());
+    if let (None, Some(file)) = (&config.password, &conf.compute_password_file) {
+        match tokio::fs::read_to_string(file).await {
+            Ok(text) => config.password = Some(text.trim_end_matches(['\n', '\r']).to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("read {}", file.display())),
+        }
+    }
+    Ok(config)
+}
+
 /// One connection to the compute, streaming until it ends or fails.
 async fn follow(tl: &Timeline, conf: &SafekeeperConf, spec: &ComputeSpec) -> anyhow::Result<()> {
     let name = conf.standby_name();
-    let mut client = ReplicationClient::connect(&spec.conninfo, &name)
+    let shown = redact_password(&spec.conninfo);
+    let config = compute_config(conf, spec).await.with_context(|| format!("compute {shown}"))?;
+    let mut client = ReplicationClient::connect_config(&config)
         .await
-        .with_context(|| format!("connect to compute {}", spec.conninfo))?;
+        .with_context(|| format!("connect to compute {shown}"))?;
     METRICS.compute_connections.inc();
     let system = client.identify_system().await?;
     tl.check_system_id(system.system_id).await?;
@@ -180,7 +204,7 @@ async fn follow(tl: &Timeline, conf: &SafekeeperConf, spec: &ComputeSpec) -> any
     let stream = client.start_replication(Some(&name), start, 1).await?;
     tl.set_acceptor_status(|s| {
         s.connected = true;
-        s.conninfo = Some(spec.conninfo.clone());
+        s.conninfo = Some(shown.clone());
         s.last_error = None;
     });
     tracing::info!(%start, term = spec.term, "streaming from compute");

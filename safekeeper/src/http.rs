@@ -131,7 +131,9 @@ fn status_of(tl: &Timeline, offload: bool) -> TimelineStatus {
         backup: offload.then(|| tl.backup_status()),
         peers: p.peers,
         quorum: p.quorum,
-        compute: p.compute,
+        // Passwords never leave in a status (peers adopting this spec use
+        // their own --compute-password-file).
+        compute: p.compute.map(|c| ComputeSpec { conninfo: pq_proto::conninfo::redact_password(&c.conninfo), ..c }),
         acceptor: tl.acceptor_status(),
         replicas: crate::walsender::replicas_of(tl.tenant_id, tl.timeline_id),
     }

@@ -51,6 +51,9 @@ pub struct SafekeeperConf {
     /// and every other safekeeper's of the cluster); `None`: WAL stays on
     /// local disks only.
     pub remote_storage: Option<remote_storage::GenericRemoteStorage>,
+    /// Password for connections to computes whose conninfo has none (the
+    /// file is read at each connection; absent file: no password).
+    pub compute_password_file: Option<PathBuf>,
 }
 
 impl SafekeeperConf {

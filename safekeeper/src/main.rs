@@ -43,6 +43,11 @@ struct Args {
     partial_message_timeout_ms: u64,
     #[command(flatten)]
     remote: remote_storage::cli::RemoteStorageArgs,
+    /// File holding the password of the role the compute's conninfo names
+    /// (the cluster's replication role), used when the conninfo has none;
+    /// read at every connection, so it may appear or change later.
+    #[arg(long, value_name = "FILE")]
+    compute_password_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -61,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         keepalive_interval_ms: args.keepalive_interval_ms,
         partial_message_timeout_ms: args.partial_message_timeout_ms,
         remote_storage,
+        compute_password_file: args.compute_password_file,
     });
     tracing::info!(id = conf.id, pg = %conf.advertise_pg, http = %conf.advertise_http, data_dir = %conf.data_dir.display(), "safekeeper starting");
     let timelines = Timelines::load_all(conf.clone())?;

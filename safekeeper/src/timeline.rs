@@ -416,7 +416,7 @@ impl Timeline {
         self.persist(snapshot).await?;
         self.flush_lsn.send_replace(cut);
         self.commit_lsn.send_modify(|c| *c = (*c).min(cut));
-        tracing::info!(term = spec.term, start_lsn = %start, lagging, conninfo = %spec.conninfo, "new compute");
+        tracing::info!(term = spec.term, start_lsn = %start, lagging, conninfo = %pq_proto::conninfo::redact_password(&spec.conninfo), "new compute");
         self.compute.send_replace(Some(spec));
         Ok(())
     }

@@ -21,6 +21,7 @@ fn timelines_in(dir: &std::path::Path) -> anyhow::Result<Arc<Timelines>> {
         keepalive_interval_ms: 1000,
         partial_message_timeout_ms: 10_000,
         remote_storage: None,
+        compute_password_file: None,
     });
     Ok(Timelines::load_all(conf)?)
 }

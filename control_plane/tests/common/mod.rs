@@ -100,8 +100,32 @@ pub fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-pub fn url_of(stdout: &str) -> String {
-    stdout.lines().find_map(|l| l.strip_prefix("connect with: psql ")).expect("URL printed").to_string()
+/// The direct URL, with its password, of the endpoint whose `strata
+/// endpoint start` printed `stdout` (its first line names it).
+pub fn url_of(repo: &Repo, stdout: &str) -> String {
+    let name = stdout.lines().find_map(|l| l.strip_prefix("endpoint ")?.split_whitespace().next()).expect("endpoint named in the output");
+    endpoint_url(repo, name)
+}
+
+/// The URL of endpoint `name`'s compute with its password, from its
+/// `endpoint.toml` (bypassing the proxy).
+pub fn endpoint_url(repo: &Repo, name: &str) -> String {
+    endpoint(repo, name).url_with_password()
+}
+
+/// The URL of endpoint `name` through the proxy, with its password.
+pub fn proxy_url(repo: &Repo, name: &str) -> String {
+    let cluster = control_plane::cluster::Cluster::load(&repo.path).expect("repository config");
+    cluster.proxy_url(&endpoint(repo, name), true).expect("a proxy configured")
+}
+
+/// The endpoint's password (as `strata endpoint show-password` prints it).
+pub fn password_of(repo: &Repo, name: &str) -> String {
+    endpoint(repo, name).credential.expect("the endpoint has a password").password.expose().to_string()
+}
+
+pub fn endpoint(repo: &Repo, name: &str) -> control_plane::endpoint::Endpoint {
+    control_plane::endpoint::Endpoint::load(&repo.path, name).expect("endpoint.toml readable").expect("endpoint exists")
 }
 
 /// Ports for one cluster: a base with its +3/+4/+10/+11 free, a pageserver pair,

@@ -10,6 +10,9 @@
 //! user `postgres`, dbname = user. Values in `key=value` form may be
 //! single-quoted with `\` escapes; URI parts are percent-decoded.
 //!
+//! [`redact_password`] gives a connection string fit for logs and status
+//! output: the same settings with any password replaced.
+//!
 //! Cancellation: synchronous code only.
 
 use std::str::FromStr;
@@ -100,6 +103,30 @@ impl ConnConfig {
         }
         Ok(())
     }
+}
+
+/// What stands for a password in [`redact_password`]'s output.
+pub const REDACTED: &str = "********";
+
+/// `conninfo` for logs and status output: in `key=value` form, with the
+/// password (if any) replaced by [`REDACTED`]. A string that does not parse
+/// is not shown at all (it might hold a password this parser cannot find).
+pub fn redact_password(conninfo: &str) -> String {
+    let s = conninfo.trim();
+    let pairs = match s.split_once("://") {
+        Some((_, rest)) => parse_uri(rest),
+        None => parse_key_values(s),
+    };
+    let Ok(pairs) = pairs else { return "<unparsable connection string>".to_string() };
+    let render = |(key, value): (String, String)| {
+        let value = if key == "password" { REDACTED.to_string() } else { value };
+        if !value.is_empty() && !value.contains([' ', '\\', '\'']) {
+            format!("{key}={value}")
+        } else {
+            format!("{key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+        }
+    };
+    pairs.into_iter().map(render).collect::<Vec<_>>().join(" ")
 }
 
 /// `key = value key2='quoted \' value'` pairs.
@@ -225,6 +252,17 @@ mod tests {
 
     fn parse(s: &str) -> ConnConfig {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn redacted_strings_keep_everything_but_the_password() {
+        let r = redact_password("host=h port=1 user=u password='it\\'s me' options='-c a=b'");
+        assert_eq!(r, "host=h port=1 user=u password=******** options='-c a=b'");
+        assert_eq!(parse(&r).options.as_deref(), Some("-c a=b"));
+        let r = redact_password("postgresql://u:p%40ss@h:5/db");
+        assert!(!r.contains("p@ss") && r.contains("password=********") && r.contains("host=h"), "{r}");
+        assert_eq!(redact_password("host=h user=u"), "host=h user=u");
+        assert_eq!(redact_password("host='unterminated password=x"), "<unparsable connection string>");
     }
 
     #[test]
