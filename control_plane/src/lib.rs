@@ -2,7 +2,8 @@
 //! directory — its configuration ([`config`]) and its components run as
 //! background processes ([`background`], [`cluster`]); where a compute
 //! starts is decided from the safekeepers ([`election`]); per-tenant storage
-//! settings ([`tenant_conf`]) and branch removal ([`timeline_delete`]).
+//! settings ([`tenant_conf`]) and branch removal ([`timeline_delete`]);
+//! lazy computes over FUSE ([`lazy`]).
 
 pub mod api;
 pub mod background;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod election;
 pub mod endpoint;
 pub mod import;
+pub mod lazy;
 pub mod logs;
 pub mod ops;
 pub mod settings;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control_plane::cluster::Cluster;
 use control_plane::config::Config;
-use control_plane::endpoint::Endpoint;
+use control_plane::endpoint::{ComputeMode, Endpoint};
 use control_plane::ops::BranchPoint;
 use control_plane::settings::SettingsChange;
 use control_plane::state::{Branch, State};
@@ -205,6 +205,16 @@ enum EndpointCmd {
         /// through it. Kept for later starts.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_s)]
         suspend_after: Option<u64>,
+        /// Lazy compute: the data directory is a FUSE mount (lazyfs) and
+        /// relation pages are fetched from the pageserver on first read, so
+        /// the start does not copy the database. Kept for later starts.
+        /// Falls back to a full basebackup where FUSE is unavailable.
+        #[arg(long, conflicts_with = "full")]
+        lazy: bool,
+        /// Copy the whole database at start (the default unless the
+        /// cluster's `[compute] default_mode` is `lazy`). Kept for later starts.
+        #[arg(long)]
+        full: bool,
     },
     /// Stop a compute (fast shutdown; committed data stays in the cluster).
     Stop { name: String },
@@ -240,12 +250,24 @@ fn print_tree(branches: &[Branch], parent: Option<&str>, depth: usize) {
 
 async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
     match cmd {
-        EndpointCmd::Start { name, branch_name, tenant_id, setting, reset, suspend_after } => {
+        EndpointCmd::Start { name, branch_name, tenant_id, setting, reset, suspend_after, lazy, full } => {
             let cluster = Cluster::load(repo)?;
             let tenant = State::load(repo)?.tenant(tenant_id)?;
-            let change = SettingsChange { set: setting, reset, suspend_after_s: suspend_after };
+            let mode = match (lazy, full) {
+                (true, _) => Some(ComputeMode::Lazy),
+                (_, true) => Some(ComputeMode::Full),
+                _ => None,
+            };
+            let change = SettingsChange { set: setting, reset, suspend_after_s: suspend_after, mode };
             let ep = cluster.endpoint_start(tenant, &name, branch_name.as_deref(), &change).await?;
-            println!("endpoint {} on branch {} (timeline {}) at LSN {}", ep.name, ep.branch, ep.timeline_id, ep.start_lsn.as_deref().unwrap_or("?"));
+            println!(
+                "endpoint {} on branch {} (timeline {}) at LSN {} ({})",
+                ep.name,
+                ep.branch,
+                ep.timeline_id,
+                ep.start_lsn.as_deref().unwrap_or("?"),
+                ep.mode_label()
+            );
             println!("connect with: psql {}", ep.url());
             if let Some(url) = cluster.proxy_url(&ep.name) {
                 println!("through the proxy: psql {url}");
@@ -264,7 +286,7 @@ async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
         }
         EndpointCmd::List => {
             Config::load(repo)?;
-            println!("{:<16} {:<22} {:<16} {:<34} {:<12} STATUS", "NAME", "ADDRESS", "BRANCH", "TIMELINE", "LSN");
+            println!("{:<16} {:<22} {:<16} {:<34} {:<12} {:<8} STATUS", "NAME", "ADDRESS", "BRANCH", "TIMELINE", "LSN", "MODE");
             for ep in Endpoint::list(repo)? {
                 let status = match (ep.running_pid(), ep.suspended) {
                     (Some(_), _) => "running",
@@ -273,7 +295,7 @@ async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
                 };
                 let addr = ep.at.addr(ep.port);
                 let lsn = ep.start_lsn.clone().unwrap_or_default();
-                println!("{:<16} {:<22} {:<16} {:<34} {:<12} {status}", ep.name, addr, ep.branch, ep.timeline_id, lsn);
+                println!("{:<16} {:<22} {:<16} {:<34} {:<12} {:<8} {status}", ep.name, addr, ep.branch, ep.timeline_id, lsn, ep.mode_label());
             }
         }
     }
@@ -335,8 +357,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Stop => {
             let cluster = Cluster::load(repo)?;
-            for ep in Endpoint::list(repo)?.iter().filter(|e| e.running_pid().is_some()) {
-                ep.stop_postgres()?;
+            for ep in Endpoint::list(repo)?.iter().filter(|e| e.running_pid().is_some() || (e.lazy_active && control_plane::lazy::is_mounted(&e.pgdata))) {
+                ep.stop(repo).await?;
                 println!("{:<14} stopped", format!("endpoint {}", ep.name));
             }
             cluster.stop().await?
