@@ -74,6 +74,10 @@ enum Cmd {
         /// in object storage are evicted, and downloaded again when read.
         #[arg(long, value_name = "SIZE")]
         pageserver_resident_limit: Option<String>,
+        /// Mode of new endpoints started without --lazy/--full: `full`
+        /// (copy the database at start) or `lazy` (FUSE, pages on demand).
+        #[arg(long, value_enum, default_value_t = ComputeMode::Full)]
+        default_compute_mode: ComputeMode,
     },
     /// Start every component in the background and wait until each is ready.
     Start,
@@ -308,7 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo_dir = std::path::absolute(&cli.repo_dir).with_context(|| format!("resolve {}", cli.repo_dir.display()))?;
     let repo = repo_dir.as_path();
     match cli.command {
-        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, proxy_port, proxy_tls_cert, proxy_tls_key, no_proxy_tls, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit } => {
+        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, proxy_port, proxy_tls_cert, proxy_tls_key, no_proxy_tls, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit, default_compute_mode } => {
             anyhow::ensure!(safekeepers >= 1, "a cluster needs at least one safekeeper");
             let mut conf = Config::with_ports(safekeepers, pageserver_port, base_port);
             if let (Some(port), Some(proxy)) = (proxy_port, conf.proxy.as_mut()) {
@@ -316,6 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (proxy.pg_port, proxy.http_port) = (port, port + 1);
             }
             conf.endpoint_base_port = endpoint_base_port;
+            conf.compute.default_mode = default_compute_mode;
             conf.pageserver.remote_storage = match remote_storage.as_deref() {
                 Some("none") => None,
                 Some(location) if location.starts_with("s3://") => Some(location.to_string()),

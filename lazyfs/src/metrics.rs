@@ -65,12 +65,17 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> std::
         let (mut conn, _) = listener.accept().await?;
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match conn.read(&mut buf).await {
-                Ok(n) => n,
-                Err(_) => return,
-            };
-            let head = String::from_utf8_lossy(&buf[..n]);
+            // The request head, up to its blank line (clients may send it
+            // in pieces); anything longer than 8 KiB is not ours.
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&buf);
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/metrics" => ("200 OK", metrics.render()),
