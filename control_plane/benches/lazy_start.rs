@@ -93,6 +93,8 @@ fn main() {
     let big = env_num("STRATA_BENCH_BIG_SCALE", 135);
     let secs = env_num("STRATA_BENCH_SECS", 20).to_string();
     let init_scale = env_num("STRATA_BENCH_INIT_SCALE", 20);
+    // The binaries beside `strata` (as the `strata` runs see them).
+    std::env::set_var("STRATA_BIN_DIR", std::path::Path::new(env!("CARGO_BIN_EXE_strata")).parent().expect("bin dir"));
     if let Some(why) = control_plane::lazy::unavailable() {
         eprintln!("lazy computes are unavailable here: {why}");
         std::process::exit(1);
@@ -100,7 +102,9 @@ fn main() {
     let repo = started_cluster(1);
 
     println!("== start → first query (s) ==");
-    println!("{:>8} {:>10} {:>8} {:>8} {:>22}", "scale", "db_MB", "lazy", "full", "pg_basebackup+stock");
+    // `lazy_1st` may include the pageserver finishing ingest of the load's
+    // WAL (every start waits for it); `lazy_2nd` and `full` start after it.
+    println!("{:>8} {:>10} {:>9} {:>9} {:>8} {:>22}", "scale", "db_MB", "lazy_1st", "lazy_2nd", "full", "pg_basebackup+stock");
     for scale in [small, big] {
         let branch = format!("db{scale}");
         repo.ok(&["timeline", "branch", "--branch-name", &branch, "--ancestor-branch-name", "main"]);
@@ -109,9 +113,10 @@ fn main() {
         let db_mb: f64 = psql(&load, "SELECT pg_database_size(current_database())").parse::<f64>().unwrap_or(0.0) / 1048576.0;
         let stock = basebackup_and_stock_start(&load);
         repo.ok(&["endpoint", "stop", &format!("load{scale}")]);
-        let lazy = start_to_query(&repo, &format!("lazy{scale}"), &branch, "--lazy");
+        let lazy1 = start_to_query(&repo, &format!("lazy{scale}"), &branch, "--lazy");
+        let lazy2 = start_to_query(&repo, &format!("lazy{scale}"), &branch, "--lazy");
         let full = start_to_query(&repo, &format!("full{scale}"), &branch, "--full");
-        println!("{scale:>8} {db_mb:>10.0} {lazy:>8.2} {full:>8.2} {stock:>22.2}");
+        println!("{scale:>8} {db_mb:>10.0} {lazy1:>9.2} {lazy2:>9.2} {full:>8.2} {stock:>22.2}");
     }
 
     println!("\n== pgbench TPS, scale {small}, -c 4, {secs} s (lazy after a {secs} s warm-up) ==");
