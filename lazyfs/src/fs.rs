@@ -348,7 +348,10 @@ impl fuser::Filesystem for LazyFs {
     ) {
         match self.do_setattr(ino, mode, size, fh) {
             Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                tracing::warn!(ino = ino.0, ?size, ?mode, "setattr failed: {e:?}");
+                reply.error(e)
+            }
         }
     }
 
@@ -436,6 +439,9 @@ impl fuser::Filesystem for LazyFs {
         reply: ReplyData,
     ) {
         let result = self.handle(fh).and_then(|h| self.overlay.read(&h.state, &h.file, offset, size).map_err(errno));
+        if let Err(e) = &result {
+            tracing::warn!(ino = _ino.0, fh = fh.0, offset, size, "read failed: {e:?}");
+        }
         match result {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
@@ -455,6 +461,10 @@ impl fuser::Filesystem for LazyFs {
         reply: ReplyWrite,
     ) {
         let result = self.handle(fh).and_then(|h| self.overlay.write(&h.state, &h.file, offset, data).map_err(errno));
+        if let Err(e) = &result {
+            // The kernel reports a failed writeback as EIO at close/fsync.
+            tracing::warn!(ino = _ino.0, fh = fh.0, offset, len = data.len(), "write failed: {e:?}");
+        }
         match (result, u32::try_from(data.len())) {
             (Ok(()), Ok(n)) => reply.written(n),
             (Ok(()), Err(_)) => reply.error(Errno::EINVAL),
