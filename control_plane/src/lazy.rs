@@ -35,8 +35,12 @@ use crate::background::{self, Component};
 use crate::endpoint::Endpoint;
 
 pub const LAZYFS_BINARY: &str = "lazyfs";
-/// First port tried for lazyfs metrics endpoints.
-pub const LAZYFS_BASE_PORT: u16 = 57432;
+/// First port tried for the lazyfs metrics endpoint of a compute on
+/// `endpoint_port`: 3000 below it, so that clusters whose computes use
+/// different ports (other repositories on the host) do not collide.
+pub fn lazyfs_base_port(endpoint_port: u16) -> u16 {
+    endpoint_port.checked_sub(3000).filter(|p| *p >= 1024).unwrap_or_else(|| endpoint_port.saturating_add(1))
+}
 
 /// Directory of endpoint `name`'s lazyfs (pid, log, overlay).
 pub fn lazyfs_dir(repo: &Path, name: &str) -> PathBuf {

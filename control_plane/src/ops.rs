@@ -264,7 +264,7 @@ impl Cluster {
             (true, Some(p)) if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() => Some(p),
             (true, _) => {
                 let taken: Vec<u16> = others.iter().filter(|e| e.name != name).filter_map(|e| e.lazyfs_port).collect();
-                Some(endpoint::free_port(crate::lazy::LAZYFS_BASE_PORT, &taken)?)
+                Some(endpoint::free_port(crate::lazy::lazyfs_base_port(port), &taken)?)
             }
         };
         let ep = Endpoint {

@@ -52,6 +52,9 @@ struct Node {
     /// Relative to the backing root ("" for the root).
     path: PathBuf,
     state: Arc<FileState>,
+    /// Unlinked (or replaced by a rename) while the kernel may still hold
+    /// it open: reached only through open handles from now on.
+    unlinked: bool,
 }
 
 struct Handle {
@@ -113,13 +116,13 @@ impl LazyFs {
     pub fn new(root: PathBuf, owner: Owner, overlay: Overlay, remote: Vec<(PathBuf, RemoteBlocks)>) -> LazyFs {
         let metrics = overlay.metrics().clone();
         let mut table = Table { next_ino: ROOT + 1, ..Default::default() };
-        table.nodes.insert(ROOT, Node { path: PathBuf::new(), state: FileState::new(None, metrics.clone()) });
+        table.nodes.insert(ROOT, Node { path: PathBuf::new(), state: FileState::new(None, metrics.clone()), unlinked: false });
         table.by_path.insert(PathBuf::new(), ROOT);
         for (path, blocks) in remote {
             let ino = table.next_ino;
             table.next_ino += 1;
             table.by_path.insert(path.clone(), ino);
-            table.nodes.insert(ino, Node { path, state: FileState::new(Some(blocks), metrics.clone()) });
+            table.nodes.insert(ino, Node { path, state: FileState::new(Some(blocks), metrics.clone()), unlinked: false });
         }
         LazyFs { root, owner, overlay, table: Mutex::new(table), files: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
     }
@@ -129,7 +132,13 @@ impl LazyFs {
     }
 
     fn path_of(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
-        lock(&self.table).nodes.get(&ino.0).map(|n| n.path.clone()).ok_or(Errno::ENOENT)
+        lock(&self.table).nodes.get(&ino.0).filter(|n| !n.unlinked).map(|n| n.path.clone()).ok_or(Errno::ENOENT)
+    }
+
+    /// An open handle of node `ino` (the only way to an unlinked file).
+    fn any_handle_of(&self, ino: INodeNo) -> Option<Arc<Handle>> {
+        let state = lock(&self.table).nodes.get(&ino.0).map(|n| n.state.clone())?;
+        lock(&self.files).values().find(|h| Arc::ptr_eq(&h.state, &state)).cloned()
     }
 
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
@@ -148,14 +157,22 @@ impl LazyFs {
         t.next_ino += 1;
         let state = FileState::new(None, self.overlay.metrics().clone());
         t.by_path.insert(path.to_path_buf(), ino);
-        t.nodes.insert(ino, Node { path: path.to_path_buf(), state: state.clone() });
+        t.nodes.insert(ino, Node { path: path.to_path_buf(), state: state.clone(), unlinked: false });
         (ino, state)
     }
 
     fn forget_path(&self, path: &Path) {
         let mut t = lock(&self.table);
         if let Some(ino) = t.by_path.remove(path) {
-            t.nodes.remove(&ino);
+            Self::unlink_node(&mut t, ino);
+        }
+    }
+
+    /// Keep an unlinked node while the kernel may still use it (setattr of
+    /// times at close, writeback through open handles); drop directories.
+    fn unlink_node(t: &mut Table, ino: u64) {
+        if let Some(n) = t.nodes.get_mut(&ino) {
+            n.unlinked = true;
         }
     }
 
@@ -163,7 +180,7 @@ impl LazyFs {
     fn move_path(&self, from: &Path, to: &Path) {
         let mut t = lock(&self.table);
         if let Some(ino) = t.by_path.remove(to) {
-            t.nodes.remove(&ino);
+            Self::unlink_node(&mut t, ino);
         }
         let moved: Vec<(PathBuf, u64)> = t.by_path.iter().filter(|(p, _)| p.starts_with(from)).map(|(p, &i)| (p.clone(), i)).collect();
         for (old, ino) in moved {
@@ -215,24 +232,59 @@ impl LazyFs {
     }
 
     fn do_setattr(&self, ino: INodeNo, mode: Option<u32>, size: Option<u64>, fh: Option<FileHandle>) -> Result<FileAttr, Errno> {
-        let path = self.backing(&self.path_of(ino)?);
+        // Through the handle given, else the path, else (unlinked but still
+        // open) any open handle. Times are not kept (nothing reads them).
+        let handle = fh.and_then(|fh| self.handle(fh).ok());
+        let path = match &handle {
+            Some(_) => None,
+            None => match self.path_of(ino) {
+                Ok(rel) => Some(self.backing(&rel)),
+                Err(e) => return self.setattr_unlinked(ino, mode, size).ok_or(e)?,
+            },
+        };
         if let Some(mode) = mode {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(errno)?;
+            let perms = std::fs::Permissions::from_mode(mode & 0o7777);
+            match (&handle, &path) {
+                (Some(h), _) => h.file.set_permissions(perms),
+                (None, Some(p)) => std::fs::set_permissions(p, perms),
+                (None, None) => Ok(()),
+            }
+            .map_err(errno)?;
         }
         if let Some(size) = size {
-            let handle = fh.and_then(|fh| self.handle(fh).ok());
-            let (file, state) = match handle {
-                Some(h) => (h.file.try_clone().map_err(errno)?, h.state.clone()),
-                None => {
+            match (&handle, &path) {
+                (Some(h), _) => self.overlay.truncate(&h.state, &h.file, size).map_err(errno)?,
+                (None, Some(p)) => {
                     let rel = self.path_of(ino)?;
                     let (_, state) = self.node_for(&rel);
-                    (Self::open_backing(&path, 0).map_err(errno)?, state)
+                    let file = Self::open_backing(p, 0).map_err(errno)?;
+                    self.overlay.truncate(&state, &file, size).map_err(errno)?;
                 }
-            };
-            self.overlay.truncate(&state, &file, size).map_err(errno)?;
+                (None, None) => {}
+            }
         }
-        let md = std::fs::symlink_metadata(&path).map_err(errno)?;
+        let md = match (&handle, &path) {
+            (Some(h), _) => h.file.metadata(),
+            (None, Some(p)) => std::fs::symlink_metadata(p),
+            (None, None) => return Err(Errno::ENOENT),
+        }
+        .map_err(errno)?;
         Ok(self.attr(ino.0, &md))
+    }
+
+    /// setattr of an unlinked node through any of its open handles.
+    fn setattr_unlinked(&self, ino: INodeNo, mode: Option<u32>, size: Option<u64>) -> Option<Result<FileAttr, Errno>> {
+        let h = self.any_handle_of(ino)?;
+        let apply = || -> Result<FileAttr, Errno> {
+            if let Some(mode) = mode {
+                h.file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777)).map_err(errno)?;
+            }
+            if let Some(size) = size {
+                self.overlay.truncate(&h.state, &h.file, size).map_err(errno)?;
+            }
+            Ok(self.attr(ino.0, &h.file.metadata().map_err(errno)?))
+        };
+        Some(apply())
     }
 
     fn do_create(&self, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32) -> Result<(FileAttr, FileHandle), Errno> {
@@ -315,7 +367,7 @@ impl fuser::Filesystem for LazyFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let md = match fh.and_then(|fh| self.handle(fh).ok()) {
+        let md = match fh.and_then(|fh| self.handle(fh).ok()).or_else(|| self.path_of(ino).err().and(self.any_handle_of(ino))) {
             Some(h) => h.file.metadata(),
             None => match self.path_of(ino) {
                 Ok(rel) => std::fs::symlink_metadata(self.backing(&rel)),
