@@ -165,3 +165,42 @@ fn kill9_of_lazyfs_fails_the_compute_cleanly_and_start_recovers() {
     psql(&url, "INSERT INTO t VALUES (200001, 'after')");
     assert_eq!(psql(&url, "SELECT v FROM t WHERE id = 200001"), "after");
 }
+
+/// PostgreSQL's regression suite fails on a lazy endpoint exactly where it
+/// fails on stock PostgreSQL (run in two halves with a lazy restart — a
+/// fresh overlay at the latest LSN — between them), and `endpoint compare`
+/// afterwards finds no difference.
+#[test]
+fn regression_suite_on_a_lazy_endpoint_as_on_stock() {
+    use regress::{RunOptions, Suite};
+    let suite = Suite::setup().expect("set up the regression suite");
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = suite.split_schedule(dir.path()).unwrap();
+    let port_of = |url: &str| -> u16 { url.rsplit(':').next().and_then(|p| p.split('/').next()).and_then(|p| p.parse().ok()).unwrap() };
+    let run = |port: u16, schedule: &std::path::Path, use_existing: bool| {
+        let opts = RunOptions { schedule: Some(schedule.to_path_buf()), use_existing, ..Default::default() };
+        let r = suite.run("127.0.0.1", port, &opts).expect("suite runs");
+        println!("{}: {} ({:?})", schedule.display(), r.summary, r.elapsed);
+        r.failed
+    };
+
+    let mut stock = pg_harness::PgCluster::start(&[("max_prepared_transactions", "10")]).unwrap();
+    let mut stock_failed = run(stock.port(), &first, false);
+    stock.stop().unwrap();
+    stock.start_postmaster().unwrap();
+    stock_failed.extend(run(stock.port(), &second, true));
+    drop(stock);
+
+    let repo = started_cluster(1);
+    let (url, _) = start(&repo, &["main", "--lazy"]);
+    let mut lazy_failed = run(port_of(&url), &first, false);
+    repo.ok(&["endpoint", "stop", "main"]);
+    let (url, out) = start(&repo, &["main"]);
+    assert!(out.contains("(lazy)"), "{out}");
+    lazy_failed.extend(run(port_of(&url), &second, true));
+    stock_failed.sort();
+    lazy_failed.sort();
+    assert_eq!(lazy_failed, stock_failed, "the suite fails differently on a lazy endpoint");
+    let report = repo.ok(&["endpoint", "compare", "main"]);
+    assert!(report.contains(" 0 differences"), "{report}");
+}
