@@ -273,12 +273,19 @@ impl Endpoint {
         if !self.lazy_active {
             return self.stop_postgres();
         }
-        if crate::lazy::lazyfs_running(repo, &self.name) {
-            self.stop_postgres()?;
+        let stopped = if crate::lazy::lazyfs_running(repo, &self.name) {
+            self.stop_postgres()
         } else {
             crate::lazy::kill_orphaned_postmaster(self).await;
+            Ok(())
+        };
+        if stopped.is_err() {
+            // A postmaster that will not stop must not keep a lazyfs (and
+            // its mount) alive after `strata stop`: shut it down hard.
+            crate::lazy::kill_orphaned_postmaster(self).await;
         }
-        crate::lazy::stop(repo, self).await
+        crate::lazy::stop(repo, self).await?;
+        stopped
     }
 }
 
