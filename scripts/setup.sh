@@ -17,6 +17,8 @@ PACKAGES=(
     build-essential pkg-config ca-certificates
     # tests: HTTP probes, and components in network namespaces (ip netns)
     curl iproute2
+    # lazy computes: the fusermount3 helper that mounts lazyfs (even as root)
+    fuse3
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -113,6 +113,14 @@ pub struct ProxyConf {
 pub struct ComputeConf {
     #[serde(flatten)]
     pub at: Placement,
+    /// Mode of endpoints started without `--lazy`/`--full` for the first
+    /// time (`default_mode = "lazy"` makes lazy computes the default).
+    #[serde(default, skip_serializing_if = "is_full")]
+    pub default_mode: crate::endpoint::ComputeMode,
+}
+
+fn is_full(mode: &crate::endpoint::ComputeMode) -> bool {
+    *mode == crate::endpoint::ComputeMode::Full
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -9,6 +9,10 @@
 //! (repositories under `/root` are not reachable). All paths are absolute.
 //! Postgres runs as that user via `pg_ctl`.
 //!
+//! A *lazy* endpoint ([`ComputeMode::Lazy`]) has the same data directory
+//! path, but it is a FUSE mount served by `lazyfs` ([`crate::lazy`]) and
+//! relation blocks are fetched on demand instead of copied at start.
+//!
 //! Invariants: one running endpoint per branch (checked by the caller
 //! against `endpoint.toml` files and live postmasters); the data directory is
 //! replaced wholesale at every start, since the pageserver holds the truth.
@@ -47,6 +51,27 @@ pub const ENDPOINT_FILE: &str = "endpoint.toml";
 /// catches up from its peers instead.
 pub const MAX_SLOT_WAL_KEEP_SIZE: &str = "1GB";
 
+/// How an endpoint's data directory is provided.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeMode {
+    /// A full basebackup is copied into it at every start.
+    #[default]
+    Full,
+    /// A lazyfs mount: non-relation files from a sizes-only basebackup,
+    /// relation blocks fetched from the pageserver on first read.
+    Lazy,
+}
+
+impl std::fmt::Display for ComputeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ComputeMode::Full => "full",
+            ComputeMode::Lazy => "lazy",
+        })
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Endpoint {
     pub name: String,
@@ -77,6 +102,17 @@ pub struct Endpoint {
     /// start; `None` only before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<Credential>,
+    /// The mode asked for (`--lazy`/`--full`, else the cluster's
+    /// `[compute] default_mode`); kept for later starts.
+    #[serde(default)]
+    pub mode: ComputeMode,
+    /// Whether the last start really ran lazy (a lazy endpoint falls back to
+    /// a full basebackup where FUSE is unavailable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lazy_active: bool,
+    /// Port of its lazyfs's metrics endpoint (`GET /metrics` on 127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazyfs_port: Option<u16>,
 }
 
 pub fn endpoints_dir(repo: &Path) -> PathBuf {
@@ -151,9 +187,27 @@ impl Endpoint {
         format!("postgresql://{CLIENT_ROLE}{password}@{}/postgres", self.at.addr(self.port))
     }
 
+    /// Copy of `postmaster.pid` beside a lazy data directory, readable when
+    /// the mount is not (its lazyfs died).
+    pub fn pid_copy_path(&self) -> PathBuf {
+        self.runtime_dir().join("postmaster.pid.lazy")
+    }
+
+    /// The mode the endpoint runs in now (or last ran in): `lazy`, `full`,
+    /// or `full (lazy unavailable)` after a fallback.
+    pub fn mode_label(&self) -> String {
+        match (self.mode, self.lazy_active) {
+            (_, true) => "lazy".into(),
+            (ComputeMode::Lazy, false) => "full (lazy unavailable)".into(),
+            (ComputeMode::Full, false) => "full".into(),
+        }
+    }
+
     /// Pid of the running postmaster, if any.
     pub fn running_pid(&self) -> Option<i32> {
-        let text = fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
+        let text = fs::read_to_string(self.pgdata.join("postmaster.pid"))
+            .or_else(|e| if self.lazy_active { fs::read_to_string(self.pid_copy_path()) } else { Err(e) })
+            .ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
         (alive && !crate::background::is_zombie(pid)).then_some(pid)
@@ -254,6 +308,27 @@ impl Endpoint {
             return Ok(());
         }
         self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "stop"])
+    }
+
+    /// Stop the compute: PostgreSQL, then (lazy) its lazyfs. A postmaster
+    /// whose lazyfs died is shut down by signal (its data directory is gone).
+    pub async fn stop(&self, repo: &Path) -> anyhow::Result<()> {
+        if !self.lazy_active {
+            return self.stop_postgres();
+        }
+        let stopped = if crate::lazy::lazyfs_running(repo, &self.name) {
+            self.stop_postgres()
+        } else {
+            crate::lazy::kill_orphaned_postmaster(self).await;
+            Ok(())
+        };
+        if stopped.is_err() {
+            // A postmaster that will not stop must not keep a lazyfs (and
+            // its mount) alive after `strata stop`: shut it down hard.
+            crate::lazy::kill_orphaned_postmaster(self).await;
+        }
+        crate::lazy::stop(repo, self).await?;
+        stopped
     }
 }
 

@@ -3,7 +3,8 @@
 //! background processes ([`background`], [`cluster`]); where a compute
 //! starts is decided from the safekeepers ([`election`]); per-tenant storage
 //! settings ([`tenant_conf`]) and branch removal ([`timeline_delete`]);
-//! passwords of endpoints and of the replication role ([`secrets`]).
+//! passwords of endpoints and of the replication role ([`secrets`]), and
+//! lazy computes over FUSE ([`lazy`]).
 
 pub mod api;
 pub mod background;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod election;
 pub mod endpoint;
 pub mod import;
+pub mod lazy;
 pub mod logs;
 pub mod ops;
 pub mod secrets;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control_plane::cluster::Cluster;
 use control_plane::config::Config;
-use control_plane::endpoint::Endpoint;
+use control_plane::endpoint::{ComputeMode, Endpoint};
 use control_plane::ops::BranchPoint;
 use control_plane::settings::SettingsChange;
 use control_plane::state::{Branch, State};
@@ -74,6 +74,10 @@ enum Cmd {
         /// in object storage are evicted, and downloaded again when read.
         #[arg(long, value_name = "SIZE")]
         pageserver_resident_limit: Option<String>,
+        /// Mode of new endpoints started without --lazy/--full: `full`
+        /// (copy the database at start) or `lazy` (FUSE, pages on demand).
+        #[arg(long, value_enum, default_value_t = ComputeMode::Full)]
+        default_compute_mode: ComputeMode,
     },
     /// Start every component in the background and wait until each is ready.
     Start,
@@ -206,6 +210,16 @@ enum EndpointCmd {
         /// through it. Kept for later starts.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_s)]
         suspend_after: Option<u64>,
+        /// Lazy compute: the data directory is a FUSE mount (lazyfs) and
+        /// relation pages are fetched from the pageserver on first read, so
+        /// the start does not copy the database. Kept for later starts.
+        /// Falls back to a full basebackup where FUSE is unavailable.
+        #[arg(long, conflicts_with = "full")]
+        lazy: bool,
+        /// Copy the whole database at start (the default unless the
+        /// cluster's `[compute] default_mode` is `lazy`). Kept for later starts.
+        #[arg(long)]
+        full: bool,
     },
     /// Stop a compute (fast shutdown; committed data stays in the cluster).
     Stop { name: String },
@@ -261,13 +275,25 @@ fn print_urls(cluster: &Cluster, ep: &Endpoint, show_password: bool) {
 
 async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
     match cmd {
-        EndpointCmd::Start { name, branch_name, tenant_id, setting, reset, suspend_after } => {
+        EndpointCmd::Start { name, branch_name, tenant_id, setting, reset, suspend_after, lazy, full } => {
             let cluster = Cluster::load(repo)?;
             let tenant = State::load(repo)?.tenant(tenant_id)?;
-            let change = SettingsChange { set: setting, reset, suspend_after_s: suspend_after };
+            let mode = match (lazy, full) {
+                (true, _) => Some(ComputeMode::Lazy),
+                (_, true) => Some(ComputeMode::Full),
+                _ => None,
+            };
+            let change = SettingsChange { set: setting, reset, suspend_after_s: suspend_after, mode };
             let had_password = Endpoint::load(repo, &name)?.is_some_and(|e| e.credential.is_some());
             let ep = cluster.endpoint_start(tenant, &name, branch_name.as_deref(), &change).await?;
-            println!("endpoint {} on branch {} (timeline {}) at LSN {}", ep.name, ep.branch, ep.timeline_id, ep.start_lsn.as_deref().unwrap_or("?"));
+            println!(
+                "endpoint {} on branch {} (timeline {}) at LSN {} ({})",
+                ep.name,
+                ep.branch,
+                ep.timeline_id,
+                ep.start_lsn.as_deref().unwrap_or("?"),
+                ep.mode_label()
+            );
             print_urls(&cluster, &ep, !had_password);
         }
         EndpointCmd::ShowPassword { name } => {
@@ -289,7 +315,7 @@ async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
         }
         EndpointCmd::List => {
             Config::load(repo)?;
-            println!("{:<16} {:<22} {:<16} {:<34} {:<12} STATUS", "NAME", "ADDRESS", "BRANCH", "TIMELINE", "LSN");
+            println!("{:<16} {:<22} {:<16} {:<34} {:<12} {:<8} STATUS", "NAME", "ADDRESS", "BRANCH", "TIMELINE", "LSN", "MODE");
             for ep in Endpoint::list(repo)? {
                 let status = match (ep.running_pid(), ep.suspended) {
                     (Some(_), _) => "running",
@@ -298,7 +324,7 @@ async fn run_endpoint(repo: &Path, cmd: EndpointCmd) -> anyhow::Result<()> {
                 };
                 let addr = ep.at.addr(ep.port);
                 let lsn = ep.start_lsn.clone().unwrap_or_default();
-                println!("{:<16} {:<22} {:<16} {:<34} {:<12} {status}", ep.name, addr, ep.branch, ep.timeline_id, lsn);
+                println!("{:<16} {:<22} {:<16} {:<34} {:<12} {:<8} {status}", ep.name, addr, ep.branch, ep.timeline_id, lsn, ep.mode_label());
             }
         }
     }
@@ -311,7 +337,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo_dir = std::path::absolute(&cli.repo_dir).with_context(|| format!("resolve {}", cli.repo_dir.display()))?;
     let repo = repo_dir.as_path();
     match cli.command {
-        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, proxy_port, proxy_tls_cert, proxy_tls_key, no_proxy_tls, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit } => {
+        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, proxy_port, proxy_tls_cert, proxy_tls_key, no_proxy_tls, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit, default_compute_mode } => {
             anyhow::ensure!(safekeepers >= 1, "a cluster needs at least one safekeeper");
             let mut conf = Config::with_ports(safekeepers, pageserver_port, base_port);
             if let (Some(port), Some(proxy)) = (proxy_port, conf.proxy.as_mut()) {
@@ -319,6 +345,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (proxy.pg_port, proxy.http_port) = (port, port + 1);
             }
             conf.endpoint_base_port = endpoint_base_port;
+            conf.compute.default_mode = default_compute_mode;
             conf.pageserver.remote_storage = match remote_storage.as_deref() {
                 Some("none") => None,
                 Some(location) if location.starts_with("s3://") => Some(location.to_string()),
@@ -360,8 +387,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Stop => {
             let cluster = Cluster::load(repo)?;
-            for ep in Endpoint::list(repo)?.iter().filter(|e| e.running_pid().is_some()) {
-                ep.stop_postgres()?;
+            for ep in Endpoint::list(repo)?.iter().filter(|e| e.running_pid().is_some() || (e.lazy_active && control_plane::lazy::is_mounted(&e.pgdata))) {
+                ep.stop(repo).await?;
                 println!("{:<14} stopped", format!("endpoint {}", ep.name));
             }
             cluster.stop().await?

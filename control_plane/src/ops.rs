@@ -21,7 +21,7 @@ use utils::pg_user::PgUser;
 
 use crate::api::{field, Api};
 use crate::cluster::Cluster;
-use crate::endpoint::{self, Endpoint};
+use crate::endpoint::{self, ComputeMode, Endpoint};
 use crate::secrets::Credential;
 use crate::settings::SettingsChange;
 use crate::state::{Branch, State};
@@ -220,19 +220,40 @@ impl Cluster {
         let existing = Endpoint::load(&self.repo, name)?;
         let branch_name = branch.map(str::to_string).or(existing.as_ref().map(|e| e.branch.clone())).unwrap_or_else(|| "main".into());
         let branch = state.branch(t, &branch_name)?.clone();
+        if let Some(old) = existing.as_ref().filter(|e| e.lazy_active) {
+            // Its lazyfs died (the compute can only fail now): clean up, so
+            // this start brings it back.
+            if !crate::lazy::lazyfs_running(&self.repo, name) {
+                crate::lazy::kill_orphaned_postmaster(old).await;
+                crate::lazy::stop(&self.repo, old).await?;
+            }
+        }
         if let Some(pid) = existing.as_ref().and_then(|e| e.running_pid()) {
             bail!("endpoint {name:?} is already running (pid {pid})");
+        }
+        if let Some(old) = existing.as_ref().filter(|e| e.lazy_active) {
+            crate::lazy::stop(&self.repo, old).await?;
         }
         for other in Endpoint::list(&self.repo)? {
             if other.timeline_id == branch.timeline_id && other.name != name && other.running_pid().is_some() {
                 bail!("branch {branch_name:?} already has a running endpoint {:?}", other.name);
             }
         }
-        let taken: Vec<u16> = Endpoint::list(&self.repo)?.iter().map(|e| e.port).collect();
+        let others = Endpoint::list(&self.repo)?;
+        let taken: Vec<u16> = others.iter().map(|e| e.port).collect();
         let port = match &existing {
             Some(e) => e.port,
             None => endpoint::free_port(self.conf.endpoint_base_port, &taken)?,
         };
+        let mode = change.mode.or(existing.as_ref().map(|e| e.mode)).unwrap_or(self.conf.compute.default_mode);
+        let lazy = mode == ComputeMode::Lazy
+            && match crate::lazy::unavailable() {
+                None => true,
+                Some(why) => {
+                    eprintln!("strata: lazy start of endpoint {name} is unavailable here ({why}); starting from a full basebackup");
+                    false
+                }
+            };
         // The start LSN and the new term come from a quorum of safekeepers;
         // the term is written before the compute exists, fencing older ones.
         let election = self.elect(&api, t, branch.timeline_id).await?;
@@ -244,6 +265,14 @@ impl Cluster {
         let lsn = election.start_lsn;
         let prev = self.pageserver_at(&api, t, branch.timeline_id, lsn).await?;
         let pgdata = endpoint::pgdata_dir(&self.repo, name, &PgUser::from_env()?)?;
+        let lazyfs_port = match (lazy, existing.as_ref().and_then(|e| e.lazyfs_port)) {
+            (false, _) => None,
+            (true, Some(p)) if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() => Some(p),
+            (true, _) => {
+                let taken: Vec<u16> = others.iter().filter(|e| e.name != name).filter_map(|e| e.lazyfs_port).collect();
+                Some(endpoint::free_port(crate::lazy::lazyfs_base_port(port), &taken)?)
+            }
+        };
         let ep = Endpoint {
             name: name.into(),
             branch: branch_name,
@@ -261,22 +290,50 @@ impl Cluster {
             },
             suspended: false,
             credential: Some(existing.as_ref().and_then(|e| e.credential.clone()).unwrap_or_else(Credential::generate)),
+            mode,
+            lazy_active: lazy,
+            lazyfs_port,
         };
-        self.fetch_basebackup(&api, &ep, lsn, prev).await?;
+        match lazyfs_port {
+            Some(http_port) => self.mount_lazy(&api, &ep, lsn, prev, http_port).await?,
+            None => self.fetch_basebackup(&api, &ep, lsn, prev).await?,
+        }
         ep.write_config(&self.conf.safekeepers.iter().map(|s| format!("sk_{}", s.id)).collect::<Vec<_>>(), self.quorum())?;
         ep.save(&self.repo)?;
         if let Err(e) = ep.start_postgres() {
             // Settings that keep postgres from starting are not kept.
             let previous = existing.as_ref().map(|e| e.settings.clone()).unwrap_or_default();
             Endpoint { settings: previous, ..ep.clone() }.save(&self.repo)?;
+            if ep.lazy_active {
+                crate::lazy::stop(&self.repo, &ep).await?;
+            }
             return Err(e);
+        }
+        if ep.lazy_active {
+            std::fs::copy(ep.pgdata.join("postmaster.pid"), ep.pid_copy_path()).context("copy postmaster.pid beside the lazy data directory")?;
         }
         if let Err(e) = ep.configure_roles(&replication).await {
             // Not left running with passwords no one holds.
-            let _ = ep.stop_postgres();
+            let _ = ep.stop(&self.repo).await;
             return Err(e.context(format!("set the passwords of endpoint {name}")));
         }
         Ok(ep)
+    }
+
+    /// A lazy data directory for `ep` at `lsn`: a sizes-only basebackup
+    /// unpacked into the overlay, then lazyfs mounted over `ep.pgdata`.
+    async fn mount_lazy(&self, api: &Api, ep: &Endpoint, lsn: Lsn, prev: Option<Lsn>, http_port: u16) -> anyhow::Result<()> {
+        let backing = crate::lazy::lazyfs_dir(&self.repo, &ep.name).join("backing");
+        self.fetch_basebackup_into(api, ep, lsn, prev, "sizes", &backing).await?;
+        let start = crate::lazy::LazyStart {
+            repo: &self.repo,
+            ep,
+            lsn,
+            pageserver_host: &self.conf.pageserver.at.host,
+            pageserver_pg_port: self.conf.pageserver.pg_port,
+            http_port,
+        };
+        start.mount().await
     }
 
     /// Wait until the pageserver's last record ends exactly at `lsn` (the
@@ -301,17 +358,26 @@ impl Cluster {
     }
 
     async fn fetch_basebackup(&self, api: &Api, ep: &Endpoint, lsn: Lsn, prev: Option<Lsn>) -> anyhow::Result<()> {
-        let mut url = self.ps(&format!("{}/basebackup?lsn={lsn}", Self::timeline_path(ep.tenant_id, ep.timeline_id)));
+        self.fetch_basebackup_into(api, ep, lsn, prev, "full", &ep.pgdata).await
+    }
+
+    /// The basebackup of `ep`'s timeline at `lsn` (`relations`: `full` or
+    /// `sizes`), unpacked into `dest` (replaced).
+    async fn fetch_basebackup_into(&self, api: &Api, ep: &Endpoint, lsn: Lsn, prev: Option<Lsn>, relations: &str, dest: &std::path::Path) -> anyhow::Result<()> {
+        let mut url = self.ps(&format!("{}/basebackup?lsn={lsn}&relations={relations}", Self::timeline_path(ep.tenant_id, ep.timeline_id)));
         if let Some(prev) = prev {
             url.push_str(&format!("&prev_lsn={prev}"));
         }
         // Streamed to a file beside the data directory, then unpacked from
         // it: the tar is never held in memory.
-        let mut tar_name = ep.pgdata.file_name().unwrap_or_default().to_os_string();
+        let mut tar_name = dest.file_name().unwrap_or_default().to_os_string();
         tar_name.push(".basebackup.tar");
-        let tar_path = ep.pgdata.with_file_name(tar_name);
+        let tar_path = dest.with_file_name(tar_name);
+        if let Some(parent) = tar_path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
         api.download_to(&url, &tar_path).await?;
-        let (pgdata, tar) = (ep.pgdata.clone(), tar_path.clone());
+        let (pgdata, tar) = (dest.to_path_buf(), tar_path.clone());
         let unpacked = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             if pgdata.exists() {
                 std::fs::remove_dir_all(&pgdata).with_context(|| format!("remove old {}", pgdata.display()))?;
@@ -329,7 +395,7 @@ impl Cluster {
     /// `strata endpoint stop`: stopped by the user, so not woken by the proxy.
     pub async fn endpoint_stop(&self, name: &str) -> anyhow::Result<()> {
         let ep = Endpoint::load(&self.repo, name)?.with_context(|| format!("no endpoint named {name:?}"))?;
-        ep.stop_postgres()?;
+        ep.stop(&self.repo).await?;
         if ep.suspended {
             Endpoint { suspended: false, ..ep }.save(&self.repo)?;
         }
@@ -451,8 +517,12 @@ impl Cluster {
         let rebuilt = Endpoint { pgdata: tmp.path().join("pgdata"), ..ep.clone() };
         self.fetch_basebackup(&api, &rebuilt, lsn, prev).await?;
         let (a, b) = (ep.pgdata.clone(), rebuilt.pgdata.clone());
-        let report = tokio::task::spawn_blocking(move || datadir_compare::compare_datadirs(&a, &b, &Default::default()))
-            .await??;
-        Ok(report)
+        // A lazy data directory is read through its (still mounted) lazyfs:
+        // blocks the compute never touched come from the start LSN.
+        let report = tokio::task::spawn_blocking(move || datadir_compare::compare_datadirs(&a, &b, &Default::default())).await?;
+        if ep.lazy_active {
+            crate::lazy::stop(&self.repo, &ep).await?;
+        }
+        Ok(report?)
     }
 }

@@ -83,6 +83,9 @@ pub struct SettingsChange {
     pub reset: Vec<String>,
     /// `Some(0)` disables suspension; `None` keeps what the endpoint had.
     pub suspend_after_s: Option<u64>,
+    /// `--lazy` / `--full`; `None` keeps the endpoint's mode (or the
+    /// cluster's default for a new endpoint).
+    pub mode: Option<crate::endpoint::ComputeMode>,
 }
 
 impl SettingsChange {

@@ -29,7 +29,7 @@
 //! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/page?spc=&db=&rel=&fork=&blk=&lsn=`
 //!   — debug: one page at an LSN (`application/octet-stream`, 8192 bytes)
 //! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/rel_size?spc=&db=&rel=&fork=&lsn=`
-//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/basebackup?lsn=&prev_lsn=`
+//! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}/basebackup?lsn=&prev_lsn=&relations=full|sizes`
 //!   — a tar of the data directory at `lsn` (default: the last record LSN);
 //!   `prev_lsn` is the start of the record ending at `lsn` (known to the
 //!   pageserver for its last record)
@@ -621,6 +621,17 @@ pub fn router(repo: Arc<Repository>) -> Router {
 struct BasebackupQuery {
     lsn: Option<Lsn>,
     prev_lsn: Option<Lsn>,
+    /// `sizes`: relation files empty, their sizes in a manifest (lazy computes).
+    relations: Option<String>,
+}
+
+fn relation_contents(q: &BasebackupQuery) -> ApiResult<crate::read::basebackup::RelationContents> {
+    use crate::read::basebackup::RelationContents;
+    match q.relations.as_deref() {
+        None | Some("full") => Ok(RelationContents::Full),
+        Some("sizes") => Ok(RelationContents::SizesOnly),
+        Some(other) => Err(ApiError(StatusCode::BAD_REQUEST, format!("relations={other:?}: expected \"full\" or \"sizes\""))),
+    }
 }
 
 /// The LSN pair a basebackup of `tl` may be taken at, or why not.
@@ -657,12 +668,13 @@ async fn basebackup(
     use futures::StreamExt;
     let tl = repo.get_timeline(tenant_id, timeline_id)?;
     let target = basebackup_target(&tl, &q)?;
+    let relations = relation_contents(&q)?;
     let (writer, reader) = tokio::io::duplex(1 << 20);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let span = tracing::info_span!("basebackup", %tenant_id, %timeline_id, lsn = %target.lsn);
     tokio::spawn(tracing::Instrument::instrument(
         async move {
-            let result = crate::read::basebackup::send_basebackup(writer, &*tl, target).await;
+            let result = crate::read::basebackup::send_basebackup_with(writer, &*tl, target, relations).await;
             match &result {
                 Ok(stats) => tracing::info!(pages = stats.pages, bytes = stats.bytes, "basebackup sent"),
                 Err(e) => tracing::warn!("basebackup failed: {e}"),

@@ -7,7 +7,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use pageserver::read::basebackup::{send_basebackup, BasebackupSource, BasebackupTarget, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID};
+use pageserver::read::basebackup::{
+    send_basebackup, send_basebackup_with, BasebackupSource, BasebackupTarget, RelationContents, DEFAULTTABLESPACE_OID, GLOBALTABLESPACE_OID,
+    LAZY_MANIFEST,
+};
 use pageserver::walredo::SlruKind;
 use pg_harness::PgCluster;
 use postgres_ffi::controlfile::{CheckPoint, ControlFile};
@@ -161,5 +164,73 @@ async fn postgres_starts_from_the_archive_without_recovery() -> anyhow::Result<(
     pg.start_postmaster()?;
     pg.sql("INSERT INTO t VALUES (20001, 'new'); TRUNCATE u; INSERT INTO u VALUES (1)")?;
     assert_same_dump(&dump(&copy)?, &dump(&pg)?);
+    Ok(())
+}
+
+/// (path, size) of every regular file of an archive, and the contents of one.
+fn archive_files(archive: &[u8]) -> anyhow::Result<(std::collections::BTreeMap<String, u64>, Option<String>)> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut manifest = None;
+    for entry in tar::Archive::new(archive).entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = entry.path()?.to_string_lossy().into_owned();
+        if path == LAZY_MANIFEST {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text)?;
+            manifest = Some(text);
+            continue;
+        }
+        files.insert(path, entry.header().size()?);
+    }
+    Ok((files, manifest))
+}
+
+/// The sizes-only archive (lazy computes) has the same files as the full
+/// one; relation files are empty and the manifest gives each one's full
+/// size and where its blocks come from; everything else is byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_only_archive_lists_every_relation_file_with_its_size() -> anyhow::Result<()> {
+    let mut pg = PgCluster::start(&[])?;
+    pg.sql(
+        "CREATE TABLE t(id int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+         CREATE UNLOGGED TABLE u(id int primary key); INSERT INTO u SELECT generate_series(1, 100); VACUUM t;",
+    )?;
+    let t_path = pg.sql("SELECT pg_relation_filepath('t')")?;
+    pg.stop()?;
+    let control = ControlFile::parse(&fs::read(pg.data_dir().join("global/pg_control"))?)?;
+    let mut end = control.checkpoint_lsn();
+    scan_wal_dir(&pg.wal_dir(), 1, control.checkpoint_lsn(), control.wal_seg_size() as u64, |r| end = r.end_lsn)?;
+    let src = DataDirSource { dir: pg.data_dir().to_path_buf() };
+    let target = BasebackupTarget { lsn: end, prev_record_lsn: control.checkpoint_lsn() };
+    let (mut full, mut lazy) = (Vec::new(), Vec::new());
+    send_basebackup(&mut full, &src, target).await?;
+    let stats = send_basebackup_with(&mut lazy, &src, target, RelationContents::SizesOnly).await?;
+    assert!(lazy.len() < full.len(), "sizes-only archive is {} bytes, full {}", lazy.len(), full.len());
+    assert!(stats.relation_files > 50, "{stats:?}");
+    let (full_files, none) = archive_files(&full)?;
+    assert!(none.is_none(), "a full archive has no manifest");
+    let (lazy_files, manifest) = archive_files(&lazy)?;
+    let manifest = manifest.expect("manifest in the sizes-only archive");
+    assert_eq!(full_files.keys().collect::<Vec<_>>(), lazy_files.keys().collect::<Vec<_>>());
+    let mut listed = std::collections::BTreeMap::new();
+    for line in manifest.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 7, "{line}");
+        assert_ne!(f[4], "3", "init forks are sent whole: {line}");
+        listed.insert(f[0].to_string(), f[6].parse::<u64>()? * BLCKSZ as u64);
+    }
+    assert!(listed.get(&t_path).is_some_and(|&size| size > 100 * BLCKSZ as u64), "{t_path} listed with its size");
+    for (path, &size) in &full_files {
+        match listed.get(path) {
+            Some(&listed_size) => {
+                assert_eq!(listed_size, size, "{path}: manifest size");
+                assert_eq!(lazy_files[path], 0, "{path} is empty in the sizes-only archive");
+            }
+            None => assert_eq!(lazy_files[path], size, "{path} is sent whole"),
+        }
+    }
     Ok(())
 }

@@ -208,12 +208,17 @@ impl Endpoints {
             return Ok(());
         }
         let (repo, name) = (self.repo.clone(), ep.name.clone());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let Some(ep) = Endpoint::load(&repo, &name)? else { return Ok(()) };
+        let stopped = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Endpoint>> {
+            let Some(ep) = Endpoint::load(&repo, &name)? else { return Ok(None) };
             ep.stop_postgres()?;
-            Endpoint { suspended: true, ..ep }.save(&repo)
+            Endpoint { suspended: true, ..ep.clone() }.save(&repo)?;
+            Ok(Some(ep))
         })
         .await??;
+        // A lazy compute's filesystem goes with it (the wake-up builds a new one).
+        if let Some(ep) = stopped.filter(|e| e.lazy_active) {
+            control_plane::lazy::stop(&self.repo, &ep).await?;
+        }
         METRICS.suspends.inc();
         info!(endpoint = ep.name, idle_s = idle.as_secs(), "suspended idle endpoint");
         Ok(())

@@ -12,6 +12,13 @@
 //! `postgres_ffi::walgen`). Configuration files are not included: whoever
 //! starts the compute writes them.
 //!
+//! With [`RelationContents::SizesOnly`] (the `relations=sizes` query of the
+//! HTTP API, for lazy computes) every relation segment file is written empty
+//! and listed, with its exact size in blocks, in a text manifest
+//! [`LAZY_MANIFEST`] at the end of the archive; the compute's filesystem
+//! fetches the blocks on demand. Init forks (and the main forks unlogged
+//! relations get from them) are written in full either way: they are tiny.
+//!
 //! Invariants: unlogged relations get their init fork copied as their main
 //! fork (their main fork is never WAL-logged); temporary relations never
 //! reach the key space. Every entry is written completely or the whole
@@ -47,6 +54,20 @@ const RANGES_IN_FLIGHT: usize = 2;
 /// Log progress every this many bytes of archive.
 const PROGRESS_STEP_BYTES: u64 = 256 << 20;
 const INIT_FORK: u8 = 3;
+/// Name of the manifest of a sizes-only basebackup, at the archive's root.
+/// One line per relation segment file written empty:
+/// `<path> <spcnode> <dbnode> <relnode> <fork> <first block> <blocks>`.
+pub const LAZY_MANIFEST: &str = "strata_lazy_manifest";
+
+/// What a basebackup writes into relation files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RelationContents {
+    /// Every page.
+    #[default]
+    Full,
+    /// Nothing: empty files plus [`LAZY_MANIFEST`] with their sizes.
+    SizesOnly,
+}
 
 const SKELETON_DIRS: &[&str] = &[
     "global", "base", "pg_wal", "pg_wal/archive_status", "pg_commit_ts", "pg_dynshmem", "pg_notify",
@@ -120,6 +141,8 @@ struct TarWriter<W> {
     out: W,
     mtime: u64,
     stats: BasebackupStats,
+    /// Manifest lines of a sizes-only backup (`None`: full).
+    manifest: Option<String>,
 }
 
 impl<W: AsyncWrite + Unpin> TarWriter<W> {
@@ -197,12 +220,27 @@ where
     W: AsyncWrite + Unpin,
     S: BasebackupSource,
 {
+    send_basebackup_with(out, src, target, RelationContents::Full).await
+}
+
+/// [`send_basebackup`], with relation files full or sizes-only.
+pub async fn send_basebackup_with<W, S>(
+    out: W,
+    src: &S,
+    target: BasebackupTarget,
+    relations: RelationContents,
+) -> Result<BasebackupStats, BasebackupError>
+where
+    W: AsyncWrite + Unpin,
+    S: BasebackupSource,
+{
     let lsn = target.lsn;
     if !lsn.is_aligned() {
         return Err(BasebackupError::Invalid(format!("basebackup LSN {lsn} is not a record boundary")));
     }
     let mtime = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let mut tar = TarWriter { out, mtime, stats: BasebackupStats::default() };
+    let manifest = (relations == RelationContents::SizesOnly).then(String::new);
+    let mut tar = TarWriter { out, mtime, stats: BasebackupStats::default(), manifest };
     for dir in SKELETON_DIRS {
         tar.dir(dir).await?;
     }
@@ -215,6 +253,9 @@ where
         tar.file(&format!("pg_twophase/{xid:08X}"), &data).await?;
     }
     write_control_and_wal(&mut tar, src, target).await?;
+    if let Some(manifest) = tar.manifest.take() {
+        tar.file(LAZY_MANIFEST, manifest.as_bytes()).await?;
+    }
     tar.finish().await
 }
 
@@ -266,6 +307,15 @@ async fn write_relation<W: AsyncWrite + Unpin, S: BasebackupSource>(
         let first = segno * RELSEG_SIZE_BLOCKS;
         let count = nblocks.saturating_sub(first).min(RELSEG_SIZE_BLOCKS);
         let size = count as u64 * BLCKSZ as u64;
+        if from_fork != INIT_FORK {
+            if let Some(manifest) = tar.manifest.as_mut() {
+                let RelFileNode { spc_node, db_node, rel_node } = rel;
+                manifest.push_str(&format!("{path} {spc_node} {db_node} {rel_node} {from_fork} {first} {count}\n"));
+                tar.file(&path, &[]).await?;
+                tar.stats.relation_files += 1;
+                continue;
+            }
+        }
         tar.begin_file(&path, size).await?;
         // The segment as range reads (one vectored read each), the next
         // one in flight while the current one is written, in block order.
