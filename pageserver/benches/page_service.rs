@@ -14,15 +14,14 @@
 //! 50000) pseudo-random blocks of `pgbench_accounts`, the same sequence
 //! for every figure. Goal (issue 16): ≥ 100k pages/s over the protocol.
 //!
-//! On the 2-core machine (2026-12-01, shared with other builds, load ~14):
-//! pread 139k–404k pages/s; in-process one at a time 7.5k–7.9k, batched
-//! 34k–39k; page stream 30k–32k from one connection, 39k–42k from four.
-//! The stream costs little over the batched in-process read; what is left
-//! is the read path itself: per block, a layer walk with a
-//! `spawn_blocking` thread hop and a `pread` per layer visited (in `perf`,
-//! ~17% of the time is the kernel switching threads, then copies, malloc,
-//! CRC32C). Vectored reads (one walk and one blocking call per batch) are
-//! what would close the gap.
+//! On the 2-core machine (2026-12-01, shared with 3 other agents'
+//! builds, load 6–9, so absolute figures swing 3x between runs; compare
+//! the ratios to pread of the same run): before the vectored read path,
+//! in-process one at a time 0.06x pread, batched 0.08x, page stream
+//! 0.07x (1 connection) and 0.23x (4); with it (one layer walk and one
+//! blocking section per batch, relation sizes cached), one at a time
+//! 0.36x, batched 1.07x, page stream 0.24x and 0.19x — the stream figures
+//! of that run were taken under the heaviest load; see the branch report.
 #[path = "../tests/common/mod.rs"]
 mod common;
 

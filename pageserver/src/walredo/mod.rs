@@ -264,9 +264,9 @@ impl PostgresRedoManager {
     }
 
     /// Rebuild several pages, results in the order of `reqs`. Requests made
-    /// only of records the processes apply go to them pipelined, up to
-    /// [`PIPELINE_DEPTH`] per exchange and one exchange per process at a
-    /// time, each request one message (base page and all its records); the
+    /// only of records the processes apply go to them pipelined, spread
+    /// over the processes, up to [`PIPELINE_DEPTH`] per exchange and one
+    /// exchange per process at a time, each request one message (base page and all its records); the
     /// others, and the requests of an exchange that failed, go one by one
     /// through [`PostgresRedoManager::request_redo`] (with its retry).
     pub async fn request_redo_many(&self, mut reqs: Vec<RedoRequest>) -> Vec<Result<Bytes, WalRedoError>> {
@@ -274,8 +274,10 @@ impl PostgresRedoManager {
         let mut results: Vec<Option<Result<Bytes, WalRedoError>>> = (0..reqs.len()).map(|_| None).collect();
         let pipelined: Vec<usize> = (0..reqs.len()).filter(|&i| pipelinable(&reqs[i])).collect();
         if pipelined.len() > 1 {
+            // Spread over every process, at most PIPELINE_DEPTH per exchange.
+            let per_exchange = pipelined.len().div_ceil(self.pool_size()).clamp(1, PIPELINE_DEPTH);
             let exchanges: Vec<_> = pipelined
-                .chunks(PIPELINE_DEPTH)
+                .chunks(per_exchange)
                 .map(|chunk| {
                     let batch: Vec<&RedoRequest> = chunk.iter().map(|&i| &reqs[i]).collect();
                     let chunk = chunk.to_vec();
