@@ -15,13 +15,16 @@
 //! for every figure. Goal (issue 16): ≥ 100k pages/s over the protocol.
 //!
 //! On the 2-core machine (2026-12-01, shared with 3 other agents'
-//! builds, load 6–9, so absolute figures swing 3x between runs; compare
-//! the ratios to pread of the same run): before the vectored read path,
-//! in-process one at a time 0.06x pread, batched 0.08x, page stream
-//! 0.07x (1 connection) and 0.23x (4); with it (one layer walk and one
-//! blocking section per batch, relation sizes cached), one at a time
-//! 0.36x, batched 1.07x, page stream 0.24x and 0.19x — the stream figures
-//! of that run were taken under the heaviest load; see the branch report.
+//! builds, so absolute figures swing 3x between runs; compare the ratios
+//! to pread of the same run). Quietest run, before → after the vectored
+//! read path (one layer walk and one blocking section per batch, relation
+//! sizes cached): pread 246k → 302k pages/s; in-process one at a time 6.2k
+//! (0.03x) → 34.7k (0.11x), batched 43k (0.18x) → 152k (0.50x); page
+//! stream 62k → 49k from one connection, 72k → 55k from four. The stream
+//! did not gain: the batch is now read serially in one blocking section,
+//! where before up to 8 reads ran on blocking threads beside the protocol
+//! work; splitting large batches over two blocking sections is the next
+//! step.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
