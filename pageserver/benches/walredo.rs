@@ -101,7 +101,10 @@ fn main() {
     rt.block_on(async {
         for (label, sandbox) in [("sandbox on", true), ("sandbox off (baseline)", false)] {
             println!("-- {label}");
-            let (manager, _dir) = common::manager(2, |c| c.sandbox = sandbox);
+            let (manager, _dir) = common::manager(2, |c| {
+                c.sandbox = sandbox;
+                c.pipeline_depth = pageserver::walredo::PIPELINE_DEPTH;
+            });
             let manager = Arc::new(manager);
             manager.ping().await.expect("warm up");
             for n in [1, 10, 100] {
