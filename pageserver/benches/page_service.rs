@@ -14,15 +14,17 @@
 //! 50000) pseudo-random blocks of `pgbench_accounts`, the same sequence
 //! for every figure. Goal (issue 16): ≥ 100k pages/s over the protocol.
 //!
-//! On the 2-core machine (2026-12-01, shared with other builds, load ~14):
-//! pread 139k–404k pages/s; in-process one at a time 7.5k–7.9k, batched
-//! 34k–39k; page stream 30k–32k from one connection, 39k–42k from four.
-//! The stream costs little over the batched in-process read; what is left
-//! is the read path itself: per block, a layer walk with a
-//! `spawn_blocking` thread hop and a `pread` per layer visited (in `perf`,
-//! ~17% of the time is the kernel switching threads, then copies, malloc,
-//! CRC32C). Vectored reads (one walk and one blocking call per batch) are
-//! what would close the gap.
+//! On the 2-core machine (2026-12-01, shared with 3 other agents'
+//! builds, so absolute figures swing 3x between runs; compare the ratios
+//! to pread of the same run). Quietest run, before → after the vectored
+//! read path (one layer walk and one blocking section per batch, relation
+//! sizes cached): pread 246k → 302k pages/s; in-process one at a time 6.2k
+//! (0.03x) → 34.7k (0.11x), batched 43k (0.18x) → 152k (0.50x); page
+//! stream 62k → 49k from one connection, 72k → 55k from four. The stream
+//! did not gain: the batch is now read serially in one blocking section,
+//! where before up to 8 reads ran on blocking threads beside the protocol
+//! work; splitting large batches over two blocking sections is the next
+//! step.
 #[path = "../tests/common/mod.rs"]
 mod common;
 

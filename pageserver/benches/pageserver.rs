@@ -6,7 +6,9 @@
 //!    the same initial data directory replays the same WAL (MB/s).
 //! 2. GetPage@LSN from an image layer (pages/s, latency percentiles).
 //! 3. GetPage@LSN needing redo of ~10 records per page (full_page_writes
-//!    off, so the chain is the image plus 10 update records).
+//!    off, so the chain is the image plus 10 update records), one page at
+//!    a time and in batches of 64 (`get_rel_pages_at_lsn`, the page
+//!    stream's path: redo requests pipelined to the redo processes).
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -153,6 +155,21 @@ async fn main() -> anyhow::Result<()> {
         lat.len() as f64 / secs,
         percentiles(lat)
     );
+    // 3b. The same pages in batches (what the page stream serves): their
+    // redo requests pipelined to the redo processes.
+    let refs: Vec<_> = (0..rblocks).map(|b| (rrel, 0u8, b)).collect();
+    let t0 = Instant::now();
+    let mut pages = 0;
+    for _ in 0..3 {
+        for chunk in refs.chunks(64) {
+            for page in tl.get_rel_pages_at_lsn(chunk, lsn2, 8).await {
+                page?;
+                pages += 1;
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!("GetPage@LSN with redo, batches of 64: {pages} pages in {secs:.2} s = {:.0} pages/s", pages as f64 / secs);
     walreceiver_stop(&tl).await;
     repo.shutdown(false).await;
     pg.stop()?;

@@ -3,7 +3,8 @@
 //!
 //! * heap-insert chains of 1, 10 and 100 records (an initialising insert
 //!   plus plain inserts into the same block), sequential and with two
-//!   concurrent requesters (pool of two processes);
+//!   concurrent requesters (pool of two processes), and in batches of 16
+//!   and 64 through `request_redo_many` (pipelined to the processes);
 //! * launch time: stop the idle process, then time a ping (spawn, crash
 //!   recovery of the scratch cluster, handshake, round trip);
 //! * all of it with the seccomp sandbox on (the default) and, as the
@@ -14,7 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pageserver::walredo::PostgresRedoManager;
+use pageserver::walredo::{PostgresRedoManager, RedoRequest};
 
 const BUDGET: Duration = Duration::from_secs(3);
 
@@ -49,6 +50,30 @@ async fn throughput(manager: &Arc<PostgresRedoManager>, chain: &Arc<common::Heap
     );
 }
 
+/// Pages/s with `request_redo_many` in batches of `batch` (pipelined to
+/// the processes, `PIPELINE_DEPTH` requests per exchange).
+async fn pipelined(manager: &Arc<PostgresRedoManager>, chain: &common::HeapChain, n: usize, batch: usize) {
+    let records = chain.records[..n].to_vec();
+    let lsn = records[n - 1].0;
+    let started = Instant::now();
+    let mut pages = 0;
+    while started.elapsed() < BUDGET {
+        let reqs = (0..batch)
+            .map(|_| RedoRequest { key: chain.key.into(), lsn, base: None, records: records.clone() })
+            .collect();
+        for page in manager.request_redo_many(reqs).await {
+            page.expect("redo");
+            pages += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "chain of {n:>3} records, batches of {batch:>3} (pipelined): {:>9.0} pages/s {:>10.0} records/s",
+        pages as f64 / secs,
+        (pages * n) as f64 / secs
+    );
+}
+
 async fn launch_time(manager: &PostgresRedoManager) {
     let mut samples = Vec::new();
     for _ in 0..10 {
@@ -76,12 +101,18 @@ fn main() {
     rt.block_on(async {
         for (label, sandbox) in [("sandbox on", true), ("sandbox off (baseline)", false)] {
             println!("-- {label}");
-            let (manager, _dir) = common::manager(2, |c| c.sandbox = sandbox);
+            let (manager, _dir) = common::manager(2, |c| {
+                c.sandbox = sandbox;
+                c.pipeline_depth = pageserver::walredo::PIPELINE_DEPTH;
+            });
             let manager = Arc::new(manager);
             manager.ping().await.expect("warm up");
             for n in [1, 10, 100] {
                 for clients in [1, 2] {
                     throughput(&manager, &chain, n, clients).await;
+                }
+                for batch in [16, 64] {
+                    pipelined(&manager, &chain, n, batch).await;
                 }
             }
             launch_time(&manager).await;

@@ -411,7 +411,7 @@ impl Timeline {
         }
     }
 
-    /// WAL redo for several keys at `lsn` at once, pipelined to the redo
+    /// WAL redo for several keys at `lsn` at once, spread over the redo
     /// processes ([`PostgresRedoManager::request_redo_many`]); results in
     /// order.
     async fn reconstruct_many(&self, reqs: Vec<(Key, ValueReconstructState)>, lsn: Lsn) -> Vec<Result<Bytes>> {

@@ -12,8 +12,8 @@
 //! pages from image layers takes one round; each delta layer above the
 //! image adds one. Keys a timeline has no (more) layers for continue in the
 //! ancestor at the branch point. Keys that need WAL redo are then rebuilt,
-//! several requests at a time ([`crate::walredo::PostgresRedoManager::request_redo_many`]:
-//! pipelined to the redo processes).
+//! several requests at a time over the redo processes
+//! ([`crate::walredo::PostgresRedoManager::request_redo_many`]).
 //!
 //! Invariants: the result for each key is what walking its layers one by
 //! one gives (newest first, until an image or an initialising record, then
