@@ -3,7 +3,9 @@
 //! safekeepers of three), the pageserver keeps answering while its flushes
 //! fail, the logs say why, and once space is back both resume by
 //! themselves: no acknowledged commit is lost, every block the pageserver
-//! rebuilds equals the compute's, and no partial file is left.
+//! rebuilds equals the compute's, and no partial file is left. (The
+//! pageserver's disk is 512 MiB: after the catch-up, compaction needs room
+//! for its L1 copies beside the L0 files.)
 mod common;
 
 use std::process::Command;
@@ -42,7 +44,7 @@ fn full_pageserver_and_safekeeper_disks_lose_nothing_and_resume_when_space_retur
     common::pgbench(&url, &["-i", "-s", "2", "-q"]);
     repo.ok(&["endpoint", "stop", "main"]);
     repo.ok(&["stop"]);
-    let ps_disk = SmallDisk::mount_over(&repo.path.join("pageserver/data"), 192).unwrap();
+    let ps_disk = SmallDisk::mount_over(&repo.path.join("pageserver/data"), 512).unwrap();
     let sk_disk = SmallDisk::mount_over(&repo.path.join("safekeeper_1/data"), 64).unwrap();
     repo.ok(&["start"]);
     let url = url_of(&repo, &repo.ok(&["endpoint", "start", "main"]));
