@@ -128,6 +128,17 @@ fn extract(archive: &[u8], into: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stop `pg`; its data directory as a basebackup source, and the target:
+/// the end of its WAL (the shutdown checkpoint record) as the LSN.
+fn stopped_source(pg: &mut PgCluster) -> anyhow::Result<(DataDirSource, BasebackupTarget)> {
+    pg.stop()?;
+    let control = ControlFile::parse(&fs::read(pg.data_dir().join("global/pg_control"))?)?;
+    let mut end = control.checkpoint_lsn();
+    scan_wal_dir(&pg.wal_dir(), 1, control.checkpoint_lsn(), control.wal_seg_size() as u64, |r| end = r.end_lsn)?;
+    let src = DataDirSource { dir: pg.data_dir().to_path_buf() };
+    Ok((src, BasebackupTarget { lsn: end, prev_record_lsn: control.checkpoint_lsn() }))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_starts_from_the_archive_without_recovery() -> anyhow::Result<()> {
     let mut pg = PgCluster::start(&[])?;
@@ -137,13 +148,7 @@ async fn postgres_starts_from_the_archive_without_recovery() -> anyhow::Result<(
          CREATE DATABASE other; VACUUM t;",
     )?;
     pg.sql_db("other", "CREATE TABLE o AS SELECT g FROM generate_series(1, 100) g")?;
-    pg.stop()?;
-    let control = ControlFile::parse(&fs::read(pg.data_dir().join("global/pg_control"))?)?;
-    let mut end = control.checkpoint_lsn();
-    scan_wal_dir(&pg.wal_dir(), 1, control.checkpoint_lsn(), control.wal_seg_size() as u64, |r| end = r.end_lsn)?;
-
-    let src = DataDirSource { dir: pg.data_dir().to_path_buf() };
-    let target = BasebackupTarget { lsn: end, prev_record_lsn: control.checkpoint_lsn() };
+    let (src, target) = stopped_source(&mut pg)?;
     let mut archive = Vec::new();
     let stats = send_basebackup(&mut archive, &src, target).await?;
     assert!(stats.pages > 100 && stats.relation_files > 50, "{stats:?}");
@@ -158,7 +163,7 @@ async fn postgres_starts_from_the_archive_without_recovery() -> anyhow::Result<(
     assert_eq!(copy.sql("SELECT count(*), sum(id) FROM t")?, "20000|200010000");
     assert_eq!(copy.sql("SELECT count(*) FROM u")?, "0", "unlogged table must start empty");
     assert_eq!(copy.sql_db("other", "SELECT count(*) FROM o")?, "100");
-    assert!(copy.current_wal_insert_lsn()? > end);
+    assert!(copy.current_wal_insert_lsn()? > target.lsn);
     copy.sql("INSERT INTO t VALUES (20001, 'new'); INSERT INTO u VALUES (1); CHECKPOINT")?;
 
     pg.start_postmaster()?;
@@ -199,12 +204,7 @@ async fn sizes_only_archive_lists_every_relation_file_with_its_size() -> anyhow:
          CREATE UNLOGGED TABLE u(id int primary key); INSERT INTO u SELECT generate_series(1, 100); VACUUM t;",
     )?;
     let t_path = pg.sql("SELECT pg_relation_filepath('t')")?;
-    pg.stop()?;
-    let control = ControlFile::parse(&fs::read(pg.data_dir().join("global/pg_control"))?)?;
-    let mut end = control.checkpoint_lsn();
-    scan_wal_dir(&pg.wal_dir(), 1, control.checkpoint_lsn(), control.wal_seg_size() as u64, |r| end = r.end_lsn)?;
-    let src = DataDirSource { dir: pg.data_dir().to_path_buf() };
-    let target = BasebackupTarget { lsn: end, prev_record_lsn: control.checkpoint_lsn() };
+    let (src, target) = stopped_source(&mut pg)?;
     let (mut full, mut lazy) = (Vec::new(), Vec::new());
     send_basebackup(&mut full, &src, target).await?;
     let stats = send_basebackup_with(&mut lazy, &src, target, RelationContents::SizesOnly).await?;
