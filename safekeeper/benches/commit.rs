@@ -7,7 +7,8 @@
 //!
 //! Each setup runs `pgbench -N` (simple-update, no branch table updates) with
 //! `STRATA_BENCH_CLIENTS` clients (default 4) for `STRATA_BENCH_SECONDS`
-//! (default 10) against a fresh compute.
+//! (default 10) against a fresh compute. `STRATA_BENCH_SETUPS=2,4` runs only
+//! the numbered lines (to profile one).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -103,12 +104,22 @@ fn main() -> anyhow::Result<()> {
         ("stock PG15 + ANY 2 of 3 pg_receivewal", Box::new(|| stock_with_pg_receivewal(3, 2)), None),
         ("Strata, 3 safekeepers, ANY 2", Box::new(|| with_safekeepers(3, 2)), Some(2)),
     ];
-    let mut tps = Vec::new();
-    for (name, run, baseline) in setups {
+    // STRATA_BENCH_SETUPS=2,4 runs only those lines (for profiling one);
+    // a line whose baseline is skipped prints no ratio.
+    let only: Option<Vec<usize>> = std::env::var("STRATA_BENCH_SETUPS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let mut tps = vec![None; setups.len()];
+    for (i, (name, run, baseline)) in setups.into_iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&(i + 1))) {
+            continue;
+        }
         let f = run().with_context(|| name.to_string())?;
-        let ratio = baseline.map(|b: usize| format!("{:.2}x of the line {}", f.tps / tps[b], b + 1)).unwrap_or_default();
+        let ratio = baseline
+            .and_then(|b: usize| tps[b].map(|base: f64| format!("{:.2}x of the line {}", f.tps / base, b + 1)))
+            .unwrap_or_default();
         println!("{name:<48} {:>10.0} {:>16.2}   {ratio}", f.tps, f.latency_ms);
-        tps.push(f.tps);
+        tps[i] = Some(f.tps);
     }
     Ok(())
 }

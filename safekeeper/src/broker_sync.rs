@@ -33,8 +33,14 @@ use crate::SafekeeperConf;
 
 /// Publish at least this often even when nothing changes (liveness).
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(1000);
-/// And at most this often under load.
-const MIN_PUBLISH_GAP: Duration = Duration::from_millis(5);
+/// And at most this often under load. Each publish wakes every peer's
+/// subscription, so the broker traffic of a timeline grows with the
+/// square of its safekeepers times this rate; at one publish per commit
+/// (the gap at 5 ms) three safekeepers spent more CPU on it than the
+/// compute on its commits. What waits on a publish is the peers'
+/// commit_lsn, i.e. how soon the pageservers get the WAL — never the
+/// compute's commit, which its synchronous standbys acknowledge directly.
+const MIN_PUBLISH_GAP: Duration = Duration::from_millis(50);
 /// Long-poll timeout of a subscription request.
 const POLL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Look for removable WAL this often.

@@ -40,7 +40,7 @@ use utils::lsn::Lsn;
 
 use crate::control_file::{ComputeSpec, TermHistory};
 use crate::metrics::METRICS;
-use crate::timeline::Timeline;
+use crate::timeline::{StorageIo, Timeline};
 
 /// A same-term peer this far ahead is worth recovering from before the compute.
 pub const AUTO_RECOVERY_MIN_BYTES: u64 = 64 * 1024;
@@ -155,7 +155,7 @@ async fn stream_from(tl: &Timeline, own_id: u64, target: &RecoveryTarget, start:
         if !batch.is_empty() {
             last_data = std::time::Instant::now();
             METRICS.recovery_bytes.inc_by(batch.len() as u64);
-            tl.append_and_flush(term, batch_start, batch.freeze(), record_end).await?;
+            tl.append_and_flush(term, batch_start, batch.freeze(), record_end, StorageIo::BlockingPool).await?;
         }
     }
     tracing::info!(peer = target.peer_id, flush = %tl.flush_lsn(), "peer recovery done");

@@ -20,13 +20,15 @@
 //!
 //! Locking: `state` is a std mutex held only for field updates; control
 //! file writes are serialized by `persist_lock` and write the newest state; `storage` is
-//! a std mutex taken only inside `spawn_blocking` (file I/O). Neither is ever
-//! held across an `.await`.
+//! a std mutex taken only around file I/O, inside `spawn_blocking` or, for
+//! [`StorageIo::InLine`], on a thread that owns nothing else. Neither is
+//! ever held across an `.await`.
 //!
-//! Cancellation: `append_and_flush` runs its I/O on the blocking pool; if the
-//! caller is dropped the write still completes, but its flush position is
-//! not published (the next writer, which waits for the storage lock, sees
-//! the durable end), so a cancelled caller never publishes a stale flush.
+//! Cancellation: `append_and_flush` runs its I/O on the blocking pool (or in
+//! line, where it cannot be interrupted); if the caller is dropped the write
+//! still completes, but its flush position is not published (the next
+//! writer, which waits for the storage lock, sees the durable end), so a
+//! cancelled caller never publishes a stale flush.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -288,16 +290,25 @@ impl Timeline {
     /// Write WAL received from the compute of `term` and make it durable.
     /// `record_end` is the end of the last complete record in it (for the
     /// control file). Returns the new flush LSN.
-    pub async fn append_and_flush(&self, term: u64, start: Lsn, data: bytes::Bytes, record_end: Lsn) -> Result<Lsn, TimelineError> {
+    pub async fn append_and_flush(
+        &self,
+        term: u64,
+        start: Lsn,
+        data: bytes::Bytes,
+        record_end: Lsn,
+        io: StorageIo,
+    ) -> Result<Lsn, TimelineError> {
         let _writer = self.writer.lock().await;
         let len = data.len() as u64;
         let started = Instant::now();
-        let flush = self
-            .with_storage(move |s| {
-                s.write(term, start, &data)?;
-                s.flush()
-            })
-            .await?;
+        let write = move |s: &mut WalStorage| {
+            s.write(term, start, &data)?;
+            s.flush()
+        };
+        let flush = match io {
+            StorageIo::BlockingPool => self.with_storage(write).await?,
+            StorageIo::InLine => write(&mut self.storage.lock().unwrap_or_else(|p| p.into_inner()))?,
+        };
         METRICS.fsync_seconds.observe(started.elapsed().as_secs_f64());
         METRICS.wal_bytes_written.inc_by(len);
         self.flush_lsn.send_replace(flush);
@@ -615,6 +626,17 @@ pub struct Positions {
     pub peer_horizon: Option<Lsn>,
     /// The lowest flush position of the connected replicas.
     pub replica_min_flush: Option<Lsn>,
+}
+
+/// Where [`Timeline::append_and_flush`] does its file I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageIo {
+    /// On tokio's blocking pool: for callers on the shared runtime.
+    BlockingPool,
+    /// On the calling thread: only for a caller that has a thread (and a
+    /// runtime) of its own, where blocking delays nothing but itself and a
+    /// commit's write, fsync and acknowledgement need no thread hand-off.
+    InLine,
 }
 
 /// WAL below this LSN may be removed: below commit_lsn, every connected
