@@ -51,6 +51,13 @@ pub struct SafekeeperConf {
     /// and every other safekeeper's of the cluster); `None`: WAL stays on
     /// local disks only.
     pub remote_storage: Option<remote_storage::GenericRemoteStorage>,
+    /// Offload the last, incomplete segment of a timeline once its
+    /// committed WAL has not moved for this long (zero: never).
+    pub wal_partial_offload_after_idle: std::time::Duration,
+    /// Look for offloaded WAL to delete this often.
+    pub remote_wal_gc_interval: std::time::Duration,
+    /// Keep offloaded WAL that nobody needs any more this long.
+    pub remote_wal_retention: std::time::Duration,
     /// Password for connections to computes whose conninfo has none (the
     /// file is read at each connection; absent file: no password).
     pub compute_password_file: Option<PathBuf>,

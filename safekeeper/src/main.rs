@@ -43,6 +43,18 @@ struct Args {
     partial_message_timeout_ms: u64,
     #[command(flatten)]
     remote: remote_storage::cli::RemoteStorageArgs,
+    /// With remote storage: upload the last, incomplete WAL segment of a
+    /// timeline whose committed WAL has not moved for this long (e.g. 10s;
+    /// 0s: never), so that an idle timeline's WAL is not only on local disks.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    wal_partial_offload_after_idle: std::time::Duration,
+    /// With remote storage: delete offloaded WAL below what the pageservers
+    /// have uploaded and every peer holds, once it is this old (e.g. 7d, 0s).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    remote_wal_retention: std::time::Duration,
+    /// How often the offloading safekeeper looks for offloaded WAL to delete.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    remote_wal_gc_interval: std::time::Duration,
     /// File holding the password of the role the compute's conninfo names
     /// (the cluster's replication role), used when the conninfo has none;
     /// read at every connection, so it may appear or change later.
@@ -66,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
         keepalive_interval_ms: args.keepalive_interval_ms,
         partial_message_timeout_ms: args.partial_message_timeout_ms,
         remote_storage,
+        wal_partial_offload_after_idle: args.wal_partial_offload_after_idle,
+        remote_wal_gc_interval: args.remote_wal_gc_interval,
+        remote_wal_retention: args.remote_wal_retention,
         compute_password_file: args.compute_password_file,
     });
     tracing::info!(id = conf.id, pg = %conf.advertise_pg, http = %conf.advertise_http, data_dir = %conf.data_dir.display(), "safekeeper starting");

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub wal_backup_errors: IntCounter,
     pub wal_backup_lag_bytes: IntGaugeVec,
     pub wal_backup_downloads: IntCounter,
+    pub wal_partial_uploads: IntCounter,
+    pub remote_wal_deleted_objects: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -51,6 +53,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     )
     .expect("metric"),
     wal_backup_downloads: register_int_counter!("safekeeper_wal_backup_downloads_total", "Offloaded WAL segments downloaded to serve a replica or a recovering peer").expect("metric"),
+    wal_partial_uploads: register_int_counter!("safekeeper_wal_partial_uploads_total", "Partial (last, incomplete) WAL segments uploaded for idle timelines").expect("metric"),
+    remote_wal_deleted_objects: register_int_counter!("safekeeper_remote_wal_deleted_objects_total", "Offloaded WAL objects deleted by remote GC").expect("metric"),
 });
 
 /// All metrics of the default registry in the text format.

@@ -97,6 +97,13 @@ pub struct BackupStatus {
     pub offloader: Option<u64>,
     /// The last failed offload round, until one succeeds.
     pub last_error: Option<String>,
+    /// End of the committed WAL of the last partial segment this
+    /// safekeeper uploaded (see `wal_backup::partial`), while that object
+    /// is the newest; None once the segment is offloaded whole.
+    pub partial_end_lsn: Option<Lsn>,
+    /// Offloaded WAL below this was deleted by this safekeeper's last
+    /// remote GC pass (see `wal_backup::remote_gc`).
+    pub remote_gc_horizon: Option<Lsn>,
 }
 
 /// Where the acceptor is, for status.
@@ -598,6 +605,10 @@ impl Timeline {
 
     pub fn set_backup_error(&self, error: Option<String>) {
         self.lock().backup.last_error = error;
+    }
+
+    pub fn update_backup_status(&self, f: impl FnOnce(&mut BackupStatus)) {
+        f(&mut self.lock().backup);
     }
 
     pub fn backup_status(&self) -> BackupStatus {

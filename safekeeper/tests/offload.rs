@@ -65,6 +65,13 @@ fn assert_offloaded_identical(env: &Env, remote: &Path, i: usize, from: Lsn, to:
     Ok(n)
 }
 
+/// The names of the timeline's objects in a local-directory remote storage.
+fn remote_names(remote: &Path, env: &Env) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(remote_dir(remote, env))?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect::<Result<_, _>>()?;
+    names.sort();
+    Ok(names)
+}
+
 fn metric(env: &Env, i: usize, name: &str) -> anyhow::Result<f64> {
     let text = http_get_text(&env.sks[i].url("/metrics"))?;
     Ok(text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0))
@@ -120,10 +127,12 @@ fn one_safekeeper_offloads_and_another_takes_over_when_it_dies() -> anyhow::Resu
     wait_backup(&env, &[0, 1, 2], done3)?;
     assert_offloaded_identical(&env, remote.path(), 0, env.start_lsn, done3)?;
     assert!(metric(&env, 0, "safekeeper_wal_backup_segments_total")? >= 1.0);
-    // Nothing but whole segments in the timeline's prefix.
-    let names: Vec<String> = std::fs::read_dir(remote_dir(remote.path(), &env))?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect::<Result<_, _>>()?;
+    // Nothing but whole segments in the timeline's prefix, and at most one
+    // partial one (of an idle moment).
+    let (partials, names): (Vec<String>, Vec<String>) = remote_names(remote.path(), &env)?.into_iter().partition(|n| n.ends_with(".partial"));
     assert_eq!(names.len() as u64, (done3.0 - env.start_lsn.0) / SEG_SIZE, "{names:?}");
     assert!(names.iter().all(|n| n.len() == 24), "{names:?}");
+    assert!(partials.len() <= 1, "{partials:?}");
     // The offloader of the second phase wrote backup_lsn to its control
     // file (before publishing it).
     let control = safekeeper::control_file::load(&env.sks[1].timeline_dir(env.tenant, env.timeline))?;
@@ -204,5 +213,95 @@ fn offloaded_wal_in_s3_is_served_after_local_removal() -> anyhow::Result<()> {
     assert!(metric(&env, 0, "safekeeper_wal_backup_downloads_total")? >= 2.0);
     // Nothing left behind by the reader.
     wait_until(Duration::from_secs(10), || Ok(std::fs::read_dir(dir.join("remote_read")).map_or(true, |mut d| d.next().is_none())))?;
+    Ok(())
+}
+
+/// Send the feedback of a pageserver that has uploaded everything below
+/// `remote_consistent` to safekeeper `i`; keep the returned stream open
+/// until the safekeeper has taken it.
+async fn pageserver_feedback(env: &Env, i: usize, at: Lsn, remote_consistent: Lsn) -> anyhow::Result<pq_proto::ReplicationStream> {
+    let mut stream = connect(env, i).await?.start_replication(None, at, 1).await?;
+    let update = pq_proto::StrataFeedback { write_lsn: at, disk_consistent_lsn: at, remote_consistent_lsn: remote_consistent, timeline_size_bytes: 0, send_time_us: 0 };
+    stream.send(update).await?;
+    Ok(stream)
+}
+
+/// An idle timeline's last, incomplete segment goes to remote storage as a
+/// partial object holding exactly the committed WAL (zeros after it); the
+/// whole segment replaces it once complete, and a newer partial the older.
+#[test]
+fn an_idle_timelines_last_segment_is_offloaded_as_a_partial_object() -> anyhow::Result<()> {
+    let remote = tempfile::tempdir()?;
+    let args: Vec<String> = ["--remote-storage", &remote.path().display().to_string(), "--wal-partial-offload-after-idle", "1s"].iter().map(|s| s.to_string()).collect();
+    let env = Env::with_args(1, 1, &[], &args)?;
+    env.pg.sql("CREATE TABLE t(id serial primary key, v text); INSERT INTO t(v) SELECT 'tail' FROM generate_series(1, 200)")?;
+    let committed = env.compute_flush_lsn()?;
+    let partial_after = |lsn: Lsn| -> anyhow::Result<Option<(String, Lsn)>> {
+        let found = remote_names(remote.path(), &env)?.into_iter().filter_map(|n| {
+            let end = n.strip_suffix(".partial")?.split_once('.')?.1;
+            Some((n.clone(), Lsn(u64::from_str_radix(end, 16).ok()?)))
+        });
+        Ok(found.filter(|(_, end)| *end >= lsn).last())
+    };
+    wait_until(Duration::from_secs(60), || Ok(partial_after(committed)?.is_some()))
+        .with_context(|| format!("no partial segment up to {committed}: {:?}; log {}", remote_names(remote.path(), &env), env.sks[0].log_tail()))?;
+    let (name, end) = partial_after(committed)?.context("partial vanished")?;
+    assert_eq!(&name[..24], committed.segment_file_name(1, SEG_SIZE), "partial of the wrong segment");
+    let object = std::fs::read(remote_dir(remote.path(), &env).join(&name))?;
+    let local = std::fs::read(segment_file(&env.sks[0].timeline_dir(env.tenant, env.timeline), end))?;
+    let valid = end.segment_offset(SEG_SIZE) as usize;
+    assert_eq!(object.len() as u64, SEG_SIZE, "a partial object is a full-size segment");
+    assert!(object[..valid] == local[..valid], "partial object differs from the committed WAL");
+    assert!(object[valid..].iter().all(|b| *b == 0), "bytes after the committed end are not zero");
+    assert_eq!(env.sks[0].status(env.tenant, env.timeline)?["backup"]["partial_end_lsn"], json!(end.to_string()));
+
+    // The segment completes: offloaded whole, its partial goes; the next
+    // segment's partial follows once idle again.
+    env.pg.sql("SELECT pg_switch_wal(); INSERT INTO t(v) VALUES ('next segment')")?;
+    let next = env.compute_flush_lsn()?;
+    wait_backup(&env, &[0], next.segment_start(SEG_SIZE))?;
+    wait_until(Duration::from_secs(60), || Ok(partial_after(next)?.is_some() && !remote_names(remote.path(), &env)?.contains(&name)))
+        .with_context(|| format!("partial not replaced: {:?}", remote_names(remote.path(), &env)))?;
+    let partials: Vec<String> = remote_names(remote.path(), &env)?.into_iter().filter(|n| n.ends_with(".partial")).collect();
+    assert_eq!(partials.len(), 1, "older partials left: {partials:?}");
+    assert!(metric(&env, 0, "safekeeper_wal_partial_uploads_total")? >= 2.0);
+    Ok(())
+}
+
+/// Remote GC deletes offloaded segments wholly below what the pageserver
+/// uploaded (here with no retention), and nothing at or above it.
+#[test]
+fn offloaded_wal_below_the_pageservers_upload_is_deleted() -> anyhow::Result<()> {
+    let remote = tempfile::tempdir()?;
+    let args: Vec<String> = ["--remote-storage", &remote.path().display().to_string(), "--remote-wal-retention", "0s", "--remote-wal-gc-interval", "1s", "--wal-partial-offload-after-idle", "0s"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let env = Env::with_args(1, 1, &[], &args)?;
+    env.pg.sql("CREATE TABLE t(id serial primary key, v text)")?;
+    let end = write_segments(&env, 4)?;
+    let done = end.segment_start(SEG_SIZE);
+    wait_backup(&env, &[0], done)?;
+    let first = env.start_lsn.segment_start(SEG_SIZE);
+    let all = remote_names(remote.path(), &env)?;
+    // No pageserver has uploaded anything yet: a GC pass deletes nothing.
+    wait_until(Duration::from_secs(30), || Ok(!env.sks[0].status(env.tenant, env.timeline)?["backup"]["remote_gc_horizon"].is_null()))?;
+    assert_eq!(remote_names(remote.path(), &env)?, all);
+
+    let cut = first + 2 * SEG_SIZE;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let feedback = rt.block_on(pageserver_feedback(&env, 0, end, cut))?;
+    // Both segments below the cut go (the second ends exactly at it).
+    let below = [first.segment_file_name(1, SEG_SIZE), (first + SEG_SIZE).segment_file_name(1, SEG_SIZE)];
+    wait_until(Duration::from_secs(60), || Ok(!remote_names(remote.path(), &env)?.iter().any(|n| below.contains(n))))
+        .with_context(|| format!("not deleted: {:?}; {}", remote_names(remote.path(), &env), env.sks[0].log_tail()))?;
+    drop(feedback);
+    let left = remote_names(remote.path(), &env)?;
+    let mut pos = cut;
+    while pos < done {
+        assert!(left.contains(&pos.segment_file_name(1, SEG_SIZE)), "segment at {pos} (above the cut) deleted: {left:?}");
+        pos += SEG_SIZE;
+    }
+    assert_eq!(metric(&env, 0, "safekeeper_remote_wal_deleted_objects_total")?, 2.0);
     Ok(())
 }

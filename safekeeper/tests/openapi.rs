@@ -21,6 +21,9 @@ fn timelines_in(dir: &std::path::Path) -> anyhow::Result<Arc<Timelines>> {
         keepalive_interval_ms: 1000,
         partial_message_timeout_ms: 10_000,
         remote_storage: None,
+        wal_partial_offload_after_idle: std::time::Duration::from_secs(10),
+        remote_wal_gc_interval: std::time::Duration::from_secs(60),
+        remote_wal_retention: std::time::Duration::from_secs(7 * 86_400),
         compute_password_file: None,
     });
     Ok(Timelines::load_all(conf)?)

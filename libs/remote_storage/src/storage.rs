@@ -328,6 +328,16 @@ impl GenericRemoteStorage {
         prefix: Option<&RemotePath>,
         cancel: &CancellationToken,
     ) -> Result<Vec<(RemotePath, u64)>, RemoteStorageError> {
+        Ok(self.list_with_meta(prefix, cancel).await?.into_iter().map(|(p, m)| (p, m.size)).collect())
+    }
+
+    /// Like [`GenericRemoteStorage::list`], with each object's size,
+    /// modification time and ETag; sorted by key.
+    pub async fn list_with_meta(
+        &self,
+        prefix: Option<&RemotePath>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(RemotePath, RemoteObjectMeta)>, RemoteStorageError> {
         let store = &*self.inner.store;
         let prefix_path = prefix.map(RemotePath::to_object_path);
         let prefix_path = prefix_path.as_ref();
@@ -339,17 +349,17 @@ impl GenericRemoteStorage {
                 Ok(store.list(prefix_path).try_collect::<Vec<_>>().await?)
             })
             .await?;
-        let mut out: Vec<(RemotePath, u64)> = metas
+        let mut out: Vec<(RemotePath, RemoteObjectMeta)> = metas
             .into_iter()
             .filter_map(|m| match RemotePath::new(m.location.as_ref()) {
-                Ok(p) => Some((p, m.size)),
+                Ok(p) => Some((p, RemoteObjectMeta { size: m.size, last_modified: m.last_modified.into(), e_tag: m.e_tag })),
                 Err(e) => {
                     warn!(key = %m.location, "remote storage list of '{label}': skipping an object: {e}");
                     None
                 }
             })
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 

@@ -59,6 +59,11 @@
 //! starting below local WAL, and peer recovery (a lagging safekeeper streams
 //! from a peer's walsender, which reads the offloaded WAL for it).
 //!
+//! The last, incomplete segment of an idle timeline is offloaded too, as a
+//! partial object ([`partial`]); offloaded WAL nobody needs any more is
+//! deleted after a retention period ([`remote_gc`]). Both are done by the
+//! chosen offloader.
+//!
 //! Invariants: `backup_lsn` only grows, and only after the segments below
 //! it are durable in remote storage (the offloader also writes it to its
 //! control file at once; a peer's value is written with the next persist);
@@ -83,6 +88,9 @@ use remote_storage::{GenericRemoteStorage, RemotePath, RemoteStorageError};
 use tokio::sync::Semaphore;
 use utils::id::{TenantId, TimelineId};
 use utils::lsn::Lsn;
+
+pub mod partial;
+pub mod remote_gc;
 
 use crate::metrics::METRICS;
 use crate::timeline::{Timeline, TimelineError};
@@ -170,9 +178,11 @@ pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
     let mut commit = tl.subscribe_commit();
     let mut view = tl.subscribe_peer_view();
     let mut backoff = MIN_BACKOFF;
+    let mut partial = partial::PartialOffload::new(conf.wal_partial_offload_after_idle);
+    let mut gc = remote_gc::RemoteGc::new(conf.remote_wal_gc_interval, conf.remote_wal_retention);
     loop {
         let result = tokio::select! {
-            r = offload_ready_segments(&tl, &storage) => r,
+            r = offload_round(&tl, &storage, &mut partial, &mut gc) => r,
             _ = tl.cancel.cancelled() => break,
         };
         let wait = match result {
@@ -230,6 +240,22 @@ fn current_offloader(tl: &Timeline) -> Option<u64> {
     })();
     tl.set_offloader(chosen);
     chosen
+}
+
+/// Whole segments, then, while this safekeeper is still the offloader, the
+/// partial segment and the remote GC.
+async fn offload_round(
+    tl: &Timeline,
+    storage: &GenericRemoteStorage,
+    partial: &mut partial::PartialOffload,
+    gc: &mut remote_gc::RemoteGc,
+) -> Result<(), WalBackupError> {
+    offload_ready_segments(tl, storage).await?;
+    if current_offloader(tl) == Some(tl.safekeeper_id) {
+        partial.run_once(tl, storage).await?;
+        gc.run_if_due(tl, storage).await?;
+    }
+    Ok(())
 }
 
 /// Upload every segment that is ready while this safekeeper is the chosen
