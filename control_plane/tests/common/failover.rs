@@ -56,9 +56,12 @@ impl<'a> Cl<'a> {
         let (t, tl) = self.branch();
         http_get(&format!("{}/v1/tenant/{t}/timeline/{tl}", sk.at.http(sk.http_port)))
     }
+    /// The pageserver's timeline detail; it must answer within three tries
+    /// of 10 s (one slow answer on a machine at load 20 is not a failure).
     pub fn ps_detail(&self) -> Value {
         let (t, tl) = self.branch();
-        http_get(&format!("{}/v1/tenant/{t}/timeline/{tl}", pageserver_http(self.repo))).expect("pageserver answers")
+        let url = format!("{}/v1/tenant/{t}/timeline/{tl}", pageserver_http(self.repo));
+        (0..3).find_map(|_| http_get(&url)).expect("pageserver answers")
     }
     pub fn pid(&self, component: &str) -> i32 {
         let text = std::fs::read_to_string(self.repo.path.join(component).join("pid")).unwrap();
