@@ -22,6 +22,8 @@ fn timelines_in(dir: &std::path::Path) -> anyhow::Result<Arc<Timelines>> {
         partial_message_timeout_ms: 10_000,
         remote_storage: None,
         compute_password_file: None,
+        auth_keys: None,
+        auth_token_file: None,
     });
     Ok(Timelines::load_all(conf)?)
 }

@@ -12,14 +12,17 @@
 //!   (the directory's mtime is looked at, at most once per
 //!   [`KeySet::RECHECK_INTERVAL`]), so rotating needs no restart.
 //!
+//! * [`pg`] carries tokens as the password on PostgreSQL-protocol interfaces.
+//!
 //! Invariants: a token is accepted only with alg EdDSA, a valid signature
 //! of a key in the set and, when it has `exp`, before then; a tenant-scoped
 //! token only opens its own tenant, and the errors of [`Access::check`] say
 //! nothing about whether another tenant exists. Nothing here panics on
-//! input. Everything is synchronous (file reads are small and rare);
+//! input. Everything but [`pg::login`] is synchronous (file reads are small and rare);
 //! cancellation does not apply.
 
 mod keys;
+pub mod pg;
 
 pub use keys::{generate_key_pair, read_token_file, KeyError, KeySet, Signer};
 
@@ -109,7 +112,34 @@ impl AuthError {
     pub fn is_forbidden(&self) -> bool {
         matches!(self, AuthError::WrongScope { .. } | AuthError::WrongTenant)
     }
+
+    /// The `reason` label of [`REFUSED`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::WrongScope { .. } => "wrong_scope",
+            AuthError::WrongTenant => "wrong_tenant",
+        }
+    }
+
+    /// Count this refusal in [`REFUSED`] and log it (at debug: a client
+    /// retrying with a bad token must not flood the log).
+    pub fn record(&self, interface: &'static str) {
+        REFUSED.with_label_values(&[interface, self.reason()]).inc();
+        tracing::debug!(interface, reason = self.reason(), "caller refused: {self}");
+    }
 }
+
+/// `strata_auth_refused_total{interface, reason}`: callers refused, by
+/// interface (`http`, `page_service`, `walsender`) and [`AuthError::reason`]
+/// (default registry).
+pub static REFUSED: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(|| {
+    prometheus::register_int_counter_vec!("strata_auth_refused_total", "Callers refused for their token, by interface and reason", &["interface", "reason"])
+        .expect("metric names are unique")
+});
 
 /// What one interface (route, protocol entry point) allows: the component
 /// scopes listed, [`Scope::Admin`] always, and tenant tokens of `tenant`
