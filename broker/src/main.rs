@@ -8,6 +8,10 @@ struct Args {
     /// Address to listen on for HTTP.
     #[arg(long, default_value = "127.0.0.1:50051", env = "STRATA_BROKER_LISTEN")]
     listen: String,
+    /// Check tokens (EdDSA JWTs) against the public keys (`*.pem`) in this
+    /// directory (or this one file); without it, nothing is checked.
+    #[arg(long, value_name = "DIR")]
+    auth_public_key_dir: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -20,5 +24,9 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    broker::server::serve(listener, shutdown).await
+    let keys = match &args.auth_public_key_dir {
+        Some(dir) => Some(std::sync::Arc::new(auth::KeySet::load(dir).map_err(|e| anyhow::anyhow!("--auth-public-key-dir: {e}"))?)),
+        None => None,
+    };
+    broker::server::serve_with_auth(listener, keys, shutdown).await
 }

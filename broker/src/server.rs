@@ -8,6 +8,10 @@
 //!   whatever it is then). Without `after_version` it answers at once.
 //! * `GET /metrics` — Prometheus text format.
 //!
+//! With `--auth-public-key-dir`, publishing takes a `safekeeperdata` (or
+//! `admin`) token, and reading a timeline's view also a `pageserverapi`
+//! token or that tenant's `tenant` token; `/metrics` is open ([`scopes_for`]).
+//!
 //! Cancellation: a subscriber that disconnects drops its wait; publishing
 //! never waits on subscribers.
 
@@ -104,7 +108,10 @@ impl Broker {
     fn metrics_text(&self) -> String {
         let mut buf = Vec::new();
         // Encoding our own registered metrics into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let mut families = self.registry.gather();
+        // strata_auth_refused_total lives in the default registry.
+        families.extend(prometheus::gather());
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
     }
 }
@@ -134,6 +141,18 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     broker.metrics_text()
 }
 
+/// Which tokens each route takes when the broker checks them.
+pub fn scopes_for(method: &axum::http::Method, path: &str) -> Option<&'static [auth::Scope]> {
+    use auth::Scope::*;
+    if http_api::auth::is_open_path(path) {
+        None
+    } else if method == axum::http::Method::GET && path.starts_with("/v1/tenant/") {
+        Some(&[SafekeeperData, PageServerApi, Tenant])
+    } else {
+        Some(&[SafekeeperData])
+    }
+}
+
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/v1/publish", post(publish))
@@ -142,14 +161,23 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
-/// Serve on `listener` until `shutdown` resolves.
+/// Serve on `listener` until `shutdown` resolves, accepting every caller.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_auth(listener, None, shutdown).await
+}
+
+/// [`serve`], checking tokens against `keys` when given.
+pub async fn serve_with_auth(
+    listener: tokio::net::TcpListener,
+    keys: Option<Arc<auth::KeySet>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let broker = Broker::new()?;
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, "broker listening");
-    http_api::serve(listener, router(broker), shutdown).await?;
+    tracing::info!(%addr, auth = keys.is_some(), "broker listening");
+    http_api::serve(listener, http_api::auth::with_auth(router(broker), keys, scopes_for), shutdown).await?;
     Ok(())
 }

@@ -13,9 +13,25 @@ pub struct Api {
     http: reqwest::Client,
 }
 
+/// The token every [`Api`] made afterwards presents (set by
+/// [`crate::cluster::Cluster::load`] from the repository it loads).
+static TOKEN: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+/// Present `token` (`Authorization: Bearer`) on every request of the
+/// [`Api`]s made from now on.
+pub fn set_token(token: Option<String>) {
+    *TOKEN.write().unwrap_or_else(|p| p.into_inner()) = token;
+}
+
 impl Default for Api {
     fn default() -> Self {
-        Api { http: reqwest::Client::new() }
+        let mut headers = reqwest::header::HeaderMap::new();
+        let token = TOKEN.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(value) = token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder().default_headers(headers).build().unwrap_or_else(|_| reqwest::Client::new());
+        Api { http }
     }
 }
 

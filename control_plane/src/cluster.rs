@@ -15,7 +15,10 @@ pub struct Cluster {
 impl Cluster {
     pub fn load(repo: &Path) -> anyhow::Result<Cluster> {
         let repo = std::path::absolute(repo).with_context(|| format!("resolve {}", repo.display()))?;
-        Ok(Cluster { conf: Config::load(&repo)?, repo })
+        let conf = Config::load(&repo)?;
+        let token = if conf.auth { Some(crate::auth::admin_token(&repo).context("the control plane's token")?) } else { None };
+        crate::api::set_token(token);
+        Ok(Cluster { conf, repo })
     }
 
     pub fn broker_addr(&self) -> String {
@@ -49,7 +52,7 @@ impl Cluster {
             name: "broker".into(),
             dir: self.repo.join("broker"),
             binary: bin.join("broker"),
-            args: vec!["--listen".into(), self.conf.broker.at.listen_addr(self.conf.broker.http_port)],
+            args: [vec!["--listen".into(), self.conf.broker.at.listen_addr(self.conf.broker.http_port)], crate::auth::broker_args(&self.repo, self.conf.auth)].concat(),
             ports: vec![self.conf.broker.http_port],
             ready_url: format!("http://{}/metrics", self.broker_addr()),
             at: self.conf.broker.at.clone(),
@@ -59,9 +62,9 @@ impl Cluster {
             out.push(Component {
                 name: format!("safekeeper_{}", sk.id),
                 binary: bin.join("safekeeper"),
-                args: safekeeper_args(sk, &dir, &self.broker_addr(), &self.repo, &self.conf.pageserver),
+                args: [safekeeper_args(sk, &dir, &self.broker_addr(), &self.repo, &self.conf.pageserver), crate::auth::safekeeper_args(&self.repo, self.conf.auth)].concat(),
                 ports: vec![sk.pg_port, sk.http_port],
-                ready_url: format!("{}/v1/status", sk.at.http(sk.http_port)),
+                ready_url: format!("{}/metrics", sk.at.http(sk.http_port)),
                 at: sk.at.clone(),
                 dir,
             });
@@ -71,7 +74,7 @@ impl Cluster {
         out.push(Component {
             name: "pageserver".into(),
             binary: bin.join("pageserver"),
-            args: pageserver_args(ps, &dir),
+            args: [pageserver_args(ps, &dir), crate::auth::pageserver_args(&self.repo, self.conf.auth)].concat(),
             ports: vec![ps.pg_port, ps.http_port],
             ready_url: format!("{}/metrics", ps.at.http(ps.http_port)),
             at: ps.at.clone(),

@@ -178,6 +178,11 @@ pub struct Config {
     /// Absent in repositories made before the proxy existed: no proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyConf>,
+    /// Tokens on every component (keys under `<repo>/auth/`). `strata
+    /// init` sets it (unless `--no-auth`); absent in repositories made
+    /// before tokens existed: off.
+    #[serde(default)]
+    pub auth: bool,
 }
 
 fn default_endpoint_base_port() -> u16 {
@@ -215,6 +220,7 @@ impl Config {
                 tls_cert: None,
                 tls_key: None,
             }),
+            auth: true,
         }
     }
 

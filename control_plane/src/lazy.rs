@@ -170,7 +170,7 @@ impl LazyStart<'_> {
         fs::create_dir_all(&ep.pgdata)?;
         fs::set_permissions(&ep.pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let (uid, gid) = PgUser::from_env()?.ids().context("the PostgreSQL user has no uid (lazy computes need one)")?;
-        let args = vec![
+        let mut args = vec![
             format!("--endpoint={}", ep.name),
             format!("--mountpoint={}", ep.pgdata.display()),
             format!("--backing={}", dir.join("backing").display()),
@@ -183,6 +183,10 @@ impl LazyStart<'_> {
             format!("--gid={gid}"),
             format!("--http-port={}", self.http_port),
         ];
+        if crate::config::Config::load(self.repo)?.auth {
+            let token_file = crate::auth::tenant_token_file(self.repo, ep.tenant_id)?;
+            args.push(format!("--auth-token-file={}", token_file.display()));
+        }
         let component = Component {
             name: format!("lazyfs of endpoint {}", ep.name),
             dir,

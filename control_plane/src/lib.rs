@@ -4,9 +4,10 @@
 //! starts is decided from the safekeepers ([`election`]); per-tenant storage
 //! settings ([`tenant_conf`]) and branch removal ([`timeline_delete`]);
 //! passwords of endpoints and of the replication role ([`secrets`]), and
-//! lazy computes over FUSE ([`lazy`]).
+//! lazy computes over FUSE ([`lazy`]); tokens and keys ([`auth`]).
 
 pub mod api;
+pub mod auth;
 pub mod background;
 pub mod cluster;
 pub mod config;

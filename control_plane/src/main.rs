@@ -78,6 +78,11 @@ enum Cmd {
         /// (copy the database at start) or `lazy` (FUSE, pages on demand).
         #[arg(long, value_enum, default_value_t = ComputeMode::Full)]
         default_compute_mode: ComputeMode,
+        /// No tokens: the pageserver, safekeepers and broker accept every
+        /// caller. Default: an Ed25519 key pair under <repo>/auth/ and
+        /// tokens on every component interface.
+        #[arg(long)]
+        no_auth: bool,
     },
     /// Start every component in the background and wait until each is ready.
     Start,
@@ -105,6 +110,32 @@ enum Cmd {
     /// Computes: stock PostgreSQL started on a branch.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Tokens (EdDSA JWTs) and the keys that sign them.
+    #[command(subcommand)]
+    Auth(AuthCmd),
+}
+
+#[derive(Subcommand)]
+enum AuthCmd {
+    /// Print a new token signed by the current key.
+    Token {
+        /// admin, pageserverapi, safekeeperdata or tenant.
+        #[arg(long)]
+        scope: auth::Scope,
+        /// The tenant of a `tenant` token.
+        #[arg(long)]
+        tenant: Option<utils::id::TenantId>,
+        /// Expire after this long (e.g. 1h); default: never.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Start a key rotation: a new key signs from now on and every
+    /// component token is re-signed; the old key is still accepted until
+    /// `strata auth finish-rotation`.
+    Rotate,
+    /// End a rotation: remove every key but the newest; tokens signed by
+    /// the old keys are refused from then on.
+    FinishRotation,
 }
 
 #[derive(Subcommand)]
@@ -337,7 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo_dir = std::path::absolute(&cli.repo_dir).with_context(|| format!("resolve {}", cli.repo_dir.display()))?;
     let repo = repo_dir.as_path();
     match cli.command {
-        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, proxy_port, proxy_tls_cert, proxy_tls_key, no_proxy_tls, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit, default_compute_mode } => {
+        Cmd::Init { safekeepers, pageserver_port, base_port, endpoint_base_port, proxy_port, proxy_tls_cert, proxy_tls_key, no_proxy_tls, remote_storage, s3_endpoint, s3_region, pageserver_resident_limit, default_compute_mode, no_auth } => {
             anyhow::ensure!(safekeepers >= 1, "a cluster needs at least one safekeeper");
             let mut conf = Config::with_ports(safekeepers, pageserver_port, base_port);
             if let (Some(port), Some(proxy)) = (proxy_port, conf.proxy.as_mut()) {
@@ -368,7 +399,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 proxy.tls_cert = Some(tls_dir.join("proxy.crt").display().to_string());
                 proxy.tls_key = Some(tls_dir.join("proxy.key").display().to_string());
             }
+            conf.auth = !no_auth;
             let path = conf.save_new(repo)?;
+            if conf.auth {
+                control_plane::auth::init(repo).context("generate the cluster's key pair and tokens")?;
+                println!("auth: tokens on every component; keys and tokens in {}", repo.join(control_plane::auth::AUTH_DIR).display());
+            }
             if let Some(proxy) = conf.proxy.as_ref().filter(|p| p.tls_cert.is_some()) {
                 let files = match (&proxy_tls_cert, &proxy_tls_key) {
                     (Some(cert), Some(key)) => control_plane::tls::install(repo, cert, key)?,
@@ -379,6 +415,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             println!("initialized {} ({} safekeeper(s)); next: strata start", path.display(), safekeepers);
+        }
+        Cmd::Auth(cmd) => {
+            anyhow::ensure!(Config::load(repo)?.auth, "auth is off in this repository (strata init --no-auth)");
+            match cmd {
+                AuthCmd::Token { scope, tenant, ttl } => println!("{}", control_plane::auth::sign(repo, scope, tenant, ttl)?),
+                AuthCmd::Rotate => {
+                    let key = control_plane::auth::rotate(repo)?;
+                    println!("new signing key {key}; tokens re-signed; old keys are still accepted until `strata auth finish-rotation`");
+                }
+                AuthCmd::FinishRotation => {
+                    let removed = control_plane::auth::finish_rotation(repo)?;
+                    println!("removed {} old key(s): {}", removed.len(), removed.join(", "));
+                }
+            }
         }
         Cmd::Start => {
             let cluster = Cluster::load(repo)?;

@@ -32,7 +32,11 @@ fn dump(url: &str) -> String {
 fn http_get(url: &str) -> (u16, serde_json::Value) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let resp = reqwest::get(url).await.expect("HTTP GET");
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(token) = common::token_for_url(url) {
+            request = request.bearer_auth(token);
+        }
+        let resp = request.send().await.expect("HTTP GET");
         let status = resp.status().as_u16();
         (status, resp.json().await.expect("JSON body"))
     })

@@ -30,7 +30,7 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 fn http_get(url: &str) -> Option<String> {
-    let out = Command::new("curl").args(["-sf", "--max-time", "10", url]).output().ok()?;
+    let out = Command::new("curl").args(["-sf", "--max-time", "10"]).args(common::curl_auth(url)).arg(url).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -6,11 +6,13 @@
 //! handed back is exactly [`BLOCK_BYTES`] long and is the pageserver's
 //! answer for that block at the start LSN; on any failure the caller gets an
 //! error, never a zero page. A lost connection is replaced once per call
-//! (the next call reconnects again if that failed).
+//! (the next call reconnects again if that failed), with the token file
+//! read again, so a re-signed token is used.
 //!
 //! Cancellation: callers block (they are FUSE worker threads, not tasks);
 //! nothing here is run on the runtime's threads except the client itself.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -28,6 +30,12 @@ pub enum FetchError {
     Client(#[from] PageClientError),
     #[error("block {blkno} of {rel:?} came back {len} bytes long")]
     BadPage { rel: RelTag, blkno: u32, len: usize },
+    #[error("page service token: {0}")]
+    Token(String),
+}
+
+fn read_token(path: Option<&std::path::Path>) -> Result<Option<String>, FetchError> {
+    path.map(auth::read_token_file).transpose().map_err(|e| FetchError::Token(e.to_string()))
 }
 
 /// Where blocks come from.
@@ -40,16 +48,29 @@ pub struct Fetcher {
     pub lsn: Lsn,
     client: Mutex<Option<PageClient>>,
     metrics: Metrics,
+    /// The token presented to the page service, read at each connection.
+    token_file: Option<PathBuf>,
 }
 
 impl Fetcher {
-    /// Connects at once, so a wrong address or timeline fails the start.
-    pub fn connect(host: &str, port: u16, tenant: TenantId, timeline: TimelineId, lsn: Lsn, metrics: Metrics) -> Result<Fetcher, FetchError> {
+    /// Connects at once, so a wrong address, timeline or token fails the
+    /// start. `token_file`: the token (a JWT) for a page service that
+    /// checks them, read at every (re)connection.
+    pub fn connect(
+        host: &str,
+        port: u16,
+        tenant: TenantId,
+        timeline: TimelineId,
+        lsn: Lsn,
+        metrics: Metrics,
+        token_file: Option<PathBuf>,
+    ) -> Result<Fetcher, FetchError> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("lazyfs-io").build().map_err(|e| {
             PageClientError::Connect { addr: format!("{host}:{port}"), reason: format!("tokio runtime: {e}") }
         })?;
-        let client = rt.block_on(PageClient::connect(host, port, tenant, timeline))?;
-        Ok(Fetcher { rt, host: host.into(), port, tenant, timeline, lsn, client: Mutex::new(Some(client)), metrics })
+        let token = read_token(token_file.as_deref())?;
+        let client = rt.block_on(PageClient::connect_with_token(host, port, tenant, timeline, token.as_deref()))?;
+        Ok(Fetcher { rt, host: host.into(), port, tenant, timeline, lsn, client: Mutex::new(Some(client)), metrics, token_file })
     }
 
     pub fn runtime(&self) -> &tokio::runtime::Runtime {
@@ -62,7 +83,8 @@ impl Fetcher {
             return Ok(c.clone());
         }
         tracing::warn!(host = %self.host, port = self.port, "page service connection lost; reconnecting");
-        let c = self.rt.block_on(PageClient::connect(&self.host, self.port, self.tenant, self.timeline))?;
+        let token = read_token(self.token_file.as_deref())?;
+        let c = self.rt.block_on(PageClient::connect_with_token(&self.host, self.port, self.tenant, self.timeline, token.as_deref()))?;
         *slot = Some(c.clone());
         Ok(c)
     }

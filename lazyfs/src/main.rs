@@ -61,6 +61,10 @@ struct Args {
     /// Extra blocks fetched after a multi-block read that missed.
     #[arg(long, default_value_t = 32)]
     readahead_blocks: u32,
+    /// File holding the token (a tenant-scoped JWT) presented to the page
+    /// service; read at every connection.
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -81,7 +85,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(files = remote.len(), blocks, "relation files are remote");
     let metrics = Metrics::new();
     let fetcher = Arc::new(
-        Fetcher::connect(&args.pageserver_host, args.pageserver_port, args.tenant, args.timeline, args.lsn, metrics.clone())
+        Fetcher::connect(&args.pageserver_host, args.pageserver_port, args.tenant, args.timeline, args.lsn, metrics.clone(), args.auth_token_file.clone())
             .context("connect to the page service")?,
     );
     let listener = TcpListener::bind(("127.0.0.1", args.http_port)).with_context(|| format!("metrics port {}", args.http_port))?;

@@ -40,6 +40,11 @@
 //!   the last record LSN when no commit is later (`future`); every answer is
 //!   a valid branch point of this timeline (see [`crate::tenant::commit_ts`])
 //! * `GET    /metrics` — Prometheus text format
+//!
+//! With `--auth-public-key-dir`, every route but `/metrics`,
+//! `/v1/openapi.json` and `/v1/status` needs `Authorization: Bearer <JWT>`
+//! (401 without a valid one, 403 for another scope or tenant): see
+//! [`scopes_for`].
 //! * `GET    /v1/openapi.json` — the OpenAPI 3 description of all of this
 //!   (`pageserver/openapi.json`, embedded at build time)
 //!
@@ -613,6 +618,23 @@ http_api::routes! {
 }
 
 /// The HTTP API on `repo`; unknown paths and methods get a JSON 404/405.
+/// Which tokens each route takes when the pageserver checks them (see
+/// [`http_api::auth`]): `/metrics`, `/v1/openapi.json` and `/v1/status`
+/// (counts only) are open; every other route takes `pageserverapi` (or
+/// `admin`), and the routes under `/v1/tenant/{tenant_id}` also that
+/// tenant's `tenant` token.
+pub fn scopes_for(_: &axum::http::Method, path: &str) -> Option<&'static [auth::Scope]> {
+    if http_api::auth::is_open_path(path) || path == "/v1/status" {
+        return None;
+    }
+    Some(&[auth::Scope::PageServerApi, auth::Scope::Tenant])
+}
+
+/// [`router`] checking tokens against `keys` when given ([`scopes_for`]).
+pub fn router_with_auth(repo: Arc<Repository>, keys: Option<Arc<auth::KeySet>>) -> Router {
+    http_api::auth::with_auth(router(repo), keys, scopes_for)
+}
+
 pub fn router(repo: Arc<Repository>) -> Router {
     add_routes(Router::new()).fallback(no_route).method_not_allowed_fallback(method_not_allowed).with_state(repo)
 }

@@ -180,7 +180,7 @@ fn next_recovery(tl: &Timeline) -> Option<RecoveryTarget> {
 }
 
 async fn run_recovery(tl: &Timeline, conf: &SafekeeperConf, target: &RecoveryTarget) {
-    if let Err(e) = recovery::recover(tl, conf.id, target).await {
+    if let Err(e) = recovery::recover(tl, conf, target).await {
         METRICS.recovery_errors.inc();
         tracing::warn!(peer = target.peer_id, "peer recovery: {e:#}");
         tl.set_acceptor_status(|s| s.last_error = Some(format!("peer recovery from safekeeper {}: {e:#}", target.peer_id)));

@@ -131,7 +131,7 @@ pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
     let Some(endpoint) = conf.broker_endpoint.clone() else {
         return local_only(tl, conf).await;
     };
-    let client = BrokerClient::new(&endpoint);
+    let client = BrokerClient::new(&endpoint).with_token_file(conf.auth_token_file.clone());
     let cancel = tl.cancel.clone();
     tokio::select! {
         _ = cancel.cancelled() => {}

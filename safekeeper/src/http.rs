@@ -15,6 +15,10 @@
 //! * `GET    /v1/openapi.json` — the OpenAPI 3 description of all of this
 //!   (`safekeeper/openapi.json`, embedded at build time)
 //!
+//! With `--auth-public-key-dir`, every route but `/metrics` and
+//! `/v1/openapi.json` needs `Authorization: Bearer <JWT>` (401 without a
+//! valid one, 403 for another scope or tenant): see [`scopes_for`].
+//!
 //! Errors are `{"error": "..."}` with 400 (malformed path or body, bad
 //! value), 404 (unknown timeline or route), 405 (method not allowed), 409
 //! (exists, old term, lagging, other system), 415/422 (body not JSON / not of
@@ -232,6 +236,17 @@ http_api::routes! {
 }
 
 /// The HTTP API on `timelines`; unknown paths and methods get a JSON 404/405.
+/// Which tokens each route takes when the safekeeper checks them (see
+/// [`http_api::auth`]): `/metrics` and `/v1/openapi.json` are open; every
+/// other route takes `safekeeperdata` (or `admin`), and the routes under
+/// `/v1/tenant/{tenant_id}` also that tenant's `tenant` token.
+pub fn scopes_for(_: &axum::http::Method, path: &str) -> Option<&'static [auth::Scope]> {
+    if http_api::auth::is_open_path(path) {
+        return None;
+    }
+    Some(&[auth::Scope::SafekeeperData, auth::Scope::Tenant])
+}
+
 pub fn router(timelines: Arc<Timelines>) -> Router {
     add_routes(Router::new()).fallback(no_route).method_not_allowed_fallback(method_not_allowed).with_state(timelines)
 }

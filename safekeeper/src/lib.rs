@@ -61,9 +61,22 @@ pub struct SafekeeperConf {
     /// Password for connections to computes whose conninfo has none (the
     /// file is read at each connection; absent file: no password).
     pub compute_password_file: Option<PathBuf>,
+    /// Public keys tokens are checked against on the HTTP API and the
+    /// walsender (`None`: every caller is accepted).
+    pub auth_keys: Option<std::sync::Arc<auth::KeySet>>,
+    /// The token this safekeeper presents to peers (recovery: HTTP and
+    /// walsender) and to the broker; read at every use.
+    pub auth_token_file: Option<PathBuf>,
 }
 
 impl SafekeeperConf {
+    /// The token to present to peers and the broker, if a token file is
+    /// set (a blocking read of a small file, off the runtime's threads).
+    pub async fn auth_token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = self.auth_token_file.clone() else { return Ok(None) };
+        Ok(Some(tokio::task::spawn_blocking(move || auth::read_token_file(&path)).await??))
+    }
+
     /// Name under which this safekeeper connects to computes
     /// (`application_name`, used in `synchronous_standby_names`) and the
     /// name of its replication slot there.

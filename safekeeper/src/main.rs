@@ -60,6 +60,16 @@ struct Args {
     /// read at every connection, so it may appear or change later.
     #[arg(long, value_name = "FILE")]
     compute_password_file: Option<std::path::PathBuf>,
+    /// Check tokens (EdDSA JWTs) on the HTTP API and the walsender against
+    /// the public keys (`*.pem`) in this directory (or this one file); keys
+    /// added or removed there are picked up within a second. Without it,
+    /// nothing is checked.
+    #[arg(long, value_name = "DIR")]
+    auth_public_key_dir: Option<PathBuf>,
+    /// File holding the token this safekeeper presents to its peers and to
+    /// the broker; read at every use, so a re-signed token is picked up.
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -69,6 +79,13 @@ async fn main() -> anyhow::Result<()> {
     let pg_listener = tokio::net::TcpListener::bind(&args.listen_pg).await.with_context(|| format!("listen on {}", args.listen_pg))?;
     let http_listener = tokio::net::TcpListener::bind(&args.listen_http).await.with_context(|| format!("listen on {}", args.listen_http))?;
     let remote_storage = args.remote.open().context("--remote-storage")?;
+    let auth_keys = match &args.auth_public_key_dir {
+        Some(dir) => Some(Arc::new(auth::KeySet::load(dir).context("--auth-public-key-dir")?)),
+        None => {
+            tracing::warn!("no --auth-public-key-dir: the HTTP API and the walsender accept every caller");
+            None
+        }
+    };
     let conf = Arc::new(SafekeeperConf {
         id: args.id,
         data_dir: args.data_dir,
@@ -82,11 +99,13 @@ async fn main() -> anyhow::Result<()> {
         remote_wal_gc_interval: args.remote_wal_gc_interval,
         remote_wal_retention: args.remote_wal_retention,
         compute_password_file: args.compute_password_file,
+        auth_keys: auth_keys.clone(),
+        auth_token_file: args.auth_token_file,
     });
     tracing::info!(id = conf.id, pg = %conf.advertise_pg, http = %conf.advertise_http, data_dir = %conf.data_dir.display(), "safekeeper starting");
     let timelines = Timelines::load_all(conf.clone())?;
     let pg_task = tokio::spawn(walsender::serve(pg_listener, timelines.clone()));
-    let router = http::router(timelines.clone());
+    let router = http_api::auth::with_auth(http::router(timelines.clone()), auth_keys, http::scopes_for);
     let http_task = tokio::spawn(http_api::serve(http_listener, router, std::future::pending()));
     tokio::select! {
         r = pg_task => r?.context("replication service")?,

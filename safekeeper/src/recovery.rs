@@ -41,6 +41,7 @@ use utils::lsn::Lsn;
 use crate::control_file::{ComputeSpec, TermHistory};
 use crate::metrics::METRICS;
 use crate::timeline::{StorageIo, Timeline};
+use crate::SafekeeperConf;
 
 /// A same-term peer this far ahead is worth recovering from before the compute.
 pub const AUTO_RECOVERY_MIN_BYTES: u64 = 64 * 1024;
@@ -87,9 +88,13 @@ struct DonorStatus {
     flush_lsn: Lsn,
 }
 
-async fn donor_status(tl: &Timeline, target: &RecoveryTarget) -> anyhow::Result<DonorStatus> {
+async fn donor_status(tl: &Timeline, conf: &SafekeeperConf, target: &RecoveryTarget) -> anyhow::Result<DonorStatus> {
     let url = format!("http://{}/v1/tenant/{}/timeline/{}", target.http_addr, tl.tenant_id, tl.timeline_id);
-    let resp = reqwest::Client::new().get(&url).timeout(Duration::from_secs(10)).send().await.with_context(|| format!("GET {url}"))?;
+    let mut request = reqwest::Client::new().get(&url).timeout(Duration::from_secs(10));
+    if let Some(token) = conf.auth_token().await? {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().await.with_context(|| format!("GET {url}"))?;
     if !resp.status().is_success() {
         bail!("GET {url}: {}", resp.status());
     }
@@ -97,9 +102,9 @@ async fn donor_status(tl: &Timeline, target: &RecoveryTarget) -> anyhow::Result<
 }
 
 /// Recover from `target`; returns the flush LSN reached.
-pub async fn recover(tl: &Timeline, own_id: u64, target: &RecoveryTarget) -> anyhow::Result<Lsn> {
+pub async fn recover(tl: &Timeline, sk_conf: &SafekeeperConf, target: &RecoveryTarget) -> anyhow::Result<Lsn> {
     METRICS.recoveries.inc();
-    let donor = donor_status(tl, target).await?;
+    let donor = donor_status(tl, sk_conf, target).await?;
     if donor.term < tl.term() {
         bail!("donor safekeeper {} is on term {}, older than ours {}", target.peer_id, donor.term, tl.term());
     }
@@ -113,13 +118,14 @@ pub async fn recover(tl: &Timeline, own_id: u64, target: &RecoveryTarget) -> any
         return Ok(tl.flush_lsn());
     }
     tracing::info!(peer = target.peer_id, %start, %up_to, "recovering WAL from peer");
-    stream_from(tl, own_id, target, start, up_to).await
+    stream_from(tl, sk_conf, target, start, up_to).await
 }
 
-async fn stream_from(tl: &Timeline, own_id: u64, target: &RecoveryTarget, start: Lsn, up_to: Lsn) -> anyhow::Result<Lsn> {
+async fn stream_from(tl: &Timeline, sk_conf: &SafekeeperConf, target: &RecoveryTarget, start: Lsn, up_to: Lsn) -> anyhow::Result<Lsn> {
     let mut conf: ConnConfig = format!("postgresql://safekeeper@{}/postgres", target.pg_addr).parse()?;
     conf.options = Some(format!("-c tenant_id={} -c timeline_id={} -c strata_recovery=on", tl.tenant_id, tl.timeline_id));
-    conf.application_name = Some(format!("sk_{own_id}_recovery"));
+    conf.application_name = Some(format!("sk_{}_recovery", sk_conf.id));
+    conf.password = sk_conf.auth_token().await?;
     let mut client = ReplicationClient::connect_config(&conf).await.with_context(|| format!("connect to peer {}", target.pg_addr))?;
     client.identify_system().await?;
     let mut stream = client.start_replication(None, start, 1).await?;

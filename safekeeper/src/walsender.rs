@@ -22,6 +22,12 @@
 //! connections are unaffected. So does a client that sends no startup
 //! packet, or only part of a message, within `partial_message_timeout_ms`.
 //!
+//! Authentication: trust without `--auth-public-key-dir`; with it, the
+//! password is a JWT (a bad one: FATAL 28P01) that must allow the tenant
+//! of the startup options (scope `safekeeperdata`, `pageserverapi`,
+//! `admin`, or that tenant's `tenant` token; else FATAL 42501), checked
+//! before the timeline is looked up.
+//!
 //! Cancellation: each connection is its own task; all reads go through the
 //! cancellation-safe `PostgresBackend::read_message`, so the select loop can
 //! drop a pending read at any time without losing bytes.
@@ -51,6 +57,9 @@ use crate::wal_storage::{read_wal, WalStorageError};
 
 /// Largest WAL chunk in one XLogData message.
 const MAX_SEND_SIZE_BYTES: u64 = 128 * 1024;
+/// Scopes that open the walsender (besides `admin`): peers, pageservers,
+/// and the tenant's own token for its timelines.
+const WALSENDER_SCOPES: &[auth::Scope] = &[auth::Scope::SafekeeperData, auth::Scope::PageServerApi, auth::Scope::Tenant];
 /// What a safekeeper reports as `server_version`.
 const SERVER_VERSION: &str = "15.0";
 
@@ -168,6 +177,18 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, timelines: Arc<T
     let recovery = parse_options(startup.params.get("options").map(String::as_str).unwrap_or(""))
         .get("strata_recovery")
         .is_some_and(|v| v == "on" || v == "true");
+    if let Some(keys) = &timelines.conf.auth_keys {
+        let Some(claims) = auth::pg::login(&mut pgb, keys, "walsender").await? else {
+            return Ok(()); // refused (FATAL sent) or closed
+        };
+        let tenant = parse_options(startup.params.get("options").map(String::as_str).unwrap_or(""))
+            .get("tenant_id")
+            .and_then(|t| t.parse::<TenantId>().ok());
+        if let Err((state, msg)) = auth::pg::check_command(&claims, auth::Access { scopes: WALSENDER_SCOPES, tenant }, "walsender") {
+            pgb.send_fatal(state, &msg).await?;
+            return Ok(());
+        }
+    }
     let tl = match timeline_of(&startup, &timelines) {
         Ok(tl) => tl,
         Err(e) => {

@@ -25,6 +25,8 @@ fn timelines_in(dir: &std::path::Path) -> anyhow::Result<Arc<Timelines>> {
         remote_wal_gc_interval: std::time::Duration::from_secs(60),
         remote_wal_retention: std::time::Duration::from_secs(7 * 86_400),
         compute_password_file: None,
+        auth_keys: None,
+        auth_token_file: None,
     });
     Ok(Timelines::load_all(conf)?)
 }

@@ -24,7 +24,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 pub fn http_get(url: &str) -> Option<Value> {
-    let out = Command::new("curl").args(["-sf", "--max-time", "10", url]).output().ok()?;
+    let out = Command::new("curl").args(["-sf", "--max-time", "10"]).args(super::curl_auth(url)).arg(url).output().ok()?;
     out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
 }
 

@@ -67,8 +67,46 @@ impl Repo {
         let out = self.run(args);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "strata {args:?} failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
+        if args.first().is_some_and(|a| *a == "init" || *a == "start") {
+            self.register_token();
+        }
         stdout
     }
+
+    /// The control plane's token of this repository (auth on), else `None`.
+    pub fn admin_token(&self) -> Option<String> {
+        let conf = control_plane::config::Config::load(&self.path).ok()?;
+        conf.auth.then(|| control_plane::auth::admin_token(&self.path).expect("admin token"))
+    }
+
+    /// Let [`http_request`] present this repository's admin token to its
+    /// components' ports (tests address components by port alone).
+    pub fn register_token(&self) {
+        let (Some(token), Ok(conf)) = (self.admin_token(), control_plane::config::Config::load(&self.path)) else { return };
+        let mut tokens = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, port) in conf.ports() {
+            tokens.insert(port, token.clone());
+        }
+    }
+}
+
+/// Admin tokens by component port, of the repositories of this test binary.
+static TOKENS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<u16, String>>> = std::sync::LazyLock::new(Default::default);
+
+/// The admin token registered for `port` ([`Repo::register_token`]).
+pub fn token_for_port(port: u16) -> Option<String> {
+    TOKENS.lock().unwrap_or_else(|p| p.into_inner()).get(&port).cloned()
+}
+
+/// curl's arguments presenting the token of `url`'s port, if any.
+pub fn curl_auth(url: &str) -> Vec<String> {
+    token_for_url(url).map(|t| vec!["-H".to_string(), format!("Authorization: Bearer {t}")]).unwrap_or_default()
+}
+
+/// The admin token for the port of `url` (`http://host:port/...`).
+pub fn token_for_url(url: &str) -> Option<String> {
+    let authority = url.split("://").nth(1)?.split('/').next()?;
+    token_for_port(authority.rsplit(':').next()?.parse().ok()?)
 }
 
 impl Drop for Repo {
@@ -204,7 +242,8 @@ pub fn pgbench(url: &str, args: &[&str]) {
 pub fn http_request(method: &str, port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(conn, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let auth = token_for_port(port).map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(conn, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\n\r\n").unwrap();
     let mut text = String::new();
     conn.read_to_string(&mut text).unwrap();
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

@@ -7,11 +7,13 @@
 //! serving an OpenAPI document, and the [`routes!`] table that builds a router
 //! and its `ROUTES` list from one declaration (the servers' tests hold
 //! `ROUTES` equal to their `openapi.json`), and [`serve`], which serves a
-//! router with a header timeout and a connection limit.
+//! router with a header timeout and a connection limit. [`auth`] checks
+//! tokens (401/403) in front of a router.
 //!
 //! Invariant: every answer these produce is JSON. Cancellation: extractors
 //! hold no state across awaits; dropping a request is harmless.
 
+pub mod auth;
 mod serve;
 
 pub use serve::{serve, serve_with, HEADER_READ_TIMEOUT, MAX_CONNECTIONS};

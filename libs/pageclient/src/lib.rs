@@ -223,10 +223,19 @@ impl PageClient {
     /// Connect to the page service at `host:port` and open a page stream
     /// on `tenant`/`timeline`.
     pub async fn connect(host: &str, port: u16, tenant: TenantId, timeline: TimelineId) -> Result<Self> {
+        Self::connect_with_token(host, port, tenant, timeline, None).await
+    }
+
+    /// [`PageClient::connect`] presenting `token` (a JWT, sent as the
+    /// password) to a page service that checks tokens; a refused token is
+    /// [`PageClientError::Refused`] with SQLSTATE 28P01 (bad token) or
+    /// 42501 (the token does not allow this tenant).
+    pub async fn connect_with_token(host: &str, port: u16, tenant: TenantId, timeline: TimelineId, token: Option<&str>) -> Result<Self> {
         let config = ConnConfig {
             host: host.to_string(),
             port,
             application_name: Some("pageclient".into()),
+            password: token.map(str::to_string),
             ..ConnConfig::default()
         };
         let addr = format!("{host}:{port}");

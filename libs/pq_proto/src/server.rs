@@ -70,6 +70,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PostgresBackend<S> {
         }
     }
 
+    /// Ask for a cleartext password (AuthenticationCleartextPassword) and
+    /// read the PasswordMessage: its text without the terminating NUL;
+    /// `None` if the client closed instead. Any other message is an error.
+    /// (Tokens travel this way to the page service and the walsender.)
+    pub async fn read_cleartext_password(&mut self) -> Result<Option<String>> {
+        self.write_message(&BeMessage::AuthenticationCleartextPassword)?;
+        self.flush().await?;
+        match self.read_message().await? {
+            None => Ok(None),
+            Some(FeMessage::PasswordMessage(body)) => {
+                let body = body.strip_suffix(&[0]).unwrap_or(&body);
+                let text = std::str::from_utf8(body).map_err(|_| ProtocolError::malformed("password message", "not UTF-8"))?;
+                Ok(Some(text.to_string()))
+            }
+            Some(other) => Err(ProtocolError::malformed("password message", format!("expected a password, got {other:?}"))),
+        }
+    }
+
+    /// Send a FATAL ErrorResponse and flush it (the caller then closes).
+    pub async fn send_fatal(&mut self, sqlstate: &str, message: &str) -> Result<()> {
+        self.write_message(&BeMessage::ErrorResponse { severity: "FATAL", sqlstate, message })?;
+        self.flush().await
+    }
+
     /// Accept the client without a password: AuthenticationOk, the given
     /// ParameterStatus pairs (include `server_version`), BackendKeyData and
     /// ReadyForQuery, flushed.

@@ -12,6 +12,7 @@
 //! config`), see `pageserver::tenant::config`.
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -94,10 +95,22 @@ struct Args {
     /// Page stream: block reads in flight per connection, at most.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     page_service_read_parallelism: u64,
+    /// Check tokens (EdDSA JWTs) on the HTTP API and the page service
+    /// against the public keys (`*.pem`) in this directory (or this one
+    /// file); keys added or removed there are picked up within a second.
+    /// Without it, nothing is checked.
+    #[arg(long, value_name = "DIR")]
+    auth_public_key_dir: Option<PathBuf>,
+    /// File holding the token this pageserver presents to the safekeepers
+    /// (as the password of WAL source conninfos that have none); read at
+    /// every connection, so a re-signed token is picked up.
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
 }
 
-fn page_service_conf(args: &Args) -> anyhow::Result<pageserver::read::page_service::PageServiceConf> {
+fn page_service_conf(args: &Args, keys: Option<Arc<auth::KeySet>>) -> anyhow::Result<pageserver::read::page_service::PageServiceConf> {
     Ok(pageserver::read::page_service::PageServiceConf {
+        auth: keys,
         partial_message_timeout_ms: args.page_service_partial_message_timeout_ms,
         pipeline_depth: usize::try_from(args.page_service_pipeline_depth).context("--page-service-pipeline-depth")?,
         read_parallelism: usize::try_from(args.page_service_read_parallelism)
@@ -147,13 +160,23 @@ async fn main() -> anyhow::Result<()> {
     if let Some(limit) = args.resident_limit {
         info!(resident_limit_bytes = limit, "resident size limit");
     }
+    if let Some(path) = &args.auth_token_file {
+        pageserver::ingest::walreceiver::set_auth_token_file(path.clone());
+    }
+    let keys = match &args.auth_public_key_dir {
+        Some(dir) => Some(Arc::new(auth::KeySet::load(dir).context("--auth-public-key-dir")?)),
+        None => {
+            tracing::warn!("no --auth-public-key-dir: the HTTP API and the page service accept every caller");
+            None
+        }
+    };
     let repo = Repository::open(conf).await.context("open repository")?;
     let http = tokio::net::TcpListener::bind(args.listen_http).await.context("bind HTTP")?;
     let pg = tokio::net::TcpListener::bind(args.listen_pg).await.context("bind page service")?;
     info!(http = %http.local_addr()?, pg = %pg.local_addr()?, workdir = %args.workdir.display(), "pageserver started");
-    let app = pageserver::http::router(repo.clone());
+    let app = pageserver::http::router_with_auth(repo.clone(), keys.clone());
     let page_service =
-        tokio::spawn(pageserver::read::page_service::serve_with(pg, repo.clone(), page_service_conf(&args)?));
+        tokio::spawn(pageserver::read::page_service::serve_with(pg, repo.clone(), page_service_conf(&args, keys)?));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {

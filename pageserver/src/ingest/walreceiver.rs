@@ -5,7 +5,8 @@
 //!
 //! Protocol: connect (for a safekeeper the timeline is selected with the
 //! startup options `-c tenant_id=<hex> -c timeline_id=<hex>`, added when
-//! the conninfo has no `options`), IDENTIFY_SYSTEM (the system id must be
+//! the conninfo has no `options`; the token of `--auth-token-file` is the
+//! password when the conninfo has none), IDENTIFY_SYSTEM (the system id must be
 //! the timeline's), `START_REPLICATION PHYSICAL <last_record_lsn>`. Feedback:
 //! `StrataFeedback` to safekeepers, `StandbyStatusUpdate` to a PostgreSQL
 //! primary (a stock walsender exits on Strata's 'z' message), reporting the
@@ -253,11 +254,32 @@ fn note_source(tl: &Timeline, source: &WalSource, conninfo: &str, previous: &mut
     });
 }
 
+/// The token file given by `--auth-token-file` (set once at start-up).
+static AUTH_TOKEN_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Present the token in `path` (read at every connection) to safekeeper
+/// sources whose conninfo has no password. Only the first call counts.
+pub fn set_auth_token_file(path: std::path::PathBuf) {
+    let _ = AUTH_TOKEN_FILE.set(path);
+}
+
+/// The token to present, if a token file is set (blocking read of a small
+/// file, off the runtime's threads).
+async fn auth_token() -> Result<Option<String>, String> {
+    let Some(path) = AUTH_TOKEN_FILE.get() else { return Ok(None) };
+    let path = path.clone();
+    let read = tokio::task::spawn_blocking(move || auth::read_token_file(&path)).await.map_err(|e| format!("token file: {e}"))?;
+    read.map(Some).map_err(|e| format!("token file: {e}"))
+}
+
 /// Connect to `conninfo` and identify it, within [`PROBE_TIMEOUT`].
 async fn connect_source(tl: &Timeline, kind: WalSourceKind, conninfo: &str) -> Result<(ReplicationClient, pq_proto::IdentifySystem), String> {
     let mut conf: ConnConfig = conninfo.parse().map_err(|e| format!("conninfo: {e}"))?;
     if kind == WalSourceKind::Safekeeper && conf.options.is_none() {
         conf.options = Some(format!("-c tenant_id={} -c timeline_id={}", tl.tenant_id, tl.timeline_id));
+    }
+    if kind == WalSourceKind::Safekeeper && conf.password.is_none() {
+        conf.password = auth_token().await?;
     }
     conf.application_name = Some("pageserver".into());
     let attempt = async {

@@ -1,5 +1,12 @@
 //! The page service: GetPage@LSN and relation metadata over the PostgreSQL
-//! wire protocol (trust authentication, simple queries).
+//! wire protocol (simple queries).
+//!
+//! Authentication: trust without [`PageServiceConf::auth`]; with it, the
+//! client's password is a JWT ([`auth::pg::login`]: a bad one is a FATAL
+//! 28P01), and every command names a tenant that the token must allow
+//! (scope `pageserverapi`, `admin`, or `tenant` of that tenant): checked
+//! before the tenant is looked up, so the refusal (42501, the connection
+//! stays usable) is the same whether or not the tenant exists.
 //!
 //! Two ways to ask, on one listener:
 //!
@@ -61,6 +68,8 @@ pub struct PageServiceConf {
     pub pipeline_depth: usize,
     /// Kept for compatibility and unused: batches are one vectored read.
     pub read_parallelism: usize,
+    /// The public keys tokens are checked against; `None`: trust.
+    pub auth: Option<Arc<auth::KeySet>>,
 }
 
 impl Default for PageServiceConf {
@@ -70,6 +79,7 @@ impl Default for PageServiceConf {
             partial_message_timeout_ms: 10_000,
             pipeline_depth: 64,
             read_parallelism: 8,
+            auth: None,
         }
     }
 }
@@ -136,11 +146,23 @@ async fn handle(stream: TcpStream, repo: Arc<Repository>, conf: Arc<PageServiceC
         Some(FeMessage::StartupMessage(_)) => {}
         _ => return Ok(()),
     }
+    let claims = match &conf.auth {
+        None => None,
+        Some(keys) => match auth::pg::login(&mut pgb, keys, "page_service").await? {
+            Some(claims) => Some(claims),
+            None => return Ok(()),
+        },
+    };
     pgb.authenticate_trust(&[("server_version", "15"), ("client_encoding", "UTF8")], 0, 0).await?;
     while let Some(msg) = pgb.read_message().await? {
         match msg {
             FeMessage::Query(q) => {
                 let q = q.trim().trim_end_matches(';');
+                if let Err((state, msg)) = allowed(claims.as_ref(), q) {
+                    pgb.send_error(state, &msg)?;
+                    pgb.ready_for_query().await?;
+                    continue;
+                }
                 if q.split_whitespace().next() == Some("pagestream") {
                     match pagestream::start(pgb, &repo, q, &conf).await? {
                         Some(back) => pgb = back,
@@ -166,6 +188,17 @@ async fn handle(stream: TcpStream, repo: Arc<Repository>, conf: Arc<PageServiceC
     }
     info!("page service connection closed");
     Ok(())
+}
+
+/// Scopes that open the page service (besides `admin`).
+const PAGE_SERVICE_SCOPES: &[auth::Scope] = &[auth::Scope::PageServerApi, auth::Scope::Tenant];
+
+/// Whether the token of the connection (none: trust) allows command `q`,
+/// whose second word is the tenant it reads.
+fn allowed(claims: Option<&auth::Claims>, q: &str) -> Result<(), CmdError> {
+    let Some(claims) = claims else { return Ok(()) };
+    let tenant = q.split_whitespace().nth(1).and_then(|t| t.parse::<TenantId>().ok());
+    auth::pg::check_command(claims, auth::Access { scopes: PAGE_SERVICE_SCOPES, tenant }, "page_service")
 }
 
 /// SQLSTATE for an unknown tenant or timeline (`undefined_object`), else
