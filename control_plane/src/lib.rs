@@ -16,6 +16,7 @@ pub mod import;
 pub mod lazy;
 pub mod logs;
 pub mod ops;
+pub mod phases;
 pub mod secrets;
 pub mod settings;
 pub mod state;
