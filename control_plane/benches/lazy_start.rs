@@ -54,7 +54,7 @@ fn start_to_query(repo: &Repo, name: &str, branch: &str, mode: &str) -> f64 {
     assert!(out.status.success(), "endpoint start {name}: {stderr}{stdout}");
     psql(&url_of(repo, &stdout), FIRST_QUERY);
     let secs = began.elapsed().as_secs_f64();
-    for line in stderr.lines().filter(|l| l.contains("started in") || l.contains("basebackup:")) {
+    for line in stderr.lines().filter(|l| l.contains("started in") || l.contains("basebackup of endpoint")) {
         eprintln!("    {name} {mode}: {line}");
     }
     repo.ok(&["endpoint", "stop", name]);

@@ -4,7 +4,8 @@
 //! starts is decided from the safekeepers ([`election`]); per-tenant storage
 //! settings ([`tenant_conf`]) and branch removal ([`timeline_delete`]);
 //! passwords of endpoints and of the replication role ([`secrets`]), and
-//! lazy computes over FUSE ([`lazy`]).
+//! lazy computes over FUSE ([`lazy`]); basebackups are unpacked as they
+//! arrive ([`untar`]).
 
 pub mod api;
 pub mod background;
@@ -23,3 +24,4 @@ pub mod state;
 pub mod tenant_conf;
 pub mod timeline_delete;
 pub mod tls;
+pub mod untar;

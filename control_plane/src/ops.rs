@@ -382,28 +382,14 @@ impl Cluster {
         if let Some(prev) = prev {
             url.push_str(&format!("&prev_lsn={prev}"));
         }
-        // Streamed to a file beside the data directory, then unpacked from
-        // it: the tar is never held in memory.
-        let mut tar_name = dest.file_name().unwrap_or_default().to_os_string();
-        tar_name.push(".basebackup.tar");
-        let tar_path = dest.with_file_name(tar_name);
-        if let Some(parent) = tar_path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        // Unpacked as it arrives: the tar is neither held in memory nor copied.
+        let resp = api.get_body(&url).await?;
+        let label = format!("basebackup of endpoint {} ({relations})", ep.name);
+        let moved = crate::untar::unpack_from(resp, &url, dest, &label).await?;
+        if relations == "full" {
+            eprintln!("strata: {label}: {} in {:.1} s ({:.1} MiB/s)", human_bytes(moved.bytes), moved.elapsed.as_secs_f64(), moved.mib_per_s());
         }
-        api.download_to(&url, &tar_path).await?;
-        let (pgdata, tar) = (dest.to_path_buf(), tar_path.clone());
-        let unpacked = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            if pgdata.exists() {
-                std::fs::remove_dir_all(&pgdata).with_context(|| format!("remove old {}", pgdata.display()))?;
-            }
-            std::fs::create_dir_all(&pgdata)?;
-            let file = std::fs::File::open(&tar).with_context(|| format!("open {}", tar.display()))?;
-            tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file)).unpack(&pgdata).context("unpack basebackup")
-        })
-        .await
-        .context("unpack task")?;
-        let _ = std::fs::remove_file(&tar_path);
-        unpacked
+        Ok(())
     }
 
     /// `strata endpoint stop`: stopped by the user, so not woken by the proxy.

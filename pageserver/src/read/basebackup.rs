@@ -4,7 +4,8 @@
 //! Owns the layout of the archive, not the data: everything comes from a
 //! [`BasebackupSource`] (the timeline's key space at the LSN). The archive
 //! holds the directory skeleton PostgreSQL expects, `PG_VERSION` files,
-//! relation files (materialised from range reads of up to 256 blocks,
+//! relation files (sizes of a database's forks from one vectored read,
+//! [`BasebackupSource::rel_sizes`]; contents from range reads of up to 256 blocks,
 //! [`BasebackupSource::pages`], split into 1 GiB segments),
 //! SLRU segments (`pg_xact`, `pg_multixact`, each read as one range), relmapper files, two-phase
 //! state files, a `pg_control` pointing at a shutdown checkpoint at the LSN,
@@ -96,6 +97,15 @@ pub trait BasebackupSource {
     /// Relations and forks of a database.
     async fn relations(&self, spc: u32, db: u32, lsn: Lsn) -> Result<Vec<(RelFileNode, u8)>, String>;
     async fn rel_size(&self, rel: RelFileNode, fork: u8, lsn: Lsn) -> Result<u32, String>;
+    /// Sizes of forks `rels` (all listed by [`Self::relations`]), in order.
+    /// A source that can read many keys at once (a vectored read) overrides this.
+    async fn rel_sizes(&self, rels: &[(RelFileNode, u8)], lsn: Lsn) -> Result<Vec<u32>, String> {
+        let mut out = Vec::with_capacity(rels.len());
+        for &(rel, fork) in rels {
+            out.push(self.rel_size(rel, fork, lsn).await?);
+        }
+        Ok(out)
+    }
     async fn page(&self, rel: RelFileNode, fork: u8, blkno: u32, lsn: Lsn) -> Result<Bytes, String>;
     /// Blocks `blocks` of a fork (all inside it), in order. A source that
     /// can read a range at once (a vectored read) overrides this.
@@ -301,32 +311,37 @@ async fn write_database<W: AsyncWrite + Unpin, S: BasebackupSource>(
         tar.file(&format!("{dir}/pg_filenode.map"), &map).await?;
     }
     let rels = source(|| format!("relations of {spc}/{db}"), lsn, src.relations(spc, db, lsn)).await?;
+    // Every size in one read: one walk down the layers, not one per fork.
+    let sizes = source(|| format!("relation sizes of {spc}/{db}"), lsn, src.rel_sizes(&rels, lsn)).await?;
+    if sizes.len() != rels.len() {
+        return Err(BasebackupError::Invalid(format!("{} sizes for {} relation forks of {spc}/{db}", sizes.len(), rels.len())));
+    }
     let unlogged: std::collections::HashSet<RelFileNode> =
         rels.iter().filter(|(_, f)| *f == INIT_FORK).map(|(r, _)| *r).collect();
-    for &(rel, fork) in &rels {
+    for (&(rel, fork), &nblocks) in rels.iter().zip(&sizes) {
         if unlogged.contains(&rel) {
             if fork == INIT_FORK {
                 // The init fork, and the same contents as the (empty) main fork.
-                write_relation(tar, src, rel, INIT_FORK, INIT_FORK, lsn).await?;
-                write_relation(tar, src, rel, INIT_FORK, MAIN_FORK, lsn).await?;
+                write_relation(tar, src, rel, INIT_FORK, INIT_FORK, nblocks, lsn).await?;
+                write_relation(tar, src, rel, INIT_FORK, MAIN_FORK, nblocks, lsn).await?;
             }
             continue;
         }
-        write_relation(tar, src, rel, fork, fork, lsn).await?;
+        write_relation(tar, src, rel, fork, fork, nblocks, lsn).await?;
     }
     Ok(())
 }
 
-/// Write fork `from_fork` of `rel` under the file name of `as_fork`.
+/// Write fork `from_fork` of `rel` (`nblocks` long) under the file name of `as_fork`.
 async fn write_relation<W: AsyncWrite + Unpin, S: BasebackupSource>(
     tar: &mut TarWriter<W>,
     src: &S,
     rel: RelFileNode,
     from_fork: u8,
     as_fork: u8,
+    nblocks: u32,
     lsn: Lsn,
 ) -> Result<(), BasebackupError> {
-    let nblocks = source(|| format!("size of {rel} fork {from_fork}"), lsn, src.rel_size(rel, from_fork, lsn)).await?;
     let segments = nblocks.div_ceil(RELSEG_SIZE_BLOCKS).max(1);
     for segno in 0..segments {
         let path = rel_file_path(rel, as_fork, segno)?;
@@ -427,6 +442,20 @@ impl BasebackupSource for crate::tenant::timeline::Timeline {
     }
     async fn rel_size(&self, rel: RelFileNode, fork: u8, lsn: Lsn) -> Result<u32, String> {
         crate::tenant::timeline::Timeline::rel_size(self, rel, fork, lsn).await.map_err(|e| e.to_string())
+    }
+    async fn rel_sizes(&self, rels: &[(RelFileNode, u8)], lsn: Lsn) -> Result<Vec<u32>, String> {
+        use crate::storage::key::rel_size_key;
+        // The forks are listed in the relation directory, so a missing size
+        // key means an empty fork (as `Timeline::rel_size` has it).
+        let keys: Vec<_> = rels.iter().map(|&(rel, fork)| rel_size_key(rel, fork)).collect();
+        let values = self.get_vectored(&keys, lsn).await;
+        rels.iter()
+            .zip(values)
+            .map(|(&(rel, fork), value)| match value.map_err(|e| format!("size of {rel} fork {fork}: {e}"))? {
+                Some(raw) => crate::storage::value::decode_u32(&raw).map_err(|e| format!("size of {rel} fork {fork}: {e}")),
+                None => Ok(0),
+            })
+            .collect()
     }
     async fn page(&self, rel: RelFileNode, fork: u8, blkno: u32, lsn: Lsn) -> Result<Bytes, String> {
         self.rel_page(rel, fork, blkno, lsn).await.map_err(|e| e.to_string())
