@@ -344,6 +344,7 @@ impl Cluster {
             pageserver_host: &self.conf.pageserver.at.host,
             pageserver_pg_port: self.conf.pageserver.pg_port,
             http_port,
+            prefetch: self.conf.compute.lazy_prefetch.unwrap_or(true),
         };
         start.mount().await?;
         phases.done("mount");

@@ -28,6 +28,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -71,6 +72,11 @@ impl FileState {
         self.lock().as_ref().map_or(0, |r| r.pending_count())
     }
 
+    /// The first block still pending, if any.
+    pub fn first_pending(&self) -> Option<u32> {
+        self.lock().as_ref().and_then(|r| r.first_pending())
+    }
+
     /// Run `f` on the remote map under the lock, keeping the gauge of
     /// pending blocks right.
     fn with_remote<T>(&self, f: impl FnOnce(&mut Option<RemoteBlocks>) -> T) -> T {
@@ -96,6 +102,25 @@ pub struct Overlay {
     metrics: Metrics,
     /// Extra pending blocks fetched after a multi-block read that missed.
     readahead_blocks: u32,
+    /// Foreground fetches (reads, partial writes, truncations) in flight;
+    /// shared with the prefetcher's overlay, which yields to them.
+    foreground: Arc<AtomicUsize>,
+}
+
+/// Counts one foreground fetch while alive.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn new(n: &'a AtomicUsize) -> Busy<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn eio(what: String) -> io::Error {
@@ -104,7 +129,30 @@ fn eio(what: String) -> io::Error {
 
 impl Overlay {
     pub fn new(source: Arc<dyn BlockSource>, metrics: Metrics, readahead_blocks: u32) -> Overlay {
-        Overlay { source, metrics, readahead_blocks }
+        Overlay { source, metrics, readahead_blocks, foreground: Arc::default() }
+    }
+
+    /// An overlay for the prefetcher: blocks from `source` (its own
+    /// connection), same metrics, and it sees this one's foreground fetches.
+    pub fn for_prefetch(&self, source: Arc<dyn BlockSource>) -> Overlay {
+        Overlay { source, metrics: self.metrics.clone(), readahead_blocks: 0, foreground: self.foreground.clone() }
+    }
+
+    /// Whether a foreground fetch is in flight.
+    pub fn foreground_busy(&self) -> bool {
+        self.foreground.load(Ordering::SeqCst) > 0
+    }
+
+    /// Make the pending blocks among the `max_blocks` from the first pending
+    /// one local; the number made local (by this call or, meanwhile, by the
+    /// compute's writes and truncations).
+    pub fn prefetch(&self, state: &FileState, file: &File, max_blocks: u32) -> io::Result<u32> {
+        let Some(first) = state.first_pending() else { return Ok(0) };
+        let before = state.pending_count();
+        self.make_local(state, file, first..first.saturating_add(max_blocks))?;
+        let made = before.saturating_sub(state.pending_count());
+        self.metrics.blocks_prefetched.inc_by(made as u64);
+        Ok(made)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -156,6 +204,7 @@ impl Overlay {
         let pending = state.lock().as_ref().map_or(0, |r| r.pending_in(blocks.clone()).len() as u32);
         self.metrics.cache_hits.inc_by((blocks.len() as u32 - pending) as u64);
         if pending > 0 {
+            let _busy = Busy::new(&self.foreground);
             let ahead = if blocks.len() >= 4 { self.readahead_blocks } else { 0 };
             self.make_local(state, file, blocks.start..blocks.end.saturating_add(ahead))?;
         }
@@ -176,6 +225,7 @@ impl Overlay {
         let blocks = blocks_of(offset, data.len() as u64);
         let len = data.len() as u64;
         // Blocks written only in part keep the rest of their contents.
+        let _busy = Busy::new(&self.foreground);
         for edge in [blocks.start, blocks.end.saturating_sub(1)] {
             if !blocks.is_empty() && !covers(offset, len, edge) {
                 self.make_local(state, file, edge..edge + 1)?;
@@ -197,6 +247,7 @@ impl Overlay {
     pub fn truncate(&self, state: &FileState, file: &File, size_bytes: u64) -> io::Result<()> {
         let cut = state.lock().as_ref().and_then(|r| r.cut_block(size_bytes));
         if let Some(b) = cut {
+            let _busy = Busy::new(&self.foreground);
             self.make_local(state, file, b..b + 1)?;
         }
         state.with_remote(|remote| {
