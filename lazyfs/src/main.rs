@@ -96,14 +96,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     std::fs::set_permissions(&args.backing, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let overlay = Overlay::new(fetcher.clone(), metrics.clone(), args.readahead_blocks);
-    let prefetch_overlay = match args.prefetch {
-        true => {
-            let source = Fetcher::connect(&args.pageserver_host, args.pageserver_port, args.tenant, args.timeline, args.lsn, metrics.clone())
-                .context("connect the prefetcher to the page service")?;
-            Some(overlay.for_prefetch(Arc::new(source)))
+    let prefetch_overlay = args.prefetch.then(|| {
+        // Its own counters for the connection: lazyfs_blocks_fetched_total
+        // counts on-demand fetches only; the prefetched blocks are counted
+        // by the overlay (lazyfs_blocks_prefetched_total).
+        let (base, metrics) = (overlay.for_prefetch(fetcher.clone()), Metrics::new());
+        let (host, port, tenant, timeline, lsn) = (args.pageserver_host.clone(), args.pageserver_port, args.tenant, args.timeline, args.lsn);
+        move || -> anyhow::Result<Overlay> {
+            let source = Fetcher::connect(&host, port, tenant, timeline, lsn, metrics).context("connect the prefetcher to the page service")?;
+            Ok(base.for_prefetch(Arc::new(source)))
         }
-        false => None,
-    };
+    });
     let fs = LazyFs::new(args.backing.clone(), Owner { uid: args.uid, gid: args.gid }, overlay, remote);
     let mut targets = Vec::new();
     if prefetch_overlay.is_some() {

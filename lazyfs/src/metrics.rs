@@ -6,7 +6,8 @@
 //! `lazyfs_cache_hits_total`, `lazyfs_blocks_written_total`,
 //! `lazyfs_fetch_seconds`, `lazyfs_fetch_errors_total`,
 //! `lazyfs_pending_blocks` (blocks still only remote),
-//! `lazyfs_blocks_prefetched_total` (made local by the background prefetcher).
+//! `lazyfs_blocks_prefetched_total` (made local by the background
+//! prefetcher; `lazyfs_blocks_fetched_total` counts on-demand fetches only).
 //!
 //! Cancellation: [`serve`] runs until its task is dropped; each request is
 //! independent.
@@ -33,7 +34,7 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("unique metric name");
             c
         };
-        let blocks_fetched = counter("lazyfs_blocks_fetched_total", "Blocks fetched from the pageserver (GetPage at the start LSN)");
+        let blocks_fetched = counter("lazyfs_blocks_fetched_total", "Blocks fetched on demand from the pageserver (GetPage at the start LSN) for the compute's reads and partial writes");
         let cache_hits = counter("lazyfs_cache_hits_total", "Blocks read by the compute that were already local");
         let blocks_prefetched = counter("lazyfs_blocks_prefetched_total", "Blocks made local by the background prefetcher");
         let blocks_written = counter("lazyfs_blocks_written_total", "Blocks (whole or part) written by the compute");

@@ -28,7 +28,8 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -104,22 +105,42 @@ pub struct Overlay {
     readahead_blocks: u32,
     /// Foreground fetches (reads, partial writes, truncations) in flight;
     /// shared with the prefetcher's overlay, which yields to them.
-    foreground: Arc<AtomicUsize>,
+    foreground: Arc<Foreground>,
+}
+
+/// Foreground fetch activity, which the prefetcher yields to.
+#[derive(Default)]
+struct Foreground {
+    in_flight: AtomicUsize,
+    /// When the last one ended, in ms since `epoch`.
+    last_end_ms: AtomicU64,
+    epoch: OnceInstant,
+}
+
+/// An `Instant` fixed at first use.
+#[derive(Default)]
+struct OnceInstant(std::sync::OnceLock<Instant>);
+
+impl OnceInstant {
+    fn ms(&self) -> u64 {
+        self.0.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
 }
 
 /// Counts one foreground fetch while alive.
-struct Busy<'a>(&'a AtomicUsize);
+struct Busy<'a>(&'a Foreground);
 
 impl<'a> Busy<'a> {
-    fn new(n: &'a AtomicUsize) -> Busy<'a> {
-        n.fetch_add(1, Ordering::SeqCst);
-        Busy(n)
+    fn new(f: &'a Foreground) -> Busy<'a> {
+        f.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(f)
     }
 }
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.last_end_ms.store(self.0.epoch.ms(), Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -138,9 +159,12 @@ impl Overlay {
         Overlay { source, metrics: self.metrics.clone(), readahead_blocks: 0, foreground: self.foreground.clone() }
     }
 
-    /// Whether a foreground fetch is in flight.
-    pub fn foreground_busy(&self) -> bool {
-        self.foreground.load(Ordering::SeqCst) > 0
+    /// Whether a foreground fetch is in flight or ended less than
+    /// `quiet_ms` ago (reads come in bursts: a compute's start, a scan).
+    pub fn foreground_busy(&self, quiet_ms: u64) -> bool {
+        let f = &self.foreground;
+        let last = f.last_end_ms.load(Ordering::SeqCst);
+        f.in_flight.load(Ordering::SeqCst) > 0 || (last > 0 && f.epoch.ms().saturating_sub(last) < quiet_ms)
     }
 
     /// Make the pending blocks among the `max_blocks` from the first pending

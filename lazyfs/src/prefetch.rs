@@ -11,8 +11,9 @@
 //! Invariants: it goes through [`Overlay::prefetch`], the same
 //! fetch-then-write-if-still-pending path as reads, so a block the compute
 //! wrote or truncated away meanwhile is never overwritten; foreground
-//! reads win: before each batch it waits while any foreground fetch is in
-//! flight ([`Overlay::foreground_busy`]). A failed batch is retried after a
+//! reads win: before each batch it waits while a foreground fetch is in
+//! flight or ended less than [`QUIET_MS`] ago ([`Overlay::foreground_busy`]),
+//! so a burst of reads (the compute's start, a scan) runs alone. A failed batch is retried after a
 //! pause, up to [`MAX_FAILURES`] in a row, then the prefetcher gives up
 //! (reads still fetch on demand). Files are held open, so a rename does not
 //! lose them and an unlinked one is simply finished or dropped.
@@ -30,6 +31,8 @@ use crate::overlay::{FileState, Overlay};
 
 /// Pending blocks fetched per batch (1 MiB).
 pub const BATCH_BLOCKS: u32 = 128;
+/// The prefetcher waits until foreground fetches have been quiet this long.
+pub const QUIET_MS: u64 = 100;
 /// Consecutive failed batches before the prefetcher gives up.
 pub const MAX_FAILURES: u32 = 10;
 /// Relations below this OID are PostgreSQL's catalogs (`FirstNormalObjectId`).
@@ -55,12 +58,24 @@ pub fn order(targets: &mut [Target]) {
     targets.sort_by_key(|t| (!t.catalog, t.state.pending_count(), t.path.clone()));
 }
 
-/// Run the prefetcher on its own thread.
-pub fn spawn(overlay: Overlay, mut targets: Vec<Target>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+/// Run the prefetcher on its own thread; `overlay` is made there (its
+/// connection is opened after the mount, off the start's path).
+pub fn spawn(
+    overlay: impl FnOnce() -> anyhow::Result<Overlay> + Send + 'static,
+    mut targets: Vec<Target>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let span = tracing::Span::current();
     std::thread::Builder::new().name("lazyfs-prefetch".into()).spawn(move || {
         let _enter = span.enter();
         lowest_priority();
+        let overlay = match overlay() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("prefetch: not started, blocks are fetched on demand only: {e:#}");
+                return;
+            }
+        };
         order(&mut targets);
         run(&overlay, &targets, &stop);
     })
@@ -83,7 +98,7 @@ pub fn run(overlay: &Overlay, targets: &[Target], stop: &AtomicBool) -> u64 {
     let (mut done, mut failures) = (0u64, 0u32);
     for t in targets {
         while !stop.load(Ordering::Relaxed) {
-            while overlay.foreground_busy() && !stop.load(Ordering::Relaxed) {
+            while overlay.foreground_busy(QUIET_MS) && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(2));
             }
             if t.state.first_pending().is_none() {
