@@ -11,6 +11,9 @@
 //! 3. `pgbench -i -s STRATA_BENCH_INIT_SCALE` (default 20) on a lazy and a
 //!    full compute.
 //!
+//! With `STRATA_BENCH_START_ONLY` set, only part 1 runs. Each start's
+//! phase split (`strata: endpoint … started in …`) goes to stderr.
+//!
 //! Goals from issue 17: lazy start ≤ 1 s and flat in the database size;
 //! TPS lazy ≥ 0.8× full; bulk load lazy ≤ 1.5× full. Build the binaries
 //! for the same profile first:
@@ -41,12 +44,19 @@ fn start(repo: &Repo, args: &[&str]) -> String {
     url_of(repo, &repo.ok(&all))
 }
 
-/// Seconds from `strata endpoint start` to the first successful query.
+/// Seconds from `strata endpoint start` to the first successful query;
+/// prints the start's own phase split (its `started in` line).
 fn start_to_query(repo: &Repo, name: &str, branch: &str, mode: &str) -> f64 {
     let began = Instant::now();
-    let url = start(repo, &[name, "--branch-name", branch, mode]);
-    psql(&url, FIRST_QUERY);
+    let out = repo.run(&["endpoint", "start", name, "--branch-name", branch, mode]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "endpoint start {name}: {stderr}{stdout}");
+    psql(&url_of(repo, &stdout), FIRST_QUERY);
     let secs = began.elapsed().as_secs_f64();
+    for line in stderr.lines().filter(|l| l.contains("started in") || l.contains("basebackup of endpoint")) {
+        eprintln!("    {name} {mode}: {line}");
+    }
     repo.ok(&["endpoint", "stop", name]);
     secs
 }
@@ -111,12 +121,19 @@ fn main() {
         let load = start(&repo, &[&format!("load{scale}"), "--branch-name", &branch, "--full"]);
         common::pgbench(&load, &["-i", "-q", "-s", &scale.to_string()]);
         let db_mb: f64 = psql(&load, "SELECT pg_database_size(current_database())").parse::<f64>().unwrap_or(0.0) / 1048576.0;
-        let stock = basebackup_and_stock_start(&load);
+        // pg_basebackup replicates: only the replication role may (pg_hba).
+        let replication = control_plane::secrets::replication_credential(&repo.path).expect("replication password");
+        let ep = common::endpoint(&repo, &format!("load{scale}"));
+        let repl_url = format!("postgresql://{}:{}@{}/postgres", control_plane::secrets::REPLICATION_ROLE, replication.password.expose(), ep.at.addr(ep.port));
+        let stock = basebackup_and_stock_start(&repl_url);
         repo.ok(&["endpoint", "stop", &format!("load{scale}")]);
         let lazy1 = start_to_query(&repo, &format!("lazy{scale}"), &branch, "--lazy");
         let lazy2 = start_to_query(&repo, &format!("lazy{scale}"), &branch, "--lazy");
         let full = start_to_query(&repo, &format!("full{scale}"), &branch, "--full");
         println!("{scale:>8} {db_mb:>10.0} {lazy1:>9.2} {lazy2:>9.2} {full:>8.2} {stock:>22.2}");
+    }
+    if std::env::var_os("STRATA_BENCH_START_ONLY").is_some() {
+        return;
     }
 
     println!("\n== pgbench TPS, scale {small}, -c 4, {secs} s (lazy after a {secs} s warm-up) ==");

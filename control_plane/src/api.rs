@@ -1,8 +1,7 @@
 //! JSON over HTTP to the cluster's components, with errors that carry the
 //! component's own message on one line; large bodies (basebackups) are
-//! streamed to a file, never held in memory.
+//! streamed to their consumer, never held in memory.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -66,28 +65,11 @@ impl Api {
         self.send(reqwest::Method::PUT, url, body).await
     }
 
-    /// Stream the body of `GET url` into a new file at `path` (chunk by
-    /// chunk: memory does not grow with the body); the bytes written. A
-    /// body that breaks off is an error, and the partial file is removed.
-    pub async fn download_to(&self, url: &str, path: &Path) -> anyhow::Result<u64> {
-        use tokio::io::AsyncWriteExt;
+    /// `GET url` with a long timeout, its status checked; the body is for
+    /// the caller to stream (basebackups, see [`crate::untar`]).
+    pub async fn get_body(&self, url: &str) -> anyhow::Result<reqwest::Response> {
         let resp = self.http.get(url).timeout(Duration::from_secs(3600)).send().await.with_context(|| format!("GET {url}"))?;
-        let mut resp = check(url, resp).await?;
-        let mut file = tokio::fs::File::create(path).await.with_context(|| format!("create {}", path.display()))?;
-        let copied = async {
-            let mut written = 0u64;
-            while let Some(chunk) = resp.chunk().await.with_context(|| format!("GET {url}: reading the body"))? {
-                file.write_all(&chunk).await.with_context(|| format!("write {}", path.display()))?;
-                written += chunk.len() as u64;
-            }
-            file.flush().await?;
-            anyhow::Ok(written)
-        }
-        .await;
-        if copied.is_err() {
-            let _ = tokio::fs::remove_file(path).await;
-        }
-        copied
+        check(url, resp).await
     }
 }
 

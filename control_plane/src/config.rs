@@ -117,6 +117,11 @@ pub struct ComputeConf {
     /// time (`default_mode = "lazy"` makes lazy computes the default).
     #[serde(default, skip_serializing_if = "is_full")]
     pub default_mode: crate::endpoint::ComputeMode,
+    /// Whether a lazy compute's lazyfs fetches every remaining relation
+    /// block in the background after the start (absent: yes;
+    /// `lazy_prefetch = false`: blocks come only on demand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy_prefetch: Option<bool>,
 }
 
 fn is_full(mode: &crate::endpoint::ComputeMode) -> bool {

@@ -154,6 +154,8 @@ pub struct LazyStart<'a> {
     pub pageserver_host: &'a str,
     pub pageserver_pg_port: u16,
     pub http_port: u16,
+    /// Warm every relation block in the background (`[compute] lazy_prefetch`).
+    pub prefetch: bool,
 }
 
 impl LazyStart<'_> {
@@ -182,6 +184,7 @@ impl LazyStart<'_> {
             format!("--uid={uid}"),
             format!("--gid={gid}"),
             format!("--http-port={}", self.http_port),
+            format!("--prefetch={}", self.prefetch),
         ];
         if crate::config::Config::load(self.repo)?.auth {
             let token_file = crate::auth::tenant_token_file(self.repo, ep.tenant_id)?;

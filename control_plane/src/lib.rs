@@ -4,7 +4,8 @@
 //! starts is decided from the safekeepers ([`election`]); per-tenant storage
 //! settings ([`tenant_conf`]) and branch removal ([`timeline_delete`]);
 //! passwords of endpoints and of the replication role ([`secrets`]), and
-//! lazy computes over FUSE ([`lazy`]); tokens and keys ([`auth`]).
+//! lazy computes over FUSE ([`lazy`]); tokens and keys ([`auth`]);
+//! basebackups are unpacked as they arrive ([`untar`]).
 
 pub mod api;
 pub mod auth;
@@ -17,9 +18,11 @@ pub mod import;
 pub mod lazy;
 pub mod logs;
 pub mod ops;
+pub mod phases;
 pub mod secrets;
 pub mod settings;
 pub mod state;
 pub mod tenant_conf;
 pub mod timeline_delete;
 pub mod tls;
+pub mod untar;

@@ -216,6 +216,7 @@ impl Cluster {
     /// `strata endpoint start`.
     pub async fn endpoint_start(&self, t: TenantId, name: &str, branch: Option<&str>, change: &SettingsChange) -> anyhow::Result<Endpoint> {
         let api = Api::default();
+        let mut phases = crate::phases::Phases::start();
         let state = State::load(&self.repo)?;
         let existing = Endpoint::load(&self.repo, name)?;
         let branch_name = branch.map(str::to_string).or(existing.as_ref().map(|e| e.branch.clone())).unwrap_or_else(|| "main".into());
@@ -256,14 +257,18 @@ impl Cluster {
             };
         // The start LSN and the new term come from a quorum of safekeepers;
         // the term is written before the compute exists, fencing older ones.
+        phases.done("checks");
         let election = self.elect(&api, t, branch.timeline_id).await?;
+        phases.done("election");
         // No password in it: the safekeepers read the replication password
         // from their --compute-password-file.
         let replication = crate::secrets::replication_credential(&self.repo)?;
         let conninfo = format!("host={} port={port} user={} dbname=postgres", self.conf.compute.at.host, crate::secrets::REPLICATION_ROLE);
         self.establish_term(&api, t, branch.timeline_id, &election, &conninfo).await?;
+        phases.done("term");
         let lsn = election.start_lsn;
         let prev = self.pageserver_at(&api, t, branch.timeline_id, lsn).await?;
+        phases.done("pageserver catch-up");
         let pgdata = endpoint::pgdata_dir(&self.repo, name, &PgUser::from_env()?)?;
         let lazyfs_port = match (lazy, existing.as_ref().and_then(|e| e.lazyfs_port)) {
             (false, _) => None,
@@ -295,8 +300,11 @@ impl Cluster {
             lazyfs_port,
         };
         match lazyfs_port {
-            Some(http_port) => self.mount_lazy(&api, &ep, lsn, prev, http_port).await?,
+            Some(http_port) => self.mount_lazy(&api, &ep, lsn, prev, http_port, &mut phases).await?,
             None => self.fetch_basebackup(&api, &ep, lsn, prev).await?,
+        }
+        if lazyfs_port.is_none() {
+            phases.done("basebackup");
         }
         ep.write_config(&self.conf.safekeepers.iter().map(|s| format!("sk_{}", s.id)).collect::<Vec<_>>(), self.quorum())?;
         ep.save(&self.repo)?;
@@ -309,6 +317,7 @@ impl Cluster {
             }
             return Err(e);
         }
+        phases.done("postgres");
         if ep.lazy_active {
             std::fs::copy(ep.pgdata.join("postmaster.pid"), ep.pid_copy_path()).context("copy postmaster.pid beside the lazy data directory")?;
         }
@@ -317,14 +326,17 @@ impl Cluster {
             let _ = ep.stop(&self.repo).await;
             return Err(e.context(format!("set the passwords of endpoint {name}")));
         }
+        phases.done("roles");
+        eprintln!("strata: endpoint {name} ({}) started in {}", ep.mode_label(), phases.summary());
         Ok(ep)
     }
 
     /// A lazy data directory for `ep` at `lsn`: a sizes-only basebackup
     /// unpacked into the overlay, then lazyfs mounted over `ep.pgdata`.
-    async fn mount_lazy(&self, api: &Api, ep: &Endpoint, lsn: Lsn, prev: Option<Lsn>, http_port: u16) -> anyhow::Result<()> {
+    async fn mount_lazy(&self, api: &Api, ep: &Endpoint, lsn: Lsn, prev: Option<Lsn>, http_port: u16, phases: &mut crate::phases::Phases) -> anyhow::Result<()> {
         let backing = crate::lazy::lazyfs_dir(&self.repo, &ep.name).join("backing");
         self.fetch_basebackup_into(api, ep, lsn, prev, "sizes", &backing).await?;
+        phases.done("basebackup (sizes)");
         let start = crate::lazy::LazyStart {
             repo: &self.repo,
             ep,
@@ -332,8 +344,11 @@ impl Cluster {
             pageserver_host: &self.conf.pageserver.at.host,
             pageserver_pg_port: self.conf.pageserver.pg_port,
             http_port,
+            prefetch: self.conf.compute.lazy_prefetch.unwrap_or(true),
         };
-        start.mount().await
+        start.mount().await?;
+        phases.done("mount");
+        Ok(())
     }
 
     /// Wait until the pageserver's last record ends exactly at `lsn` (the
@@ -368,28 +383,14 @@ impl Cluster {
         if let Some(prev) = prev {
             url.push_str(&format!("&prev_lsn={prev}"));
         }
-        // Streamed to a file beside the data directory, then unpacked from
-        // it: the tar is never held in memory.
-        let mut tar_name = dest.file_name().unwrap_or_default().to_os_string();
-        tar_name.push(".basebackup.tar");
-        let tar_path = dest.with_file_name(tar_name);
-        if let Some(parent) = tar_path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        // Unpacked as it arrives: the tar is neither held in memory nor copied.
+        let resp = api.get_body(&url).await?;
+        let label = format!("basebackup of endpoint {} ({relations})", ep.name);
+        let moved = crate::untar::unpack_from(resp, &url, dest, &label).await?;
+        if relations == "full" {
+            eprintln!("strata: {label}: {} in {:.1} s ({:.1} MiB/s)", human_bytes(moved.bytes), moved.elapsed.as_secs_f64(), moved.mib_per_s());
         }
-        api.download_to(&url, &tar_path).await?;
-        let (pgdata, tar) = (dest.to_path_buf(), tar_path.clone());
-        let unpacked = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            if pgdata.exists() {
-                std::fs::remove_dir_all(&pgdata).with_context(|| format!("remove old {}", pgdata.display()))?;
-            }
-            std::fs::create_dir_all(&pgdata)?;
-            let file = std::fs::File::open(&tar).with_context(|| format!("open {}", tar.display()))?;
-            tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file)).unpack(&pgdata).context("unpack basebackup")
-        })
-        .await
-        .context("unpack task")?;
-        let _ = std::fs::remove_file(&tar_path);
-        unpacked
+        Ok(())
     }
 
     /// `strata endpoint stop`: stopped by the user, so not woken by the proxy.

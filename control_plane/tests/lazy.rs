@@ -207,3 +207,46 @@ fn regression_suite_on_a_lazy_endpoint_as_on_stock() {
     let report = repo.ok(&["endpoint", "compare", "main"]);
     assert!(report.contains(" 0 differences"), "{report}");
 }
+
+/// The background prefetcher makes every relation block local (the
+/// pending-blocks gauge reaches 0 and the prefetched and fetched blocks
+/// cover the table), the data stays identical (`endpoint compare`), and
+/// `[compute] lazy_prefetch = false` turns it off.
+#[test]
+fn prefetcher_makes_every_block_local_and_can_be_turned_off() {
+    let repo = started_cluster(1);
+    let (full_url, _) = start(&repo, &["seed"]);
+    pgbench(&full_url, &["-i", "-s", "2", "-q"]);
+    repo.ok(&["endpoint", "stop", "seed"]);
+
+    let (url, _) = start(&repo, &["lz", "--lazy"]);
+    let table_blocks: f64 = psql(&url, "SELECT pg_relation_size('pgbench_accounts') / 8192").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let metrics = loop {
+        let m = lazyfs_metrics(&repo, "lz");
+        if metric(&m, "lazyfs_pending_blocks") == Some(0.0) || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(metric(&metrics, "lazyfs_pending_blocks"), Some(0.0), "every block local: {metrics}");
+    let prefetched = metric(&metrics, "lazyfs_blocks_prefetched_total").unwrap();
+    let fetched = metric(&metrics, "lazyfs_blocks_fetched_total").unwrap();
+    assert!(prefetched > 0.0 && fetched + prefetched >= table_blocks, "{table_blocks} blocks of pgbench_accounts: {metrics}");
+    assert_eq!(metric(&metrics, "lazyfs_fetch_errors_total"), Some(0.0));
+    assert_eq!(psql(&url, "SELECT count(*) FROM pgbench_accounts"), "200000");
+    let report = repo.ok(&["endpoint", "compare", "lz"]);
+    assert!(report.contains(" 0 differences"), "{report}");
+
+    let config = repo.path.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("[compute]", "[compute]\nlazy_prefetch = false", 1)).unwrap();
+    assert!(std::fs::read_to_string(&config).unwrap().contains("lazy_prefetch = false"), "config has a [compute] table");
+    let (url, _) = start(&repo, &["lz2", "--lazy"]);
+    assert_eq!(psql(&url, "SELECT count(*) FROM pgbench_branches"), "2");
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = lazyfs_metrics(&repo, "lz2");
+    assert_eq!(metric(&metrics, "lazyfs_blocks_prefetched_total"), Some(0.0), "{metrics}");
+    assert!(metric(&metrics, "lazyfs_pending_blocks").unwrap() > table_blocks / 2.0, "{metrics}");
+    repo.ok(&["endpoint", "stop", "lz2"]);
+}

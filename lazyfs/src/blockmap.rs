@@ -63,6 +63,16 @@ impl RemoteBlocks {
         }
     }
 
+    /// The lowest pending block, if any.
+    pub fn first_pending(&self) -> Option<u32> {
+        if self.pending == 0 {
+            return None;
+        }
+        let (word, bits) = self.local.iter().enumerate().find(|(_, w)| **w != u64::MAX)?;
+        let block = word as u32 * 64 + bits.trailing_ones();
+        (block < self.remote_blocks).then_some(block)
+    }
+
     /// Pending blocks among `blocks` (file-relative block numbers).
     pub fn pending_in(&self, blocks: std::ops::Range<u32>) -> Vec<u32> {
         let end = blocks.end.min(self.remote_blocks);
@@ -132,6 +142,24 @@ mod tests {
         assert!(map.is_pending(0) && map.is_pending(129));
         assert!(!map.is_pending(130), "past the remote end nothing is pending");
         assert_eq!(map.pending_in(128..200), vec![128, 129]);
+    }
+
+    #[test]
+    fn first_pending_skips_local_blocks() {
+        let mut map = RemoteBlocks::new(tag(), 0, 130);
+        assert_eq!(map.first_pending(), Some(0));
+        for b in 0..65 {
+            map.mark_local(b);
+        }
+        assert_eq!(map.first_pending(), Some(65));
+        for b in 65..130 {
+            map.mark_local(b);
+        }
+        assert_eq!(map.first_pending(), None);
+        let mut cut = RemoteBlocks::new(tag(), 0, 70);
+        cut.mark_local(0);
+        cut.truncate(BLOCK_BYTES);
+        assert_eq!(cut.first_pending(), None, "truncated away");
     }
 
     #[test]

@@ -127,6 +127,13 @@ impl LazyFs {
         LazyFs { root, owner, overlay, table: Mutex::new(table), files: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
     }
 
+    /// Files that still have pending blocks, with their backing paths and
+    /// remote state (for the prefetcher).
+    pub fn remote_files(&self) -> Vec<(PathBuf, PathBuf, Arc<FileState>)> {
+        let t = lock(&self.table);
+        t.nodes.values().filter(|n| !n.unlinked && n.state.pending_count() > 0).map(|n| (n.path.clone(), self.backing(&n.path), n.state.clone())).collect()
+    }
+
     fn backing(&self, rel: &Path) -> PathBuf {
         self.root.join(rel)
     }

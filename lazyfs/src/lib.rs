@@ -7,7 +7,7 @@
 //! Modules: [`manifest`] (which files are remote), [`blockmap`] (which
 //! blocks of a file are still remote), [`overlay`] (block semantics:
 //! fetch-on-read, copy-on-write, truncation), [`fs`] (the FUSE layer),
-//! [`fetch`] (the page-stream client), [`metrics`].
+//! [`fetch`] (the page-stream client), [`prefetch`] (the background warm-up), [`metrics`].
 //!
 //! Correctness rests on one fact: the compute starts from a shutdown
 //! checkpoint at the start LSN, so any block it has not written equals
@@ -18,6 +18,7 @@ pub mod fs;
 pub mod manifest;
 pub mod metrics;
 pub mod overlay;
+pub mod prefetch;
 
 use std::path::{Path, PathBuf};
 

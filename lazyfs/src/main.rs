@@ -6,7 +6,9 @@
 //! `GET /metrics` on `--http-port` (answering means: mounted). SIGTERM or
 //! SIGINT unmounts and exits 0. If the process dies instead, the mount stays
 //! behind answering ENOTCONN (the compute fails, it never reads stale data)
-//! until the control plane runs `fusermount3 -u -z`.
+//! until the control plane runs `fusermount3 -u -z`. Once mounted, the
+//! prefetcher ([`lazyfs::prefetch`]) warms every relation block in the
+//! background unless `--prefetch=false`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -65,6 +67,10 @@ struct Args {
     /// service; read at every connection.
     #[arg(long, value_name = "FILE")]
     auth_token_file: Option<PathBuf>,
+    /// Fetch every remaining relation block in the background after the
+    /// mount (`--prefetch=false`: only on demand).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    prefetch: bool,
 }
 
 fn main() {
@@ -82,6 +88,8 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     let remote = lazyfs::prepare_backing(&args.backing)?;
     let blocks: u64 = remote.iter().map(|(_, r)| r.remote_blocks() as u64).sum();
+    let catalogs: std::collections::HashSet<PathBuf> =
+        remote.iter().filter(|(p, r)| lazyfs::prefetch::Target::is_catalog(p, r.tag.rel)).map(|(p, _)| p.clone()).collect();
     tracing::info!(files = remote.len(), blocks, "relation files are remote");
     let metrics = Metrics::new();
     let fetcher = Arc::new(
@@ -92,7 +100,26 @@ fn run(args: Args) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     std::fs::set_permissions(&args.backing, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let overlay = Overlay::new(fetcher.clone(), metrics.clone(), args.readahead_blocks);
+    let prefetch_overlay = args.prefetch.then(|| {
+        // Its own counters for the connection: lazyfs_blocks_fetched_total
+        // counts on-demand fetches only; the prefetched blocks are counted
+        // by the overlay (lazyfs_blocks_prefetched_total).
+        let (base, metrics) = (overlay.for_prefetch(fetcher.clone()), Metrics::new());
+        let (host, port, tenant, timeline, lsn) = (args.pageserver_host.clone(), args.pageserver_port, args.tenant, args.timeline, args.lsn);
+        let token_file = args.auth_token_file.clone();
+        move || -> anyhow::Result<Overlay> {
+            let source = Fetcher::connect(&host, port, tenant, timeline, lsn, metrics, token_file).context("connect the prefetcher to the page service")?;
+            Ok(base.for_prefetch(Arc::new(source)))
+        }
+    });
     let fs = LazyFs::new(args.backing.clone(), Owner { uid: args.uid, gid: args.gid }, overlay, remote);
+    let mut targets = Vec::new();
+    if prefetch_overlay.is_some() {
+        for (path, backing, state) in fs.remote_files() {
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(&backing).with_context(|| format!("open {}", backing.display()))?;
+            targets.push(lazyfs::prefetch::Target { catalog: catalogs.contains(&path), path, file, state });
+        }
+    }
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("lazyfs-{}", args.endpoint)),
@@ -107,7 +134,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
     let mut session = fuser::Session::new(fs, &args.mountpoint, &config).with_context(|| format!("mount {}", args.mountpoint.display()))?;
-    tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
+    tracing::info!(mountpoint = %args.mountpoint.display(), prefetch = args.prefetch, "mounted");
+    let stop_prefetch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(overlay) = prefetch_overlay {
+        lazyfs::prefetch::spawn(overlay, targets, stop_prefetch.clone()).context("start the prefetcher")?;
+    }
     let mut unmounter = session.unmount_callable();
     let rt = fetcher.runtime();
     let listener = {
@@ -131,7 +162,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             tracing::error!(parent: &span, "unmount failed: {e}");
         }
     });
-    session.run().context("FUSE session")?;
+    let ran = session.run().context("FUSE session");
+    stop_prefetch.store(true, std::sync::atomic::Ordering::Relaxed);
+    ran?;
     tracing::info!(fetched = metrics.blocks_fetched.get(), hits = metrics.cache_hits.get(), "unmounted; exiting");
     Ok(())
 }

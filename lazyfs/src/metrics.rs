@@ -5,7 +5,9 @@
 //! several filesystems in one process. Names: `lazyfs_blocks_fetched_total`,
 //! `lazyfs_cache_hits_total`, `lazyfs_blocks_written_total`,
 //! `lazyfs_fetch_seconds`, `lazyfs_fetch_errors_total`,
-//! `lazyfs_pending_blocks` (blocks still only remote).
+//! `lazyfs_pending_blocks` (blocks still only remote),
+//! `lazyfs_blocks_prefetched_total` (made local by the background
+//! prefetcher; `lazyfs_blocks_fetched_total` counts on-demand fetches only).
 //!
 //! Cancellation: [`serve`] runs until its task is dropped; each request is
 //! independent.
@@ -21,6 +23,7 @@ pub struct Metrics {
     pub fetch_seconds: Histogram,
     pub fetch_errors: IntCounter,
     pub pending_blocks: IntGauge,
+    pub blocks_prefetched: IntCounter,
 }
 
 impl Metrics {
@@ -31,8 +34,9 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("unique metric name");
             c
         };
-        let blocks_fetched = counter("lazyfs_blocks_fetched_total", "Blocks fetched from the pageserver (GetPage at the start LSN)");
+        let blocks_fetched = counter("lazyfs_blocks_fetched_total", "Blocks fetched on demand from the pageserver (GetPage at the start LSN) for the compute's reads and partial writes");
         let cache_hits = counter("lazyfs_cache_hits_total", "Blocks read by the compute that were already local");
+        let blocks_prefetched = counter("lazyfs_blocks_prefetched_total", "Blocks made local by the background prefetcher");
         let blocks_written = counter("lazyfs_blocks_written_total", "Blocks (whole or part) written by the compute");
         let fetch_errors = counter("lazyfs_fetch_errors_total", "Fetches that failed (the read got EIO)");
         let buckets = vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0];
@@ -41,7 +45,7 @@ impl Metrics {
         registry.register(Box::new(fetch_seconds.clone())).expect("unique metric name");
         let pending_blocks = IntGauge::new("lazyfs_pending_blocks", "Relation blocks not yet local (still only on the pageserver)").expect("valid metric name");
         registry.register(Box::new(pending_blocks.clone())).expect("unique metric name");
-        Metrics { registry, blocks_fetched, cache_hits, blocks_written, fetch_seconds, fetch_errors, pending_blocks }
+        Metrics { registry, blocks_fetched, cache_hits, blocks_written, fetch_seconds, fetch_errors, pending_blocks, blocks_prefetched }
     }
 
     pub fn render(&self) -> String {

@@ -28,6 +28,8 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -71,6 +73,11 @@ impl FileState {
         self.lock().as_ref().map_or(0, |r| r.pending_count())
     }
 
+    /// The first block still pending, if any.
+    pub fn first_pending(&self) -> Option<u32> {
+        self.lock().as_ref().and_then(|r| r.first_pending())
+    }
+
     /// Run `f` on the remote map under the lock, keeping the gauge of
     /// pending blocks right.
     fn with_remote<T>(&self, f: impl FnOnce(&mut Option<RemoteBlocks>) -> T) -> T {
@@ -96,6 +103,45 @@ pub struct Overlay {
     metrics: Metrics,
     /// Extra pending blocks fetched after a multi-block read that missed.
     readahead_blocks: u32,
+    /// Foreground fetches (reads, partial writes, truncations) in flight;
+    /// shared with the prefetcher's overlay, which yields to them.
+    foreground: Arc<Foreground>,
+}
+
+/// Foreground fetch activity, which the prefetcher yields to.
+#[derive(Default)]
+struct Foreground {
+    in_flight: AtomicUsize,
+    /// When the last one ended, in ms since `epoch`.
+    last_end_ms: AtomicU64,
+    epoch: OnceInstant,
+}
+
+/// An `Instant` fixed at first use.
+#[derive(Default)]
+struct OnceInstant(std::sync::OnceLock<Instant>);
+
+impl OnceInstant {
+    fn ms(&self) -> u64 {
+        self.0.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+}
+
+/// Counts one foreground fetch while alive.
+struct Busy<'a>(&'a Foreground);
+
+impl<'a> Busy<'a> {
+    fn new(f: &'a Foreground) -> Busy<'a> {
+        f.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(f)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.last_end_ms.store(self.0.epoch.ms(), Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn eio(what: String) -> io::Error {
@@ -104,7 +150,33 @@ fn eio(what: String) -> io::Error {
 
 impl Overlay {
     pub fn new(source: Arc<dyn BlockSource>, metrics: Metrics, readahead_blocks: u32) -> Overlay {
-        Overlay { source, metrics, readahead_blocks }
+        Overlay { source, metrics, readahead_blocks, foreground: Arc::default() }
+    }
+
+    /// An overlay for the prefetcher: blocks from `source` (its own
+    /// connection), same metrics, and it sees this one's foreground fetches.
+    pub fn for_prefetch(&self, source: Arc<dyn BlockSource>) -> Overlay {
+        Overlay { source, metrics: self.metrics.clone(), readahead_blocks: 0, foreground: self.foreground.clone() }
+    }
+
+    /// Whether a foreground fetch is in flight or ended less than
+    /// `quiet_ms` ago (reads come in bursts: a compute's start, a scan).
+    pub fn foreground_busy(&self, quiet_ms: u64) -> bool {
+        let f = &self.foreground;
+        let last = f.last_end_ms.load(Ordering::SeqCst);
+        f.in_flight.load(Ordering::SeqCst) > 0 || (last > 0 && f.epoch.ms().saturating_sub(last) < quiet_ms)
+    }
+
+    /// Make the pending blocks among the `max_blocks` from the first pending
+    /// one local; the number made local (by this call or, meanwhile, by the
+    /// compute's writes and truncations).
+    pub fn prefetch(&self, state: &FileState, file: &File, max_blocks: u32) -> io::Result<u32> {
+        let Some(first) = state.first_pending() else { return Ok(0) };
+        let before = state.pending_count();
+        self.make_local(state, file, first..first.saturating_add(max_blocks))?;
+        let made = before.saturating_sub(state.pending_count());
+        self.metrics.blocks_prefetched.inc_by(made as u64);
+        Ok(made)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -156,6 +228,7 @@ impl Overlay {
         let pending = state.lock().as_ref().map_or(0, |r| r.pending_in(blocks.clone()).len() as u32);
         self.metrics.cache_hits.inc_by((blocks.len() as u32 - pending) as u64);
         if pending > 0 {
+            let _busy = Busy::new(&self.foreground);
             let ahead = if blocks.len() >= 4 { self.readahead_blocks } else { 0 };
             self.make_local(state, file, blocks.start..blocks.end.saturating_add(ahead))?;
         }
@@ -176,6 +249,7 @@ impl Overlay {
         let blocks = blocks_of(offset, data.len() as u64);
         let len = data.len() as u64;
         // Blocks written only in part keep the rest of their contents.
+        let _busy = Busy::new(&self.foreground);
         for edge in [blocks.start, blocks.end.saturating_sub(1)] {
             if !blocks.is_empty() && !covers(offset, len, edge) {
                 self.make_local(state, file, edge..edge + 1)?;
@@ -197,6 +271,7 @@ impl Overlay {
     pub fn truncate(&self, state: &FileState, file: &File, size_bytes: u64) -> io::Result<()> {
         let cut = state.lock().as_ref().and_then(|r| r.cut_block(size_bytes));
         if let Some(b) = cut {
+            let _busy = Busy::new(&self.foreground);
             self.make_local(state, file, b..b + 1)?;
         }
         state.with_remote(|remote| {

@@ -1,0 +1,209 @@
+//! The background prefetcher: after the mount, it makes every remote block
+//! of the relation files local, so the endpoint becomes wholly local and
+//! later reads never wait for the pageserver.
+//!
+//! Owns one thread (at the lowest CPU priority) and its own page-stream
+//! connection (so its batches never queue in front of a foreground fetch
+//! on the shared one). Order: catalogs first (files under `global/` and
+//! relations below PostgreSQL's first user OID), then the others, smallest
+//! first, each in batches of [`BATCH_BLOCKS`] pending blocks.
+//!
+//! Invariants: it goes through [`Overlay::prefetch`], the same
+//! fetch-then-write-if-still-pending path as reads, so a block the compute
+//! wrote or truncated away meanwhile is never overwritten; foreground
+//! reads win: before each batch it waits while a foreground fetch is in
+//! flight or ended less than [`QUIET_MS`] ago ([`Overlay::foreground_busy`]),
+//! so a burst of reads (the compute's start, a scan) runs alone. A failed batch is retried after a
+//! pause, up to [`MAX_FAILURES`] in a row, then the prefetcher gives up
+//! (reads still fetch on demand). Files are held open, so a rename does not
+//! lose them and an unlinked one is simply finished or dropped.
+//!
+//! Cancellation: the thread ends when every file is local or when the stop
+//! flag is set (checked between batches); dropping the handle does not wait.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::overlay::{FileState, Overlay};
+
+/// Pending blocks fetched per batch (1 MiB).
+pub const BATCH_BLOCKS: u32 = 128;
+/// The prefetcher waits until foreground fetches have been quiet this long.
+pub const QUIET_MS: u64 = 100;
+/// Consecutive failed batches before the prefetcher gives up.
+pub const MAX_FAILURES: u32 = 10;
+/// Relations below this OID are PostgreSQL's catalogs (`FirstNormalObjectId`).
+const FIRST_NORMAL_OID: u32 = 16384;
+
+/// One file to warm.
+pub struct Target {
+    pub path: PathBuf,
+    pub file: File,
+    pub state: Arc<FileState>,
+    pub catalog: bool,
+}
+
+impl Target {
+    /// Whether `rel_node` (of a file at `path`) is a catalog.
+    pub fn is_catalog(path: &std::path::Path, rel_node: u32) -> bool {
+        path.starts_with("global") || rel_node < FIRST_NORMAL_OID
+    }
+}
+
+/// Catalogs first, then smallest first.
+pub fn order(targets: &mut [Target]) {
+    targets.sort_by_key(|t| (!t.catalog, t.state.pending_count(), t.path.clone()));
+}
+
+/// Run the prefetcher on its own thread; `overlay` is made there (its
+/// connection is opened after the mount, off the start's path).
+pub fn spawn(
+    overlay: impl FnOnce() -> anyhow::Result<Overlay> + Send + 'static,
+    mut targets: Vec<Target>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let span = tracing::Span::current();
+    std::thread::Builder::new().name("lazyfs-prefetch".into()).spawn(move || {
+        let _enter = span.enter();
+        lowest_priority();
+        let overlay = match overlay() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("prefetch: not started, blocks are fetched on demand only: {e:#}");
+                return;
+            }
+        };
+        order(&mut targets);
+        run(&overlay, &targets, &stop);
+    })
+}
+
+/// This thread at nice 19: the compute's own work (and the FUSE threads)
+/// come first.
+fn lowest_priority() {
+    // SAFETY: gettid and setpriority have no memory-safety preconditions.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if rc != 0 {
+        tracing::debug!("setpriority: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Warm every target in order; returns the blocks made local.
+pub fn run(overlay: &Overlay, targets: &[Target], stop: &AtomicBool) -> u64 {
+    let total: u64 = targets.iter().map(|t| t.state.pending_count() as u64).sum();
+    tracing::info!(files = targets.len(), blocks = total, "prefetch: starting");
+    let (mut done, mut failures) = (0u64, 0u32);
+    for t in targets {
+        while !stop.load(Ordering::Relaxed) {
+            while overlay.foreground_busy(QUIET_MS) && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if t.state.first_pending().is_none() {
+                break;
+            }
+            match overlay.prefetch(&t.state, &t.file, BATCH_BLOCKS) {
+                Ok(n) => {
+                    done += n as u64;
+                    failures = 0;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(path = %t.path.display(), failures, "prefetch batch failed: {e}");
+                    if failures >= MAX_FAILURES {
+                        tracing::error!(done, "prefetch: giving up; blocks are still fetched on demand");
+                        return done;
+                    }
+                    std::thread::sleep(Duration::from_millis(200 * failures as u64));
+                }
+            }
+        }
+    }
+    tracing::info!(done, "prefetch: every relation block is local");
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blockmap::{RemoteBlocks, BLOCK_BYTES};
+    use crate::metrics::Metrics;
+    use crate::overlay::BlockSource;
+    use bytes::Bytes;
+    use pageclient::RelTag;
+    use std::os::unix::fs::FileExt;
+    use std::sync::Mutex;
+
+    /// Block n of relation r is 8 KiB of byte (r + n) % 251 + 1; logs the order of fetches.
+    #[derive(Default)]
+    struct Fake {
+        fetched: Mutex<Vec<(u32, u32)>>,
+    }
+
+    fn page_of(rel: u32, blkno: u32) -> Vec<u8> {
+        vec![((rel + blkno) % 251 + 1) as u8; BLOCK_BYTES as usize]
+    }
+
+    impl BlockSource for Fake {
+        fn fetch(&self, rel: RelTag, blknos: &[u32]) -> Result<Vec<Bytes>, String> {
+            self.fetched.lock().unwrap().extend(blknos.iter().map(|&b| (rel.rel, b)));
+            Ok(blknos.iter().map(|&b| Bytes::from(page_of(rel.rel, b))).collect())
+        }
+    }
+
+    fn target(dir: &std::path::Path, path: &str, rel: u32, blocks: u32, metrics: &Metrics) -> Target {
+        let full = dir.join(path.replace('/', "_"));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&full).unwrap();
+        file.set_len(blocks as u64 * BLOCK_BYTES).unwrap();
+        let tag = RelTag { spc: 1663, db: 5, rel, fork: 0 };
+        let state = FileState::new(Some(RemoteBlocks::new(tag, 0, blocks)), metrics.clone());
+        Target { catalog: Target::is_catalog(std::path::Path::new(path), rel), path: path.into(), file, state }
+    }
+
+    #[test]
+    fn every_block_becomes_local_catalogs_first_and_writes_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let fake = Arc::new(Fake::default());
+        let foreground = Overlay::new(fake.clone(), metrics.clone(), 0);
+        let overlay = foreground.for_prefetch(fake.clone());
+        let mut targets = vec![
+            target(dir.path(), "base/5/16400", 16400, 300, &metrics),
+            target(dir.path(), "base/5/16390", 16390, 5, &metrics),
+            target(dir.path(), "base/5/1259", 1259, 10, &metrics),
+        ];
+        // The compute wrote block 7 of the big table before the prefetcher got there.
+        let mine = vec![0xEEu8; BLOCK_BYTES as usize];
+        foreground.write(&targets[0].state, &targets[0].file, 7 * BLOCK_BYTES, &mine).unwrap();
+        order(&mut targets);
+        assert_eq!(targets.iter().map(|t| t.path.to_str().unwrap()).collect::<Vec<_>>(), ["base/5/1259", "base/5/16390", "base/5/16400"]);
+        assert_eq!(metrics.pending_blocks.get(), 314);
+
+        let done = run(&overlay, &targets, &AtomicBool::new(false));
+        assert_eq!(done, 314);
+        assert_eq!(metrics.pending_blocks.get(), 0);
+        assert_eq!(metrics.blocks_prefetched.get(), 314);
+        let fetched = fake.fetched.lock().unwrap().clone();
+        assert_eq!(fetched.len(), 314, "block 7 was written, not fetched");
+        assert_eq!(fetched[0], (1259, 0), "the catalog first");
+        assert!(targets.iter().all(|t| t.state.first_pending().is_none()), "every block is local");
+        let mut buf = vec![0u8; BLOCK_BYTES as usize];
+        targets[2].file.read_exact_at(&mut buf, 7 * BLOCK_BYTES).unwrap();
+        assert_eq!(buf, mine, "the compute's write was kept");
+        targets[2].file.read_exact_at(&mut buf, 299 * BLOCK_BYTES).unwrap();
+        assert_eq!(buf, page_of(16400, 299));
+    }
+
+    #[test]
+    fn a_set_stop_flag_stops_before_the_first_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let fake = Arc::new(Fake::default());
+        let overlay = Overlay::new(fake.clone(), metrics.clone(), 0);
+        let targets = vec![target(dir.path(), "base/5/16400", 16400, 10, &metrics)];
+        assert_eq!(run(&overlay, &targets, &AtomicBool::new(true)), 0);
+        assert_eq!(metrics.pending_blocks.get(), 10);
+    }
+}
