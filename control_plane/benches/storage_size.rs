@@ -19,7 +19,10 @@
 //! 16MiB) and `gc_period=10s` (other settings the defaults);
 //! `pgbench -i` at scale `STRATA_BENCH_SCALE` (default 30, about 470 MB), then the
 //! standard pgbench transaction with `STRATA_BENCH_CLIENTS` clients
-//! (default 4) for `STRATA_BENCH_SECS` seconds (default 600).
+//! (default 4) for `STRATA_BENCH_SECS` seconds (default 600), sampled
+//! every `STRATA_BENCH_SAMPLE_SECS` (default 60). With
+//! `STRATA_BENCH_LAYER_LOG=FILE`, each sample also appends the timeline's
+//! detail and layer listing to FILE as one JSON line.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -74,6 +77,9 @@ impl Bench {
         let layers: serde_json::Value =
             serde_json::from_str(&http_get(self.http_port, &format!("{}/layers", self.timeline_path))).unwrap_or_default();
         let list = layers.as_array().or_else(|| layers["layers"].as_array()).cloned().unwrap_or_default();
+        if let Ok(path) = std::env::var("STRATA_BENCH_LAYER_LOG") {
+            append_layer_log(&path, self.began.elapsed().as_secs(), &detail, &list);
+        }
         let count = |f: &dyn Fn(&serde_json::Value) -> bool| list.iter().filter(|l| f(l)).count() as u64;
         let image = |l: &serde_json::Value| l["kind"].as_str() == Some("image");
         let l0 = count(&|l| !image(l) && (l["level"].as_str() == Some("L0") || l["level"].as_u64() == Some(0)));
@@ -90,6 +96,16 @@ impl Bench {
             rss_bytes: rss_bytes(&self.repo),
             wal_bytes: flush.0.saturating_sub(self.start_lsn.0),
         }
+    }
+}
+
+/// Append the timeline detail and its layer listing (one JSON line) to
+/// `path`, to see what accumulates between samples.
+fn append_layer_log(path: &str, t_s: u64, detail: &serde_json::Value, layers: &[serde_json::Value]) {
+    use std::io::Write;
+    let line = serde_json::json!({ "t_s": t_s, "timeline": detail, "layers": layers });
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
     }
 }
 
@@ -149,11 +165,12 @@ fn main() {
     print_header();
     let mut samples = vec![bench.sample()];
     print_sample(&samples[0], "  (after pgbench -i)");
-    let mut next = Duration::from_secs(60);
+    let every = Duration::from_secs(env_num("STRATA_BENCH_SAMPLE_SECS", 60).max(1));
+    let mut next = every;
     while load.try_wait().unwrap().is_none() {
         std::thread::sleep(Duration::from_secs(1));
         if bench.began.elapsed() >= next {
-            next += Duration::from_secs(60);
+            next += every;
             let s = bench.sample();
             print_sample(&s, "");
             samples.push(s);

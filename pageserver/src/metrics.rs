@@ -273,6 +273,22 @@ pub static INDEX_CACHE_BYTES: LazyLock<prometheus::IntGauge> = LazyLock::new(|| 
         .expect("metric names are unique")
 });
 
+/// Reads of layer-file value blocks served by the value block cache.
+pub static VALUE_CACHE_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_layer_value_cache_hits_total", "Layer value block reads served by the value block cache")
+});
+
+/// Layer-file value blocks read from disk (value cache misses).
+pub static VALUE_CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_layer_value_cache_misses_total", "Layer value block reads from disk")
+});
+
+/// Bytes held by the value block cache (bounded by its budget).
+pub static VALUE_CACHE_BYTES: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!("strata_pageserver_layer_value_cache_bytes", "Bytes of layer value blocks cached")
+        .expect("metric names are unique")
+});
+
 /// Requests per pipelined exchange with a WAL redo process.
 pub static WAL_REDO_PIPELINED_REQUESTS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(

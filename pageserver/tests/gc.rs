@@ -3,7 +3,8 @@
 //! page reads the same at `last_record_lsn`; a branch point survives GC far
 //! past it; reads and branches below the cutoff are refused naming it; a
 //! crash between the index write and the file deletion leaves leftovers
-//! that the next start removes.
+//! that the next start removes; under a steady workload that also writes
+//! tables that are then left alone, the delta files kept stay bounded.
 mod common;
 
 use std::sync::Arc;
@@ -160,6 +161,72 @@ async fn crash_after_the_gc_index_write_leaves_leftovers_removed_at_start() -> a
     }
     assert_eq!(tl.gc_cutoff_lsn(), gc.cutoff);
     assert_eq!(pages(&tl, rel, last).await?, at_last, "all reads fine after the restart");
+    repo.shutdown(false).await;
+    Ok(())
+}
+
+/// A steady workload (one table updated every round) that now and then
+/// also writes a table it then leaves alone (`rare_N`, and the catalogs
+/// its creation touches). Those partitions never reach
+/// `image_creation_threshold` deltas, so without more they would keep
+/// every delta holding a few of their keys (an L0 spans the whole key
+/// space) for ever: the deltas would grow by one every few rounds. With
+/// the images GC asks for (`storage::gc::partitions_freeing_deltas`), a
+/// round (flush, GC, image pass, GC, with `gc_horizon` 0) keeps at most
+/// `image_creation_threshold - 1` delta files: those above the busy
+/// table's newest image, which its next image frees. Every page still
+/// reads back as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_kept_stay_bounded_when_some_partitions_stop_changing() -> anyhow::Result<()> {
+    const THRESHOLD: usize = 3;
+    let dir = workdir();
+    let repo = Repository::open(conf(dir.path(), |t| {
+        small_gc(t);
+        t.checkpoint_distance = 256 << 20; // flushes only when the test freezes
+        t.image_creation_threshold = THRESHOLD;
+        t.gc_horizon_bytes = 0;
+        t.compaction_threshold = 1000; // L0 files only: the mechanism under test
+        t.image_layer_keys = 8; // rare_N (9 blocks) is not packed with other tables
+    }))
+    .await?;
+    let (mut pg, tl) = imported_primary(&repo).await?;
+    let churn = setup_table(&pg).await?;
+    catch_up(&tl, &pg).await?;
+    tl.freeze_and_flush().await?;
+    let mut rare = Vec::new();
+    let mut kept = Vec::new();
+    for round in 1..=9u32 {
+        if round % 3 == 1 {
+            pg.sql(&format!("CREATE TABLE rare_{round} AS SELECT g AS id, {round} AS v FROM generate_series(1, 2000) g;"))?;
+            let node: u32 = pg.sql(&format!("SELECT pg_relation_filenode('rare_{round}')"))?.parse()?;
+            rare.push(RelFileNode { rel_node: node, ..churn });
+        }
+        pg.sql(&format!("UPDATE churn SET v = {round}; VACUUM churn;"))?;
+        catch_up(&tl, &pg).await?;
+        tl.freeze_and_flush().await?;
+        tl.gc_now().await?;
+        tl.compact(false).await?;
+        let gc = tl.gc_now().await?;
+        let counts = tl.layer_kind_counts();
+        eprintln!("round {round}: {counts:?}, GC removed {} layers", gc.layers_removed);
+        kept.push(counts.l0_deltas + counts.l1_deltas);
+    }
+    eprintln!("delta files kept after each round: {kept:?}");
+    for (round, &deltas) in kept.iter().enumerate().skip(THRESHOLD) {
+        assert!(deltas < THRESHOLD, "round {}: {deltas} delta files kept (bound {}): {kept:?}", round + 1, THRESHOLD - 1);
+    }
+    // Nothing was lost: every table reads as PostgreSQL has it.
+    let lsn = tl.last_record_lsn();
+    for (i, rel) in rare.iter().enumerate() {
+        let round = 3 * i + 1;
+        let sum: u64 = pg.sql(&format!("SELECT sum(v) FROM rare_{round}"))?.parse()?;
+        assert_eq!(sum, 2000 * round as u64);
+        assert!(!pages(&tl, *rel, lsn).await?.is_empty(), "rare_{round} reads at {lsn}");
+    }
+    let ams = relation_ams(&pg)?;
+    let last = stop_and_catch_up(&tl, &mut pg).await?;
+    let cmp = compare_all_blocks(&tl, pg.data_dir(), last, &ams).await?;
+    assert!(cmp.mismatches.is_empty() && cmp.blocks > 0, "{} blocks, mismatches: {:?}", cmp.blocks, cmp.mismatches);
     repo.shutdown(false).await;
     Ok(())
 }

@@ -113,7 +113,8 @@ async fn relation_size_cache_is_never_stale() -> anyhow::Result<()> {
 }
 
 /// Every block of every main fork of the `postgres` database at `lsn`: one
-/// vectored read per relation equals the per-key reads.
+/// vectored read per relation equals the per-key reads, and so does the
+/// read split into parts read at once.
 async fn vectored_equals_per_key(tl: &Timeline, db: u32, lsn: Lsn) -> anyhow::Result<usize> {
     let mut blocks = 0;
     for (rel_node, fork) in tl.list_rels(1663, db, lsn).await? {
@@ -122,13 +123,21 @@ async fn vectored_equals_per_key(tl: &Timeline, db: u32, lsn: Lsn) -> anyhow::Re
         let keys: Vec<_> = (0..n).map(|b| rel_block_key(rel, fork, b)).collect();
         let vectored = tl.get_vectored(&keys, lsn).await;
         assert_eq!(vectored.len(), keys.len());
+        let vectored: Vec<Option<bytes::Bytes>> = vectored.into_iter().collect::<Result<_, _>>()?;
+        // Split into parts read at once (uneven parts, and more parts
+        // asked for than the minimum part size allows): the same values.
+        for parallelism in [3, 64] {
+            let split: Vec<Option<bytes::Bytes>> =
+                tl.get_vectored_parallel(&keys, lsn, parallelism).await.into_iter().collect::<Result<_, _>>()?;
+            assert!(split == vectored, "{rel} fork {fork} at {lsn}: the read split {parallelism} ways differs");
+        }
         for (key, v) in keys.iter().zip(vectored) {
             let single = match tl.get(*key, lsn).await {
                 Ok(p) => Some(p),
                 Err(pageserver::tenant::timeline::PageReconstructError::MissingKey { .. }) => None,
                 Err(e) => return Err(e.into()),
             };
-            assert_eq!(v?, single, "{key} at {lsn}");
+            assert_eq!(v, single, "{key} at {lsn}");
             blocks += 1;
         }
         // And as a batch of pages (the page service path), in a shuffled order.
@@ -167,6 +176,21 @@ async fn vectored_reads_equal_per_key_reads() -> anyhow::Result<()> {
         assert!(blocks > 1_000, "{blocks} blocks at {lsn}");
     }
     assert!(metrics::RECONSTRUCT_RECORDS.get_sample_count() > redo_before, "some pages needed WAL redo");
+    // Every block was read several times (per key, vectored, split, as a
+    // batch): the value block cache served most of it, within its budget.
+    let cache = pageserver::storage::block_cache::values();
+    let (hits, misses) = (metrics::VALUE_CACHE_HITS.get(), metrics::VALUE_CACHE_MISSES.get());
+    eprintln!("value cache: {hits} hits, {misses} misses, {} bytes", cache.bytes());
+    assert!(hits > misses && misses > 0, "value cache: {hits} hits, {misses} misses");
+    assert!(cache.bytes() > 0 && cache.bytes() <= cache.budget_bytes());
+    // A block just read is a hit the second time.
+    let accounts = rel_of(&pg, "postgres", "pgbench_accounts")?;
+    let refs: Vec<_> = (0..32).map(|b| (accounts, 0u8, b)).collect();
+    let first: Vec<_> = tl.get_rel_pages_at_lsn(&refs, lsns[2], 1).await.into_iter().collect::<Result<_, _>>()?;
+    let hits = metrics::VALUE_CACHE_HITS.get();
+    let again: Vec<_> = tl.get_rel_pages_at_lsn(&refs, lsns[2], 1).await.into_iter().collect::<Result<_, _>>()?;
+    assert_eq!(first, again);
+    assert!(metrics::VALUE_CACHE_HITS.get() > hits, "the second read of the same blocks hit the cache");
     let branch = repo.branch_timeline(tl.tenant_id, tl.timeline_id, None, Some(lsns[1])).await?;
     let blocks = vectored_equals_per_key(&branch, db, lsns[1]).await?;
     assert!(blocks > 1_000, "{blocks} blocks on the branch");

@@ -54,6 +54,11 @@ struct Args {
     /// "64MiB").
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     layer_index_cache_size: u64,
+    /// Memory of the process-wide cache of layer-file value blocks (e.g.
+    /// "128MiB"; 0 turns it off: values are read from the kernel's page
+    /// cache).
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    layer_value_cache_size: u64,
     /// Relation forks whose size each timeline's relation-size cache holds.
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u64).range(1..))]
     rel_size_cache_entries: u64,
@@ -92,7 +97,8 @@ struct Args {
     /// Page stream: requests read ahead and served as one batch, at most.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     page_service_pipeline_depth: u64,
-    /// Page stream: block reads in flight per connection, at most.
+    /// Page stream: parts a batch of many blocks is read in at once (each
+    /// in its own blocking section), at most.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     page_service_read_parallelism: u64,
     /// Check tokens (EdDSA JWTs) on the HTTP API and the page service
@@ -141,6 +147,10 @@ async fn main() -> anyhow::Result<()> {
     let index_cache_bytes = usize::try_from(args.layer_index_cache_size).context("--layer-index-cache-size")?;
     if !pageserver::storage::block_cache::set_global_budget(index_cache_bytes) {
         anyhow::bail!("--layer-index-cache-size: the cache was already in use");
+    }
+    let value_cache_bytes = usize::try_from(args.layer_value_cache_size).context("--layer-value-cache-size")?;
+    if !pageserver::storage::block_cache::set_values_budget(value_cache_bytes) {
+        anyhow::bail!("--layer-value-cache-size: the cache was already in use");
     }
     pageserver::tenant::timeline::relcache::set_capacity(
         usize::try_from(args.rel_size_cache_entries).context("--rel-size-cache-entries")?,

@@ -66,7 +66,8 @@ pub struct PageServiceConf {
     pub partial_message_timeout_ms: u64,
     /// Page-stream requests read ahead and served as one batch, at most.
     pub pipeline_depth: usize,
-    /// Kept for compatibility and unused: batches are one vectored read.
+    /// A page-stream batch (or SLRU segment) of many blocks is read in up
+    /// to this many parts at once, each in its own blocking section.
     pub read_parallelism: usize,
     /// The public keys tokens are checked against; `None`: trust.
     pub auth: Option<Arc<auth::KeySet>>,

@@ -1,17 +1,28 @@
-//! The process-wide cache of layer-file index blocks: what keeps the memory
-//! of opened layer files bounded. A layer file's key index lives on disk in
-//! fixed-size blocks ([`crate::storage::file`]); every lookup reads the
-//! blocks it needs through this cache, which holds at most its budget
-//! (default [`INDEX_CACHE_BUDGET_BYTES`], the pageserver's
-//! `--layer-index-cache-size`) and evicts the least recently used. Values
-//! are not cached here: reads of adjacent values are coalesced into one
-//! `pread` served by the kernel's page cache (a copy here would double the
-//! memory of hot pages).
+//! The process-wide caches of layer-file blocks: what keeps the memory of
+//! opened layer files bounded and hot values off the disk path.
 //!
-//! Owns: the cached blocks, keyed by (file id, block offset). A file id is
-//! handed out once per opened layer file ([`next_file_id`]) and never
-//! reused, so a block of a removed file can never be served for another
-//! file; an opened file forgets its blocks when it is dropped.
+//! * The **index** cache ([`global`]): a layer file's key index lives on
+//!   disk in fixed-size blocks ([`crate::storage::file`]); every lookup
+//!   reads the blocks it needs through this cache, which holds at most its
+//!   budget (default [`INDEX_CACHE_BUDGET_BYTES`], the pageserver's
+//!   `--layer-index-cache-size`).
+//! * The **value** cache ([`values`]): the file's value area read in
+//!   aligned blocks of [`VALUE_BLOCK_BYTES`]; a run of adjacent values
+//!   inside one block is a slice of the cached block (no read, no copy), a
+//!   run across blocks is assembled from them. Budget default
+//!   [`VALUE_CACHE_BUDGET_BYTES`], the pageserver's
+//!   `--layer-value-cache-size`; 0 turns it off (values are then read with
+//!   one `pread` per run, served by the kernel's page cache).
+//!
+//! Both evict the least recently used block and count hits, misses and
+//! bytes held (`strata_pageserver_layer_index_cache_*`,
+//! `strata_pageserver_layer_value_cache_*`).
+//!
+//! Owns: the cached blocks, keyed by (file id, block offset or number). A
+//! file id is handed out once per opened layer file ([`next_file_id`]) and
+//! never reused, so a block of a removed file can never be served for
+//! another file; an opened file forgets its blocks in both caches when it
+//! is dropped.
 //!
 //! Invariants: the bytes held (sum of cached block lengths) never exceed the
 //! budget after an insert returns; a block larger than the budget is
@@ -31,6 +42,32 @@ use crate::metrics;
 /// 8 KiB, about 1.6 million index entries.
 pub const INDEX_CACHE_BUDGET_BYTES: usize = 64 << 20;
 
+/// Budget of the process-wide value block cache: 128 MiB.
+pub const VALUE_CACHE_BUDGET_BYTES: usize = 128 << 20;
+
+/// Size of a value block (aligned in the file; the last may be shorter).
+pub const VALUE_BLOCK_BYTES: u64 = 64 << 10;
+
+/// The counters and gauge a cache reports to.
+#[derive(Clone, Copy)]
+pub struct CacheMetrics {
+    pub hits: &'static prometheus::IntCounter,
+    pub misses: &'static prometheus::IntCounter,
+    pub bytes: &'static prometheus::IntGauge,
+}
+
+impl CacheMetrics {
+    /// The index cache's metrics.
+    pub fn index() -> CacheMetrics {
+        CacheMetrics { hits: &metrics::INDEX_CACHE_HITS, misses: &metrics::INDEX_CACHE_MISSES, bytes: &metrics::INDEX_CACHE_BYTES }
+    }
+
+    /// The value cache's metrics.
+    pub fn values() -> CacheMetrics {
+        CacheMetrics { hits: &metrics::VALUE_CACHE_HITS, misses: &metrics::VALUE_CACHE_MISSES, bytes: &metrics::VALUE_CACHE_BYTES }
+    }
+}
+
 /// (file id, block offset in the file).
 type BlockKey = (u64, u64);
 
@@ -40,6 +77,7 @@ pub type Block = Arc<[u8]>;
 /// An LRU cache of blocks, bounded by bytes.
 pub struct BlockCache {
     budget_bytes: usize,
+    metrics: CacheMetrics,
     inner: Mutex<Inner>,
 }
 
@@ -53,8 +91,13 @@ struct Inner {
 }
 
 impl BlockCache {
+    /// A cache reporting to the index cache's metrics.
     pub fn new(budget_bytes: usize) -> BlockCache {
-        BlockCache { budget_bytes, inner: Mutex::new(Inner::default()) }
+        BlockCache::with_metrics(budget_bytes, CacheMetrics::index())
+    }
+
+    pub fn with_metrics(budget_bytes: usize, metrics: CacheMetrics) -> BlockCache {
+        BlockCache { budget_bytes, metrics, inner: Mutex::new(Inner::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -73,11 +116,11 @@ impl BlockCache {
                 inner.clock = tick;
                 inner.lru.remove(&old);
                 inner.lru.insert(tick, key);
-                metrics::INDEX_CACHE_HITS.inc();
+                self.metrics.hits.inc();
                 return Ok(block);
             }
         }
-        metrics::INDEX_CACHE_MISSES.inc();
+        self.metrics.misses.inc();
         let block = load()?;
         self.insert(key, Arc::clone(&block));
         Ok(block)
@@ -103,11 +146,14 @@ impl BlockCache {
                 inner.bytes -= old.len();
             }
         }
-        metrics::INDEX_CACHE_BYTES.set(inner.bytes as i64);
+        self.metrics.bytes.set(inner.bytes as i64);
     }
 
     /// Drop every block of `file_id` (the file was closed).
     pub fn forget_file(&self, file_id: u64) {
+        if self.budget_bytes == 0 {
+            return;
+        }
         let mut inner = self.lock();
         let inner = &mut *inner;
         let (blocks, lru) = (&mut inner.blocks, &mut inner.lru);
@@ -121,7 +167,7 @@ impl BlockCache {
             keep
         });
         inner.bytes -= freed;
-        metrics::INDEX_CACHE_BYTES.set(inner.bytes as i64);
+        self.metrics.bytes.set(inner.bytes as i64);
     }
 
     /// Bytes of the blocks held.
@@ -131,6 +177,11 @@ impl BlockCache {
 
     pub fn budget_bytes(&self) -> usize {
         self.budget_bytes
+    }
+
+    /// Whether the cache keeps anything (a budget of 0 turns it off).
+    pub fn is_enabled(&self) -> bool {
+        self.budget_bytes > 0
     }
 }
 
@@ -147,6 +198,21 @@ pub fn global() -> &'static BlockCache {
 /// already in use (then its budget stays).
 pub fn set_global_budget(budget_bytes: usize) -> bool {
     GLOBAL.set(BlockCache::new(budget_bytes)).is_ok()
+}
+
+static VALUES: OnceLock<BlockCache> = OnceLock::new();
+
+/// The process-wide value block cache (budget [`VALUE_CACHE_BUDGET_BYTES`]
+/// unless [`set_values_budget`] was called first; 0: off).
+pub fn values() -> &'static BlockCache {
+    VALUES.get_or_init(|| BlockCache::with_metrics(VALUE_CACHE_BUDGET_BYTES, CacheMetrics::values()))
+}
+
+/// Give the value cache a budget of `budget_bytes` (the pageserver's
+/// `--layer-value-cache-size`; 0 turns it off); false if the cache was
+/// already in use (then its budget stays).
+pub fn set_values_budget(budget_bytes: usize) -> bool {
+    VALUES.set(BlockCache::with_metrics(budget_bytes, CacheMetrics::values())).is_ok()
 }
 
 /// A new file id (never reused in this process).

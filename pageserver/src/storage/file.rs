@@ -31,7 +31,8 @@
 //!
 //! Memory: an opened file holds its descriptor and the footer's numbers,
 //! nothing that grows with the file. Index blocks are read through the
-//! process-wide [`block_cache`] (bounded by bytes); whole-file scans
+//! process-wide [`block_cache`] (bounded by bytes), and so are value
+//! reads when its value cache is on (aligned value blocks); whole-file scans
 //! ([`LayerFile::values`], [`LayerFile::for_each_key`]) read blocks
 //! directly, one at a time, without filling the cache.
 //!
@@ -62,7 +63,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::{Bytes, BytesMut};
 use utils::lsn::Lsn;
 
-use super::block_cache::{self, Block};
+use super::block_cache::{self, Block, VALUE_BLOCK_BYTES};
 use super::{LayerDesc, ReconstructResult, ValueReconstructState};
 use crate::storage::key::{Key, KEY_SIZE};
 use crate::storage::value::Value;
@@ -399,6 +400,7 @@ struct Opened {
 impl Drop for Opened {
     fn drop(&mut self) {
         block_cache::global().forget_file(self.file_id);
+        block_cache::values().forget_file(self.file_id);
     }
 }
 
@@ -859,9 +861,7 @@ impl LayerFile {
                 run_end += 1;
             }
             let len = usize::try_from(end - start).map_err(|_| self.err(format!("value run of {} bytes", end - start)))?;
-            let mut buf = BytesMut::zeroed(len);
-            opened.file.read_exact_at(&mut buf, start).map_err(|err| self.err(format!("read values at {start}: {err}")))?;
-            let buf = buf.freeze();
+            let buf = self.read_run(opened, start, len)?;
             for &i in &by_offset[run_start..run_end] {
                 let e = &entries[i].1;
                 let at = (e.offset - start) as usize;
@@ -871,6 +871,50 @@ impl LayerFile {
             run_start = run_end;
         }
         Ok(values.into_iter().flatten().collect())
+    }
+
+    /// Bytes `start..start + len` of the file: through the value block
+    /// cache when it is on (a slice of one cached block, or assembled from
+    /// the blocks it spans), else with one `pread`.
+    fn read_run(&self, opened: &Opened, start: u64, len: usize) -> Result<Bytes, LayerFileError> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let Some(end) = start.checked_add(len as u64).filter(|&e| e <= opened.len) else {
+            return Err(self.err(format!("value run of {len} bytes at {start} outside the file ({} bytes)", opened.len)));
+        };
+        if !block_cache::values().is_enabled() {
+            let mut buf = BytesMut::zeroed(len);
+            opened.file.read_exact_at(&mut buf, start).map_err(|err| self.err(format!("read values at {start}: {err}")))?;
+            return Ok(buf.freeze());
+        }
+        let (first, last) = (start / VALUE_BLOCK_BYTES, (end - 1) / VALUE_BLOCK_BYTES);
+        if first == last {
+            let at = (start - first * VALUE_BLOCK_BYTES) as usize;
+            return Ok(Bytes::from_owner(self.value_block(opened, first)?).slice(at..at + len));
+        }
+        let mut buf = BytesMut::with_capacity(len);
+        for b in first..=last {
+            let block = self.value_block(opened, b)?;
+            let block_start = b * VALUE_BLOCK_BYTES;
+            let from = (start.max(block_start) - block_start) as usize;
+            let to = (end.min(block_start + block.len() as u64) - block_start) as usize;
+            buf.extend_from_slice(&block[from..to]);
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Value block `block` (the file's bytes from `block *
+    /// VALUE_BLOCK_BYTES`, the last block shorter), from the value cache.
+    fn value_block(&self, opened: &Opened, block: u64) -> Result<Block, LayerFileError> {
+        let offset = block * VALUE_BLOCK_BYTES;
+        let load = || {
+            let n = opened.len.saturating_sub(offset).min(VALUE_BLOCK_BYTES) as usize;
+            let mut buf = vec![0u8; n];
+            opened.file.read_exact_at(&mut buf, offset).map_err(|err| self.err(format!("read value block at {offset}: {err}")))?;
+            Ok::<Block, LayerFileError>(buf.into())
+        };
+        block_cache::values().get_or_load(opened.file_id, block, load)
     }
 
     /// Check a value's CRC and decode it (in place: images are slices of `raw`).

@@ -33,6 +33,19 @@
 //! for their segment, which the rule itself never removes, so removing all
 //! chosen layers at once is safe.
 //!
+//! Images that free a delta ([`partitions_freeing_deltas`]): image
+//! creation is driven by the number of deltas with data above a
+//! partition's image (`image_creation_threshold`), so a partition written
+//! by fewer deltas than that (a catalog touched once by autovacuum, a table
+//! written only at load time) would never get a newer image, and every
+//! delta holding a few of its keys — an L0 spans the whole key space —
+//! would be kept for ever: on a steady workload the L0s pile up. So a delta
+//! below the cutoff that no branch point needs, and that only images of a
+//! few partitions keep from being removed, gets those images: when their
+//! keys' pages weigh at most half the delta's bytes (the pass writes less
+//! than it frees, and a database that did not change is never copied
+//! whole).
+//!
 //! Remote layers: GC never downloads. A remote delta layer's keys are the
 //! runs remembered from when it was resident, or else its whole key range
 //! (see [`held_key_runs`]); deleting a removed remote layer's local file
@@ -48,7 +61,7 @@ use utils::lsn::Lsn;
 
 use super::file::{LayerFile, LayerFileError};
 use super::layer_map::LayerMap;
-use super::partition::class_start;
+use super::partition::{class_start, Partition};
 use super::{LayerDesc, LayerKindCounts};
 use crate::storage::key::Key;
 
@@ -130,6 +143,42 @@ pub fn shadowing_image_lsn(desc: &LayerDesc) -> Lsn {
     }
 }
 
+/// The partitions (indexes into `parts`) whose images at `lsn` would let
+/// GC remove a delta of `stale` (deltas below the cutoff that no branch
+/// point needs, with their [`held_key_runs`]), by the rule of the module
+/// documentation: the partitions overlapping the delta's runs whose images
+/// (at or below `lsn`) do not shadow it, chosen when their pages weigh at
+/// most half the delta's bytes. Sorted.
+pub fn partitions_freeing_deltas(map: &LayerMap, parts: &[Partition], stale: &[GcCandidate], lsn: Lsn) -> Vec<usize> {
+    let mut chosen = vec![false; parts.len()];
+    for c in stale {
+        let from = shadowing_image_lsn(&c.layer.desc);
+        if from > lsn {
+            continue;
+        }
+        let uncovered: Vec<usize> = (0..parts.len())
+            .filter(|&i| !chosen[i])
+            .filter(|&i| c.key_runs.iter().any(|r| overlaps(r, &parts[i].key_range)))
+            .filter(|&i| map.image_coverage(parts[i].key_range.clone(), lsn).is_none_or(|cov| cov < from))
+            .collect();
+        let image_bytes: u64 = uncovered.iter().map(|&i| parts[i].keys.len() as u64 * IMAGE_BYTES_PER_KEY).sum();
+        if !uncovered.is_empty() && image_bytes.saturating_mul(2) <= c.layer.size_bytes {
+            for i in uncovered {
+                chosen[i] = true;
+            }
+        }
+    }
+    (0..parts.len()).filter(|&i| chosen[i]).collect()
+}
+
+/// What one key weighs in an image layer (a page), for
+/// [`partitions_freeing_deltas`].
+const IMAGE_BYTES_PER_KEY: u64 = postgres_ffi::pg_constants::BLCKSZ as u64;
+
+fn overlaps(a: &Range<Key>, b: &Range<Key>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
 /// Whether the rule (module documentation) allows removing `c`.
 pub fn removable(map: &LayerMap, c: &GcCandidate, cutoff: Lsn, retain_lsns: &[Lsn]) -> bool {
     let lsns = &c.layer.desc.lsn_range;
@@ -156,6 +205,43 @@ mod tests {
 
     fn candidate(l: &Arc<LayerFile>) -> GcCandidate {
         GcCandidate { layer: Arc::clone(l), key_runs: vec![l.desc.key_range.clone()] }
+    }
+
+    fn part(keys: Range<u32>, n_keys: usize) -> Partition {
+        let key = |f6| Key { field1: 3, field6: f6, ..Key::MIN };
+        Partition { key_range: key(keys.start)..key(keys.end), keys: (0..n_keys as u32).map(|i| key(keys.start + i)).collect() }
+    }
+
+    /// A big delta held back only by a small partition without a newer
+    /// image gets that image; one held back by partitions as big as itself
+    /// does not (that is the threshold's job), nor one above `lsn`.
+    #[test]
+    fn images_are_chosen_only_where_they_free_more_than_they_cost() {
+        let key = |f6| Key { field1: 3, field6: f6, ..Key::MIN };
+        let mut map = LayerMap::default();
+        map.insert(layer(true, 0..30, 0x10..0x11)); // the load-time image
+        map.insert(layer(true, 0..10, 0x30..0x31)); // the busy partition's newer image
+        let mut stale = Arc::new(LayerFile::new("d".into(), layer(false, 0..30, 0x11..0x20).desc.clone(), 100 * 8192));
+        let parts = [part(0..10, 100), part(10..20, 10), part(20..30, 1000)];
+        let held = |l: &Arc<LayerFile>, runs: Vec<Range<Key>>| GcCandidate { layer: Arc::clone(l), key_runs: runs };
+        // Keys in the busy partition (imaged at 0x30) and in the small one.
+        let c = held(&stale, vec![key(1)..key(5), key(12)..key(13)]);
+        assert_eq!(partitions_freeing_deltas(&map, &parts, std::slice::from_ref(&c), Lsn(0x40)), vec![1]);
+        // ... and in the big one too: 1,010 pages for a delta of 100 pages.
+        let c = held(&stale, vec![key(1)..key(5), key(12)..key(25)]);
+        assert!(partitions_freeing_deltas(&map, &parts, &[c], Lsn(0x40)).is_empty());
+        // An image at `lsn` must be able to shadow it.
+        let c = held(&stale, vec![key(12)..key(13)]);
+        assert!(partitions_freeing_deltas(&map, &parts, std::slice::from_ref(&c), Lsn(0x1e)).is_empty());
+        // Once the small partition has its image, nothing more is chosen,
+        // and GC removes the delta.
+        map.insert(layer(true, 10..20, 0x40..0x41));
+        map.insert(Arc::clone(&stale));
+        assert!(partitions_freeing_deltas(&map, &parts, std::slice::from_ref(&c), Lsn(0x40)).is_empty());
+        assert!(removable(&map, &c, Lsn(0x40), &[]));
+        stale = Arc::new(LayerFile::new("e".into(), layer(false, 0..30, 0x41..0x50).desc.clone(), 8192));
+        let c = held(&stale, vec![key(12)..key(13)]);
+        assert!(partitions_freeing_deltas(&map, &parts, &[c], Lsn(0x60)).is_empty(), "10 pages to free 1 page");
     }
 
     #[test]

@@ -88,6 +88,7 @@ use crate::storage::key::*;
 use crate::storage::file::{LayerFile, LayerFileError, LayerFileWriter};
 use crate::storage::index::{self, IndexLayer, IndexPart, TimelineMetadata};
 use crate::remote::upload_queue::RemoteTimelineClient;
+use crate::storage::gc::{held_key_runs, partitions_freeing_deltas, shadowing_image_lsn, GcCandidate};
 use crate::storage::inmemory::InMemoryLayer;
 use crate::storage::layer_map::LayerMap;
 use crate::storage::partition::{partition, Partition};
@@ -968,51 +969,85 @@ impl Timeline {
 
     /// Image layers at `lsn` for the partitions that need one: more than
     /// `image_creation_threshold - 1` delta files with data in the
-    /// partition above the partition's newest image. A partition nothing
-    /// was written to gets no new image.
+    /// partition above the partition's newest image, or an image that lets
+    /// GC remove a delta below the cutoff
+    /// ([`crate::storage::gc::partitions_freeing_deltas`]). A partition
+    /// nothing was written to gets no new image.
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, %lsn))]
     pub async fn create_image_layers_where_needed(&self, lsn: Lsn) -> Result<usize> {
         let keys = self.collect_keyspace(lsn).await?;
-        let needed = self.partitions_needing_images(partition(&keys, self.conf().image_layer_keys), lsn).await?;
-        self.write_image_layers(needed, lsn).await
+        let parts = partition(&keys, self.conf().image_layer_keys);
+        let mut needed = self.partitions_needing_images(&parts, lsn).await?;
+        needed.extend(self.partitions_freeing_gc(&parts, lsn).await?);
+        needed.sort_unstable();
+        needed.dedup();
+        let mut parts: Vec<Option<Partition>> = parts.into_iter().map(Some).collect();
+        self.write_image_layers(needed.into_iter().filter_map(|i| parts[i].take()).collect(), lsn).await
     }
 
-    /// The partitions with at least `image_creation_threshold` delta files
-    /// holding data in them above their image coverage.
-    async fn partitions_needing_images(&self, parts: Vec<Partition>, lsn: Lsn) -> Result<Vec<Partition>> {
+    /// The partitions (indexes) with at least `image_creation_threshold`
+    /// delta files holding data in them above their image coverage.
+    async fn partitions_needing_images(&self, parts: &[Partition], lsn: Lsn) -> Result<Vec<usize>> {
         let threshold = self.conf().image_creation_threshold.max(1);
-        let candidates: Vec<(Partition, Vec<Arc<LayerFile>>)> = {
+        let candidates: Vec<(usize, Range<Key>, Vec<Arc<LayerFile>>)> = {
             let map = self.read_layers();
             let deltas_above = |p: &Partition| {
                 let coverage = map.image_coverage(p.key_range.clone(), lsn);
                 let layers = map.overlapping(p.key_range.clone(), lsn + 1).into_iter();
                 layers.filter(|l| !l.desc.is_image && coverage.is_none_or(|c| l.desc.lsn_range.end > c + 1)).collect()
             };
-            let with_deltas = |p: Partition| {
-                let deltas: Vec<_> = deltas_above(&p);
-                (deltas.len() >= threshold).then_some((p, deltas))
+            let with_deltas = |(i, p): (usize, &Partition)| {
+                let deltas: Vec<_> = deltas_above(p);
+                (deltas.len() >= threshold).then(|| (i, p.key_range.clone(), deltas))
             };
-            parts.into_iter().filter_map(with_deltas).collect()
+            parts.iter().enumerate().filter_map(with_deltas).collect()
         };
         let mut pinned = Vec::with_capacity(candidates.len());
-        for (p, deltas) in candidates {
-            pinned.push((p, self.ensure_all_resident(&deltas).await?));
+        for (i, range, deltas) in candidates {
+            pinned.push((i, range, self.ensure_all_resident(&deltas).await?));
         }
         tokio::task::spawn_blocking(move || {
             let mut needed = Vec::new();
-            for (p, deltas) in pinned {
+            for (i, range, deltas) in pinned {
                 let mut with_data = 0;
                 for d in &deltas {
-                    with_data += d.layer().has_key_in(&p.key_range)? as usize;
+                    with_data += d.layer().has_key_in(&range)? as usize;
                 }
                 if with_data >= threshold {
-                    needed.push(p);
+                    needed.push(i);
                 }
             }
             Ok(needed)
         })
         .await
         .map_err(other)?
+    }
+
+    /// The partitions (indexes) whose images at `lsn` let GC remove a delta
+    /// below the GC cutoff that no branch point needs (see
+    /// [`crate::storage::gc`]).
+    async fn partitions_freeing_gc(&self, parts: &[Partition], lsn: Lsn) -> Result<Vec<usize>> {
+        let cutoff = self.gc_cutoff_lsn().min(lsn);
+        let retain = self.retain_lsns();
+        let stale: Vec<Arc<LayerFile>> = self
+            .read_layers()
+            .historic()
+            .filter(|l| !l.desc.is_image && shadowing_image_lsn(&l.desc) <= cutoff)
+            .filter(|l| retain.iter().all(|r| *r < l.desc.lsn_range.start))
+            .cloned()
+            .collect();
+        if stale.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stale = tokio::task::spawn_blocking(move || {
+            stale
+                .into_iter()
+                .map(|layer| held_key_runs(&layer).map(|key_runs| GcCandidate { layer, key_runs }))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(other)??;
+        Ok(partitions_freeing_deltas(&self.read_layers(), parts, &stale, lsn))
     }
 
     /// Write one image layer per partition (with keys) and commit them.
@@ -1030,17 +1065,16 @@ impl Timeline {
         Ok(created)
     }
 
-    /// The values of `keys` at `lsn` (missing relation blocks read as zeros).
+    /// The values of `keys` at `lsn` (missing relation blocks read as
+    /// zeros), in one vectored read (one walk down the layers, redo
+    /// pipelined over the redo processes).
     async fn image_values(&self, keys: &[Key], lsn: Lsn) -> Result<Vec<(Key, Bytes)>> {
         let mut values = Vec::with_capacity(keys.len());
-        for &key in keys {
-            match self.get(key, lsn).await {
-                Ok(v) => values.push((key, v)),
-                Err(PageReconstructError::MissingKey { .. }) if key.is_rel_block_key() => {
-                    values.push((key, ZERO_PAGE.clone()))
-                }
-                Err(PageReconstructError::MissingKey { .. }) => {}
-                Err(e) => return Err(e),
+        for (&key, value) in keys.iter().zip(self.get_vectored(keys, lsn).await) {
+            match value? {
+                Some(v) => values.push((key, v)),
+                None if key.is_rel_block_key() => values.push((key, ZERO_PAGE.clone())),
+                None => {}
             }
         }
         Ok(values)

@@ -15,7 +15,8 @@
 //!   batch, resolves "latest" once per batch, serves consecutive GetPage
 //!   requests at one LSN together ([`Timeline::get_rel_pages_at_lsn`]: one
 //!   LSN check and wait, one size lookup per relation, one vectored read
-//!   of all the blocks), writes the responses in request order and
+//!   of all the blocks, split into up to
+//!   [`PageServiceConf::read_parallelism`] parts read at once), writes the responses in request order and
 //!   flushes once per batch (or every [`FLUSH_BYTES`]).
 //!
 //! Invariants: responses go out in request order, one per request; an
@@ -313,10 +314,11 @@ async fn serve_batch(
                         if resolve_lsn(tl, next.lsn, latest) != Ok(lsn) {
                             break;
                         }
-                        metrics::PAGESTREAM_REQUESTS.with_label_values(&[next.kind.name()]).inc();
                         run.push((next.id, block_ref(rel, blkno)));
                         items.next();
                     }
+                    // One label lookup for the run, not one per request.
+                    metrics::PAGESTREAM_REQUESTS.with_label_values(&[req.kind.name()]).inc_by(run.len() as u64 - 1);
                     serve_pages(tl, &run, lsn, conf, out).await;
                 } else {
                     let kind = serve_one(tl, req.kind, lsn, conf).await.unwrap_or_else(|e| error_kind(&e));

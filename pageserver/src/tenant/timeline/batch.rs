@@ -63,10 +63,10 @@ impl Timeline {
     /// GetPage@LSN for every block of `blocks` at `lsn`, in order: the
     /// sizes of the relations first (from the relation-size cache when it
     /// can answer), then one vectored read of all blocks inside them.
-    /// `parallelism` is kept for callers; the vectored read decides its own
-    /// I/O batching.
+    /// A batch of many blocks is read in up to `parallelism` parts at once
+    /// ([`Timeline::get_vectored_parallel`]).
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, %lsn, blocks = blocks.len()))]
-    pub async fn get_rel_pages_at_lsn(&self, blocks: &[BlockRef], lsn: Lsn, _parallelism: usize) -> Vec<Result<Bytes>> {
+    pub async fn get_rel_pages_at_lsn(&self, blocks: &[BlockRef], lsn: Lsn, parallelism: usize) -> Vec<Result<Bytes>> {
         if let Err(e) = self.prepare_read(lsn).await {
             return blocks.iter().map(|_| Err(duplicate(&e))).collect();
         }
@@ -97,7 +97,7 @@ impl Timeline {
                 None => results.push(Some(Err(PageReconstructError::RelationNotFound { rel, forknum: fork, lsn }))),
             }
         }
-        let mut pages = self.get_vectored(&keys, lsn).await.into_iter();
+        let mut pages = self.get_vectored_parallel(&keys, lsn, parallelism).await.into_iter();
         let out = results
             .into_iter()
             .map(|r| match r {
@@ -114,23 +114,28 @@ impl Timeline {
     }
 
     /// The whole SLRU segment `segno` at `lsn` (its pages concatenated), read
-    /// as one vectored read of the segment's blocks.
+    /// as one vectored read of the segment's blocks (in up to `parallelism`
+    /// parts at once).
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, ?kind, segno, %lsn))]
-    pub async fn get_slru_segment_at_lsn(&self, kind: SlruKind, segno: u32, lsn: Lsn, _parallelism: usize) -> Result<Bytes> {
+    pub async fn get_slru_segment_at_lsn(&self, kind: SlruKind, segno: u32, lsn: Lsn, parallelism: usize) -> Result<Bytes> {
         self.prepare_read(lsn).await?;
         if !self.list_slru_segments(kind, lsn).await?.contains(&segno) {
             return Err(PageReconstructError::SlruSegmentNotFound { kind, segno, lsn });
         }
-        self.read_slru_segment(kind, segno, lsn).await
+        self.read_slru_segment_parallel(kind, segno, lsn, parallelism).await
     }
 
     /// The pages of SLRU segment `segno` at `lsn` concatenated (no waiting,
     /// no scope check), in one vectored read.
     pub async fn read_slru_segment(&self, kind: SlruKind, segno: u32, lsn: Lsn) -> Result<Bytes> {
+        self.read_slru_segment_parallel(kind, segno, lsn, 1).await
+    }
+
+    async fn read_slru_segment_parallel(&self, kind: SlruKind, segno: u32, lsn: Lsn, parallelism: usize) -> Result<Bytes> {
         let blocks = self.slru_segment_size(kind, segno, lsn).await?;
         let keys: Vec<_> = (0..blocks).map(|b| slru_block_key(kind, segno, b)).collect();
         let mut out = BytesMut::with_capacity(blocks as usize * BLCKSZ);
-        for (key, page) in keys.iter().zip(self.get_vectored(&keys, lsn).await) {
+        for (key, page) in keys.iter().zip(self.get_vectored_parallel(&keys, lsn, parallelism).await) {
             let page = page?.ok_or(PageReconstructError::MissingKey { key: *key, lsn })?;
             out.extend_from_slice(&page);
         }

@@ -15,6 +15,13 @@
 //! several requests at a time over the redo processes
 //! ([`crate::walredo::PostgresRedoManager::request_redo_many`]).
 //!
+//! A large read may be split ([`Timeline::get_vectored_parallel`]): its
+//! keys cut into up to `parallelism` contiguous parts of at least
+//! [`MIN_KEYS_PER_PART`] keys, each walked as above, concurrently, so their
+//! blocking sections run on several blocking threads at once (the page
+//! stream's `--page-service-read-parallelism`). Each key's walk is
+//! independent of the others', so the split changes no result.
+//!
 //! Invariants: the result for each key is what walking its layers one by
 //! one gives (newest first, until an image or an initialising record, then
 //! redo). A layer file is pinned (and made resident: on-demand download)
@@ -38,6 +45,10 @@ use crate::storage::key::Key;
 use crate::storage::layer_map::SearchLayer;
 use crate::storage::{ReconstructResult, ValueReconstructState};
 
+/// Keys per part of a split read, at least: a part's blocking section
+/// must be worth the thread hop.
+pub const MIN_KEYS_PER_PART: usize = 16;
+
 /// Where the walk of one key stands.
 struct Walk {
     key: Key,
@@ -52,6 +63,19 @@ struct Walk {
 type Visits = Vec<(usize, std::ops::Range<Lsn>)>;
 
 impl Timeline {
+    /// [`Timeline::get_vectored`] split into up to `parallelism` parts
+    /// read concurrently (see the module documentation); the same results
+    /// in the same order.
+    pub async fn get_vectored_parallel(&self, keys: &[Key], lsn: Lsn, parallelism: usize) -> Vec<Result<Option<Bytes>>> {
+        let parts = parallelism.min(keys.len() / MIN_KEYS_PER_PART).max(1);
+        if parts == 1 {
+            return self.get_vectored(keys, lsn).await;
+        }
+        let per_part = keys.len().div_ceil(parts);
+        let reads = keys.chunks(per_part).map(|chunk| self.get_vectored(chunk, lsn));
+        futures::future::join_all(reads).await.into_iter().flatten().collect()
+    }
+
     /// The values of `keys` at `lsn` (no waiting, no scope check), in the
     /// order of `keys`: `Ok(None)` for a key without a value at `lsn`.
     pub async fn get_vectored(&self, keys: &[Key], lsn: Lsn) -> Vec<Result<Option<Bytes>>> {
