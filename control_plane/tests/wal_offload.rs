@@ -113,6 +113,7 @@ fn stream_wal(pg_port: u16, tenant: &str, timeline: &str, start: Lsn, len: u64) 
     rt.block_on(async {
         let mut conf: pq_proto::ConnConfig = format!("postgresql://test@127.0.0.1:{pg_port}/postgres").parse().unwrap();
         conf.options = Some(format!("-c tenant_id={tenant} -c timeline_id={timeline}"));
+        conf.password = common::token_for_port(pg_port);
         let mut client = pq_proto::ReplicationClient::connect_config(&conf).await.map_err(|e| e.to_string())?;
         client.identify_system().await.map_err(|e| e.to_string())?;
         let mut stream = client.start_replication(None, start, 1).await.map_err(|e| e.to_string())?;
