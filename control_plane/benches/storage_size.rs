@@ -23,6 +23,15 @@
 //! every `STRATA_BENCH_SAMPLE_SECS` (default 60). With
 //! `STRATA_BENCH_LAYER_LOG=FILE`, each sample also appends the timeline's
 //! detail and layer listing to FILE as one JSON line.
+//!
+//! 2026-12-02, dev profile, 2 loaded cores. Before GC asked for images
+//! (8-minute run): the L0 files of `pgbench -i` and every L0 holding keys
+//! of a partition that changed in fewer than `image_creation_threshold`
+//! flushes were never removed; the physical size went 422 → 1071 MiB
+//! (2.24x, +96% over the last 300 s) with 9 L0 files left. After (600 s,
+//! pgbench slowed to 129 tps by builds beside it): 1.19x at the end,
+//! physical size between 553 and 680 MiB over the last 300 s (-10.5%
+//! end to end; peaks 680 vs 618 MiB), 1-3 L0 files.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -25,6 +25,16 @@
 //! where before up to 8 reads ran on blocking threads beside the protocol
 //! work; splitting large batches over two blocking sections is the next
 //! step.
+//!
+//! 2026-12-02, load average 8-10 on the 2 cores (figures far below the
+//! ones above; ratios within one run are what counts), dev profile,
+//! before → after large batches are split over `--page-service-read-
+//! parallelism` blocking sections and values come from the value block
+//! cache (runs alternated before/after/before/after... on the same data):
+//! page stream 1 connection 8.1k / 8.9k → 10.6k / 15.0k pages/s, 4
+//! connections 9.4k / 9.1k → 17.9k / 11.5k; in-process batched 10.4k /
+//! 11.5k → 10.5k / 18.2k; one at a time 2.3k / 3.5k → 2.4k / 3.7k; pread
+//! 236k / 306k / 344k / 378k.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
