@@ -52,7 +52,10 @@ fn pgbench(pg: &PgCluster) -> anyhow::Result<Figures> {
 
 /// Stock PostgreSQL with `n` `pg_receivewal --synchronous` standbys, `quorum`
 /// of which must confirm each commit (`ANY quorum (recv1, …)`; with one
-/// receiver simply `recv1`).
+/// receiver simply `recv1`). Each receiver streams through its own physical
+/// replication slot, as each safekeeper does (the slot is what keeps the
+/// WAL of a receiver that is down; it costs the compute a slot update per
+/// acknowledgement).
 fn stock_with_pg_receivewal(n: usize, quorum: usize) -> anyhow::Result<Figures> {
     let names: Vec<String> = (1..=n).map(|i| format!("recv{i}")).collect();
     let standby_names =
@@ -62,8 +65,9 @@ fn stock_with_pg_receivewal(n: usize, quorum: usize) -> anyhow::Result<Figures> 
     let mut receivers: Vec<Child> = Vec::new();
     for (name, dir) in names.iter().zip(&dirs) {
         let conn = format!("host=127.0.0.1 port={} user=postgres application_name={name}", pg.port());
+        pg.sql(&format!("SELECT pg_create_physical_replication_slot('{name}')"))?;
         let child = Command::new(pg_bin("pg_receivewal"))
-            .args(["--synchronous", "-d", &conn, "-D"])
+            .args(["--synchronous", "--slot", name, "-d", &conn, "-D"])
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
