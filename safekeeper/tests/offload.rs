@@ -140,6 +140,18 @@ fn one_safekeeper_offloads_and_another_takes_over_when_it_dies() -> anyhow::Resu
     Ok(())
 }
 
+/// One safekeeper with `args`, a table, and `segments` segments of WAL
+/// offloaded; returns the compute's flush LSN and the end of the last
+/// whole segment.
+fn offloaded(args: &[String], segments: usize) -> anyhow::Result<(Env, Lsn, Lsn)> {
+    let env = Env::with_args(1, 1, &[], args)?;
+    env.pg.sql("CREATE TABLE t(id serial primary key, v text)")?;
+    let end = write_segments(&env, segments)?;
+    let done = end.segment_start(SEG_SIZE);
+    wait_backup(&env, &[0], done)?;
+    Ok((env, end, done))
+}
+
 /// A replication connection to safekeeper `i` of `env`'s timeline.
 async fn connect(env: &Env, i: usize) -> anyhow::Result<pq_proto::ReplicationClient> {
     let mut conf: pq_proto::ConnConfig = format!("postgresql://test@127.0.0.1:{}/postgres", env.sks[i].pg_port).parse()?;
@@ -175,11 +187,7 @@ fn offloaded_wal_in_s3_is_served_after_local_removal() -> anyhow::Result<()> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let env = Env::with_args(1, 1, &[], &args)?;
-    env.pg.sql("CREATE TABLE t(id serial primary key, v text)")?;
-    let end = write_segments(&env, 3)?;
-    let done = end.segment_start(SEG_SIZE);
-    wait_backup(&env, &[0], done)?;
+    let (env, end, done) = offloaded(&args, 3)?;
 
     // Each object is the safekeeper's segment, byte for byte.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -196,12 +204,7 @@ fn offloaded_wal_in_s3_is_served_after_local_removal() -> anyhow::Result<()> {
         pos += SEG_SIZE;
     }
     // Below min(remote_consistent_lsn, backup_lsn) the local WAL goes.
-    let feedback = rt.block_on(async {
-        let mut stream = connect(&env, 0).await?.start_replication(None, end, 1).await?;
-        let update = pq_proto::StrataFeedback { write_lsn: end, disk_consistent_lsn: end, remote_consistent_lsn: end, timeline_size_bytes: 0, send_time_us: 0 };
-        stream.send(update).await?;
-        anyhow::Ok(stream)
-    })?;
+    let feedback = rt.block_on(pageserver_feedback(&env, 0, end, end))?;
     wait_until(Duration::from_secs(60), || Ok(env.sks[0].lsn(env.tenant, env.timeline, "timeline_start_lsn")? >= done))
         .context("old WAL not removed")?;
     drop(feedback);
@@ -277,11 +280,7 @@ fn offloaded_wal_below_the_pageservers_upload_is_deleted() -> anyhow::Result<()>
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let env = Env::with_args(1, 1, &[], &args)?;
-    env.pg.sql("CREATE TABLE t(id serial primary key, v text)")?;
-    let end = write_segments(&env, 4)?;
-    let done = end.segment_start(SEG_SIZE);
-    wait_backup(&env, &[0], done)?;
+    let (env, end, done) = offloaded(&args, 4)?;
     let first = env.start_lsn.segment_start(SEG_SIZE);
     let all = remote_names(remote.path(), &env)?;
     // No pageserver has uploaded anything yet: a GC pass deletes nothing.
