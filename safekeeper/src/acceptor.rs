@@ -94,8 +94,10 @@ pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
                     Ok(thread) => thread,
                     Err(e) => {
                         tracing::error!("cannot start the compute connection's thread: {e}");
-                        tokio::time::sleep(MAX_BACKOFF).await;
-                        continue;
+                        tokio::select! {
+                            _ = tokio::time::sleep(MAX_BACKOFF) => continue,
+                            _ = tl.cancel.cancelled() => return,
+                        }
                     }
                 };
                 // None: stop this connection and look again.

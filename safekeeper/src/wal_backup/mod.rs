@@ -288,7 +288,7 @@ async fn upload_segment(tl: &Timeline, storage: &GenericRemoteStorage, start: Ls
     let path = segment_path(tl.dir(), PG_TLI, start, seg);
     let data = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || read_segment(&path, seg))
+        tokio::task::spawn_blocking(move || read_segment(&path, seg).map(Bytes::from))
             .await
             .map_err(|e| WalBackupError::Join(e.to_string()))??
     };
@@ -319,14 +319,14 @@ async fn upload_segment(tl: &Timeline, storage: &GenericRemoteStorage, start: Ls
     }
 }
 
-fn read_segment(path: &Path, seg_size_bytes: u64) -> Result<Bytes, WalBackupError> {
+fn read_segment(path: &Path, seg_size_bytes: u64) -> Result<Vec<u8>, WalBackupError> {
     let local = |source| WalBackupError::Local { path: path.to_path_buf(), source };
     let data = std::fs::read(path).map_err(local)?;
     if data.len() as u64 != seg_size_bytes {
         let msg = format!("{} bytes, expected {seg_size_bytes}", data.len());
         return Err(local(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)));
     }
-    Ok(Bytes::from(data))
+    Ok(data)
 }
 
 /// Delete every offloaded segment of a timeline (it is being deleted).

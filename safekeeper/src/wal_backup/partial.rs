@@ -141,7 +141,7 @@ async fn read_committed_prefix(tl: &Timeline, end: Lsn) -> Result<Bytes, WalBack
     let path = segment_path(tl.dir(), PG_TLI, end, seg);
     let valid = end.segment_offset(seg) as usize;
     tokio::task::spawn_blocking(move || {
-        let mut data = read_segment(&path, seg)?.to_vec();
+        let mut data = read_segment(&path, seg)?;
         data[valid..].fill(0);
         Ok(Bytes::from(data))
     })

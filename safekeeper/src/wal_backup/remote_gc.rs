@@ -82,12 +82,10 @@ fn remote_horizon(tl: &Timeline) -> Lsn {
 /// Whether the object `key` is a segment (or partial segment) wholly below
 /// `horizon` and older than `retention`.
 fn deletable(key: &RemotePath, meta: &RemoteObjectMeta, horizon: Lsn, seg_size_bytes: u64, now: SystemTime, retention: Duration) -> bool {
+    // A segment is named by its 24 hex digits; a partial one starts with them.
     let name = key.object_name();
-    let is_partial = partial_end_of(key).is_some();
-    let Some(start) = name.get(..24).and_then(|prefix| segment_start_of_name(prefix, seg_size_bytes)) else { return false };
-    if !is_partial && name.len() != 24 {
-        return false;
-    }
+    let segment_name = if partial_end_of(key).is_some() { name.get(..24) } else { Some(name) };
+    let Some(start) = segment_name.and_then(|n| segment_start_of_name(n, seg_size_bytes)) else { return false };
     // A modification time after `now` (clock skew) counts as age zero.
     let old_enough = now.duration_since(meta.last_modified).unwrap_or(Duration::ZERO) >= retention;
     start.checked_add(seg_size_bytes).is_some_and(|end| end <= horizon) && old_enough
