@@ -24,14 +24,26 @@
 //!   proxy; replication connections only as [`REPLICATION_ROLE`], the
 //!   cluster's safekeepers, with the cluster's replication password. Other
 //!   roles the user creates log in with their own passwords.
+//! * [`CLIENT_ROLE`] is not a superuser and has neither `REPLICATION` nor
+//!   `CREATEROLE` (on PostgreSQL 15, `CREATEROLE` may grant itself
+//!   `pg_execute_server_program`), so a client can neither stream WAL
+//!   (`replication=database` needs one of the two attributes) nor run
+//!   programs or read files as the Postgres user, who also owns every other
+//!   endpoint's data directory. It owns the `postgres` database (so its
+//!   `public` schema), may create databases, and holds `pg_read_all_data`,
+//!   `pg_write_all_data` (tables made before it existed), `pg_monitor`,
+//!   `pg_checkpoint` and `pg_signal_backend`.
+//! * [`SUPERUSER_ROLE`] and [`REPLICATION_ROLE`] are refused on TCP for
+//!   databases; the superuser has no password at all.
 //! * The Unix socket is trusted. It lives in the runtime directory, mode
 //!   0700 and owned by the Postgres user, so only that user and root reach
 //!   it — and both can read and change the data directory anyway, so a
 //!   password there would protect nothing. The control plane sets the
-//!   passwords over it, and the proxy counts client backends over it.
+//!   roles over it as [`SUPERUSER_ROLE`], and the proxy counts client
+//!   backends over it.
 //! * [`Endpoint::configure_roles`] gives the compute the stored SCRAM
 //!   verifiers (never a cleartext password) and changes the catalog only
-//!   when they differ, committing with `synchronous_commit = local`: the
+//!   when it differs, committing with `synchronous_commit = local`: the
 //!   safekeepers cannot connect (nor acknowledge) before the replication
 //!   role exists.
 
@@ -44,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use utils::id::{TenantId, TimelineId};
 use utils::pg_user::{pg_bin_dir, PgUser};
 
-use crate::secrets::{Credential, CLIENT_ROLE, REPLICATION_ROLE};
+use crate::secrets::{Credential, CLIENT_ROLE, REPLICATION_ROLE, SUPERUSER_ROLE};
 
 pub const ENDPOINT_FILE: &str = "endpoint.toml";
 /// WAL a compute keeps for an absent safekeeper's slot; one further behind
@@ -246,7 +258,8 @@ impl Endpoint {
     /// Trust on the Unix socket; passwords on loopback TCP, and on the
     /// subnets the compute is directly on when it listens on another
     /// address (its safekeepers on other hosts); replication only as
-    /// [`REPLICATION_ROLE`]. See the module doc.
+    /// [`REPLICATION_ROLE`], which with [`SUPERUSER_ROLE`] is refused for
+    /// databases. The first matching line decides. See the module doc.
     fn hba(&self) -> String {
         let mut hba = "# Written by strata at every `strata endpoint start`.\n\
                        # The socket's directory is reachable by root and the Postgres user only.\n\
@@ -257,7 +270,12 @@ impl Endpoint {
             nets.push("samenet");
         }
         for net in nets {
-            hba.push_str(&format!("host all all {net} scram-sha-256\nhost replication {REPLICATION_ROLE} {net} scram-sha-256\n"));
+            hba.push_str(&format!(
+                "host replication {REPLICATION_ROLE} {net} scram-sha-256\n\
+                 host all {REPLICATION_ROLE} {net} reject\n\
+                 host all {SUPERUSER_ROLE} {net} reject\n\
+                 host all all {net} scram-sha-256\n"
+            ));
         }
         hba
     }
@@ -333,13 +351,13 @@ impl Endpoint {
 }
 
 impl Endpoint {
-    /// Run `sql` as [`CLIENT_ROLE`] over the compute's Unix socket with
+    /// Run `sql` as [`SUPERUSER_ROLE`] over the compute's Unix socket with
     /// psql, the SQL on its standard input (never on a command line, which
     /// every local user can read); returns psql's output.
     pub async fn psql_local(&self, sql: &str) -> anyhow::Result<String> {
         use tokio::io::AsyncWriteExt;
         let mut child = tokio::process::Command::new(pg_bin_dir().join("psql"))
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", CLIENT_ROLE, "-d", "postgres", "-h"])
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", SUPERUSER_ROLE, "-d", "postgres", "-h"])
             .arg(self.runtime_dir())
             .args(["-p", &self.port.to_string()])
             .env("PGCONNECT_TIMEOUT", "10")
@@ -359,30 +377,83 @@ impl Endpoint {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Give the running compute the passwords of [`CLIENT_ROLE`] (this
-    /// endpoint's) and of [`REPLICATION_ROLE`] (the cluster's, creating the
-    /// role), as SCRAM verifiers; nothing is written when it has them.
+    /// Give the running compute the roles of the module doc: the client
+    /// role with this endpoint's password (created, with its grants and the
+    /// `postgres` database, at the first start of a tenant's data, and
+    /// demoted if an older version made it a superuser), the cluster's
+    /// replication role, and no password for the superuser. Nothing is
+    /// written when all is in place.
     pub async fn configure_roles(&self, replication: &Credential) -> anyhow::Result<()> {
         let client = self.credential.as_ref().with_context(|| format!("endpoint {} has no password", self.name))?;
-        let query = format!("SELECT rolname || ' ' || coalesce(rolpassword, '') FROM pg_authid WHERE rolname IN ('{CLIENT_ROLE}', '{REPLICATION_ROLE}')");
-        let current = self.psql_local(&query).await?;
-        let has = |role: &str, verifier: &str| current.lines().any(|l| l.split_once(' ') == Some((role, verifier)));
-        let exists = |role: &str| current.lines().any(|l| l.split_once(' ').is_some_and(|(r, _)| r == role));
-        let mut sql = String::new();
-        if !has(CLIENT_ROLE, &client.scram_verifier) {
-            sql.push_str(&format!("ALTER ROLE {CLIENT_ROLE} PASSWORD '{}';\n", client.scram_verifier));
-        }
-        if !has(REPLICATION_ROLE, &replication.scram_verifier) {
-            let verb = if exists(REPLICATION_ROLE) { "ALTER" } else { "CREATE" };
-            sql.push_str(&format!("{verb} ROLE {REPLICATION_ROLE} LOGIN REPLICATION PASSWORD '{}';\n", replication.scram_verifier));
-        }
+        let query = format!(
+            "SELECT rolname, coalesce(rolpassword, ''), rolsuper OR rolreplication OR rolcreaterole FROM pg_authid \
+             WHERE rolname IN ('{CLIENT_ROLE}', '{REPLICATION_ROLE}', '{SUPERUSER_ROLE}')"
+        );
+        let current = RoleRows::parse(&self.psql_local(&query).await?);
+        let sql = role_changes(&current, &client.scram_verifier, &replication.scram_verifier);
         if sql.is_empty() {
             return Ok(());
         }
         // Local commit: the safekeepers need this role to connect at all.
         let preamble = "SET synchronous_commit = local;\nSET log_statement = 'none';\nSET password_encryption = 'scram-sha-256';\n";
-        self.psql_local(&format!("{preamble}{sql}")).await.map(drop)
+        self.psql_local(&format!("{preamble}BEGIN;\n{sql}COMMIT;\n")).await.map(drop)
     }
+}
+
+/// Rows of `pg_authid` as `configure_roles` reads them (psql's unaligned
+/// `|`-separated output): name, verifier, and whether the role has a power
+/// the module doc denies clients.
+struct RoleRows(Vec<(String, String, bool)>);
+
+impl RoleRows {
+    fn parse(out: &str) -> RoleRows {
+        let rows = out
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, '|');
+                Some((f.next()?.to_string(), f.next()?.to_string(), f.next()? == "t"))
+            })
+            .collect();
+        RoleRows(rows)
+    }
+
+    fn get(&self, role: &str) -> Option<&(String, String, bool)> {
+        self.0.iter().find(|(r, _, _)| r == role)
+    }
+}
+
+/// The SQL that brings the roles to the module doc's state (empty when
+/// they are there).
+fn role_changes(current: &RoleRows, client_verifier: &str, replication_verifier: &str) -> String {
+    let mut sql = String::new();
+    match current.get(CLIENT_ROLE) {
+        None => {
+            sql.push_str(&format!(
+                "CREATE ROLE {CLIENT_ROLE} LOGIN CREATEDB NOSUPERUSER NOCREATEROLE NOREPLICATION PASSWORD '{client_verifier}';\n\
+                 GRANT pg_read_all_data, pg_write_all_data, pg_monitor, pg_checkpoint, pg_signal_backend TO {CLIENT_ROLE};\n\
+                 ALTER DATABASE postgres OWNER TO {CLIENT_ROLE};\n"
+            ));
+        }
+        Some((_, verifier, powerful)) => {
+            if *powerful {
+                sql.push_str(&format!("ALTER ROLE {CLIENT_ROLE} NOSUPERUSER NOCREATEROLE NOREPLICATION;\n"));
+            }
+            if verifier != client_verifier {
+                sql.push_str(&format!("ALTER ROLE {CLIENT_ROLE} PASSWORD '{client_verifier}';\n"));
+            }
+        }
+    }
+    match current.get(REPLICATION_ROLE) {
+        None => sql.push_str(&format!("CREATE ROLE {REPLICATION_ROLE} LOGIN REPLICATION PASSWORD '{replication_verifier}';\n")),
+        Some((_, verifier, _)) if verifier != replication_verifier => {
+            sql.push_str(&format!("ALTER ROLE {REPLICATION_ROLE} PASSWORD '{replication_verifier}';\n"))
+        }
+        Some(_) => {}
+    }
+    if current.get(SUPERUSER_ROLE).is_some_and(|(_, verifier, _)| !verifier.is_empty()) {
+        sql.push_str(&format!("ALTER ROLE {SUPERUSER_ROLE} PASSWORD NULL;\n"));
+    }
+    sql
 }
 
 /// A free loopback port for a new endpoint, starting at `from`.
@@ -393,4 +464,32 @@ pub fn free_port(from: u16, taken: &[u16]) -> anyhow::Result<u16> {
         }
     }
     bail!("no free port in {from}..{}", from.saturating_add(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_created_once_then_left_alone() {
+        let fresh = RoleRows::parse("postgres||t\n");
+        let sql = role_changes(&fresh, "V1", "R1");
+        assert!(sql.contains(&format!("CREATE ROLE {CLIENT_ROLE} LOGIN CREATEDB NOSUPERUSER NOCREATEROLE NOREPLICATION PASSWORD 'V1'")), "{sql}");
+        assert!(sql.contains("ALTER DATABASE postgres OWNER TO"), "{sql}");
+        assert!(sql.contains(&format!("CREATE ROLE {REPLICATION_ROLE} LOGIN REPLICATION PASSWORD 'R1'")), "{sql}");
+        assert!(!sql.contains("PASSWORD NULL"), "{sql}");
+
+        let done = RoleRows::parse(&format!("postgres||t\n{CLIENT_ROLE}|V1|f\n{REPLICATION_ROLE}|R1|t\n"));
+        assert_eq!(role_changes(&done, "V1", "R1"), "");
+    }
+
+    #[test]
+    fn an_old_superuser_password_and_powers_are_taken_away() {
+        let old = RoleRows::parse(&format!("postgres|SCRAM-SHA-256$4096:x$y:z|t\n{CLIENT_ROLE}|V0|t\n{REPLICATION_ROLE}|R1|t\n"));
+        let sql = role_changes(&old, "V1", "R1");
+        assert!(sql.contains(&format!("ALTER ROLE {CLIENT_ROLE} NOSUPERUSER NOCREATEROLE NOREPLICATION")), "{sql}");
+        assert!(sql.contains(&format!("ALTER ROLE {CLIENT_ROLE} PASSWORD 'V1'")), "{sql}");
+        assert!(sql.contains("ALTER ROLE postgres PASSWORD NULL"), "{sql}");
+        assert!(!sql.contains("CREATE ROLE"), "{sql}");
+    }
 }

@@ -15,8 +15,13 @@ use anyhow::Context;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-/// The role clients log in as (the bootstrap superuser of every tenant).
-pub const CLIENT_ROLE: &str = "postgres";
+/// The role clients log in as: the owner of the `postgres` database, not a
+/// superuser (see `Endpoint::configure_roles` for what it may do).
+pub const CLIENT_ROLE: &str = "strata_owner";
+/// The bootstrap superuser. It has no password, and `pg_hba.conf` refuses
+/// it on TCP: only the control plane and the proxy use it, over the
+/// compute's Unix socket.
+pub const SUPERUSER_ROLE: &str = "postgres";
 /// The role the safekeepers stream from computes as.
 pub const REPLICATION_ROLE: &str = "strata_replication";
 const SECRETS_DIR: &str = "secrets";

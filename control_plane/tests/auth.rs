@@ -3,8 +3,9 @@
 //! compute refuses TCP clients without it (28P01 for a wrong one), directly
 //! and through the proxy; the right one works by `options=`, by TLS SNI and
 //! by the `endpoint=NAME;PASSWORD` password form; replication is for the
-//! safekeepers' role only, and no password shows in status, the safekeeper
-//! API, logs or any other file of the cluster.
+//! safekeepers' role only, the client role is no superuser (no walsender,
+//! no programs, no way to the superuser), and no password shows in status,
+//! the safekeeper API, logs or any other file of the cluster.
 
 mod common;
 
@@ -49,7 +50,7 @@ fn the_password_is_shown_once_and_only_the_right_one_gets_in() {
     let first = repo.ok(&["endpoint", "start", "main"]);
     let password = password_of(&repo, "main");
     let (compute, proxy, _) = ports(&repo);
-    assert!(first.contains(&format!("psql \"postgresql://postgres:{password}@127.0.0.1:{proxy}/postgres?options=endpoint%3Dmain\"")), "{first}");
+    assert!(first.contains(&format!("psql \"postgresql://strata_owner:{password}@127.0.0.1:{proxy}/postgres?options=endpoint%3Dmain\"")), "{first}");
     assert_eq!(mode_of(&repo.path.join("endpoints/main/endpoint.toml")), 0o600);
     assert_eq!(mode_of(&repo.path.join("secrets/replication_password")), 0o600);
     assert_eq!(mode_of(&repo.path.join("secrets")), 0o700);
@@ -59,28 +60,28 @@ fn the_password_is_shown_once_and_only_the_right_one_gets_in() {
     assert_eq!(repo.ok(&["endpoint", "show-password", "main"]).trim(), password, "a restart changed the password");
 
     // No password, and a wrong one: refused directly and through the proxy.
-    let direct = format!("host=127.0.0.1 port={compute} user=postgres dbname=postgres");
-    let proxied = format!("host=127.0.0.1 port={proxy} user=postgres dbname=postgres options=endpoint=main");
+    let direct = format!("host=127.0.0.1 port={compute} user=strata_owner dbname=postgres");
+    let proxied = format!("host=127.0.0.1 port={proxy} user=strata_owner dbname=postgres options=endpoint=main");
     for conninfo in [&direct, &proxied] {
         assert!(psql_error(conninfo).contains("no password supplied"), "{conninfo} let a client in without a password");
         assert_eq!(sqlstate_of_login(&format!("{conninfo} password=wrong")), INVALID_PASSWORD, "{conninfo}");
     }
-    let wrong_form = format!("host=127.0.0.1 port={proxy} user=postgres dbname=postgres password='endpoint=main;wrong'");
+    let wrong_form = format!("host=127.0.0.1 port={proxy} user=strata_owner dbname=postgres password='endpoint=main;wrong'");
     assert_eq!(sqlstate_of_login(&wrong_form), INVALID_PASSWORD);
 
     // The right one: direct, by options=, by SNI over TLS, by the password form.
-    assert_eq!(psql(&format!("{direct} password={password}"), "SELECT current_user"), "postgres");
+    assert_eq!(psql(&format!("{direct} password={password}"), "SELECT current_user"), "strata_owner");
     psql(&format!("{proxied} password={password}"), "CREATE TABLE t AS SELECT 1 AS v");
     assert_eq!(psql(&format!("{proxied} password={password}"), "SELECT count(*) FROM t"), "1");
-    let by_sni = format!("host=main.localhost hostaddr=127.0.0.1 port={proxy} user=postgres dbname=postgres password={password} sslmode=require");
+    let by_sni = format!("host=main.localhost hostaddr=127.0.0.1 port={proxy} user=strata_owner dbname=postgres password={password} sslmode=require");
     assert_eq!(psql(&by_sni, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"), "f", "the compute leg is plain TCP");
     let conninfo = psql(&by_sni, "\\conninfo");
     assert!(conninfo.contains("SSL connection"), "{conninfo}");
-    let form = format!("postgresql://postgres:endpoint%3Dmain%3B{password}@127.0.0.1:{proxy}/postgres");
+    let form = format!("postgresql://strata_owner:endpoint%3Dmain%3B{password}@127.0.0.1:{proxy}/postgres");
     assert_eq!(psql(&form, "SELECT count(*) FROM t"), "1");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let form = format!("host=127.0.0.1 port={proxy} user=postgres dbname=postgres password='endpoint=main;{password}'");
+        let form = format!("host=127.0.0.1 port={proxy} user=strata_owner dbname=postgres password='endpoint=main;{password}'");
         let (client, connection) = tokio_postgres::connect(&form, tokio_postgres::NoTls).await.expect("password form");
         tokio::spawn(connection);
         let v: i32 = client.query_one("SELECT v FROM t WHERE v = $1", &[&1i32]).await.unwrap().get(0);
@@ -124,13 +125,32 @@ fn only_the_safekeepers_replicate_and_no_password_leaks() {
     // Commits need the safekeeper's acknowledgement: it streams as its role.
     psql(&url, "CREATE TABLE t(id int); INSERT INTO t VALUES (1)");
 
-    let physical = format!("host=127.0.0.1 port={compute} user=postgres password={password} dbname=postgres replication=true");
+    let physical = format!("host=127.0.0.1 port={compute} user=strata_owner password={password} dbname=postgres replication=true");
     let err = psql_error(&physical);
-    assert!(err.contains("no pg_hba.conf entry for replication connection"), "replication as postgres: {err}");
-    // Through the proxy no walsender at all (a superuser could stream WAL
-    // with replication=database, which pg_hba.conf lets through).
+    assert!(err.contains("no pg_hba.conf entry for replication connection"), "physical replication as the client: {err}");
+    // A logical walsender goes by the database lines of pg_hba.conf, so it
+    // is the role that stops it: the client role may not replicate.
+    let logical = format!("host=127.0.0.1 port={compute} user=strata_owner password={password} dbname=postgres replication=database");
+    let err = psql_error(&logical);
+    assert!(err.contains("must be superuser or replication role"), "replication=database as the client: {err}");
+    // The superuser and the replication role are refused on TCP for databases.
+    for user in ["postgres", "strata_replication"] {
+        let err = psql_error(&format!("host=127.0.0.1 port={compute} user={user} password={password} dbname=postgres"));
+        assert!(err.contains("pg_hba.conf rejects connection"), "{user} on TCP: {err}");
+    }
+    // The client owns its database but cannot become what the Postgres
+    // user is (who owns every endpoint's files).
+    assert_eq!(psql(&url, "SELECT rolsuper::text || rolcreaterole::text || rolreplication::text FROM pg_roles WHERE rolname = current_user"), "falsefalsefalse");
+    psql(&url, "CREATE TABLE owned(v int); DROP TABLE owned");
+    psql(&url, "CREATE DATABASE mine");
+    for forbidden in ["COPY (SELECT 1) TO PROGRAM 'true'", "GRANT pg_execute_server_program TO strata_owner", "ALTER ROLE strata_owner SUPERUSER", "SELECT pg_read_file('postgresql.conf')"] {
+        let out = Command::new(PSQL).args(["-X", "-At", "-v", "ON_ERROR_STOP=1", &url, "-c", forbidden]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("ERROR:"), "{forbidden} as the client: {err}");
+    }
+    // Through the proxy no walsender at all.
     for mode in ["true", "database"] {
-        let err = psql_error(&format!("host=127.0.0.1 port={proxy} user=postgres password={password} dbname=postgres options=endpoint=main replication={mode}"));
+        let err = psql_error(&format!("host=127.0.0.1 port={proxy} user=strata_owner password={password} dbname=postgres options=endpoint=main replication={mode}"));
         assert!(err.contains("replication connections are not accepted through the proxy"), "replication={mode} through the proxy: {err}");
     }
     // Not even with the client role's password under the replication role.

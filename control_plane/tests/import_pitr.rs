@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{pageserver_http, psql, started_cluster, url_of, Repo};
+use common::{pageserver_http, psql, started_cluster, superuser_conninfo, url_of, Repo};
 use utils::lsn::Lsn;
 
 /// `endpoint start` through the CLI; returns (endpoint name, URL).
@@ -169,15 +169,15 @@ fn import_branch_at_lsn_and_timestamp() {
     }
     assert_eq!(a.lines().count(), b.lines().count());
     assert!(a.contains("CREATE INDEX acct_note") && a.contains("late"), "dump misses state 2");
-    amcheck(&latest);
-    amcheck(&main);
+    amcheck(&superuser_conninfo(&repo, &latest_ep));
+    amcheck(&superuser_conninfo(&repo, &main_ep));
     repo.ok(&["endpoint", "stop", &latest_ep]);
 
     // A branch at the older LSN shows exactly state 1.
     repo.ok(&["timeline", "branch", "--branch-name", "old", "--ancestor-start-lsn", &l1.to_string()]);
     let (old_ep, old) = endpoint_start(&repo, &["old", "--branch-name", "old"]);
     assert_eq!(fingerprint(&old), state1);
-    amcheck(&old);
+    amcheck(&superuser_conninfo(&repo, &old_ep));
     repo.ok(&["endpoint", "stop", &old_ep]);
 
     // Point in time: the last commit at or before t1 is state 1's.

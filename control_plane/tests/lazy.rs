@@ -81,7 +81,7 @@ fn pgbench_on_a_lazy_compute_then_compare_and_dump_against_full() {
     psql(&url, "CREATE TABLE gone AS SELECT 1 AS x; DROP TABLE gone");
     psql(&url, "CHECKPOINT");
     assert_eq!(psql(&url, "SELECT count(*), sum(g) FROM big"), "25000|312512500");
-    pg_amcheck(&url);
+    pg_amcheck(&common::superuser_conninfo(&repo, "lz"));
     let sum = psql(&url, "SELECT sum(abalance) FROM pgbench_accounts");
 
     let report = repo.ok(&["endpoint", "compare", "lz"]);

@@ -77,20 +77,20 @@ fn one_port_routes_to_two_branches_and_refuses_what_it_cannot_route() {
     assert!(conninfo.contains("SSL connection"), "{conninfo}");
     let ca = repo.path.join("tls/ca.crt");
     let (main_pw, dev_pw) = (common::password_of(&repo, "main"), common::password_of(&repo, "dev"));
-    let verified = format!("postgresql://postgres:{main_pw}@localhost:{port}/postgres?options=endpoint%3Dmain&sslmode=verify-full&sslrootcert={}", ca.display());
+    let verified = format!("postgresql://strata_owner:{main_pw}@localhost:{port}/postgres?options=endpoint%3Dmain&sslmode=verify-full&sslrootcert={}", ca.display());
     assert_eq!(psql(&verified, "SELECT count(*) FROM t"), "2");
-    let by_sni = format!("host=dev.localhost hostaddr=127.0.0.1 port={port} user=postgres password={dev_pw} dbname=postgres sslmode=verify-full sslrootcert={}", ca.display());
+    let by_sni = format!("host=dev.localhost hostaddr=127.0.0.1 port={port} user=strata_owner password={dev_pw} dbname=postgres sslmode=verify-full sslrootcert={}", ca.display());
     assert_eq!(psql(&by_sni, "SELECT string_agg(v, ',' ORDER BY v) FROM t"), "before the branch,dev only");
-    let wrong_name = psql_error(&format!("host=main.example.com hostaddr=127.0.0.1 port={port} user=postgres sslmode=verify-full sslrootcert={}", ca.display()));
+    let wrong_name = psql_error(&format!("host=main.example.com hostaddr=127.0.0.1 port={port} user=strata_owner sslmode=verify-full sslrootcert={}", ca.display()));
     assert!(wrong_name.contains("does not match host name"), "{wrong_name}");
 
-    let unknown = psql_error(&format!("postgresql://postgres@127.0.0.1:{port}/postgres?options=endpoint%3Dnope"));
+    let unknown = psql_error(&format!("postgresql://strata_owner@127.0.0.1:{port}/postgres?options=endpoint%3Dnope"));
     assert!(unknown.contains("endpoint \"nope\" does not exist"), "{unknown}");
     // No endpoint named: the proxy asks for the password form, and refuses
     // any other password with what to do.
-    let missing = psql_error(&format!("postgresql://postgres:not-the-form@127.0.0.1:{port}/postgres"));
+    let missing = psql_error(&format!("postgresql://strata_owner:not-the-form@127.0.0.1:{port}/postgres"));
     assert!(missing.contains("no endpoint given") && missing.contains("options=endpoint"), "{missing}");
-    let hostile = psql_error(&format!("postgresql://postgres@127.0.0.1:{port}/postgres?options=endpoint%3D..%2Fx"));
+    let hostile = psql_error(&format!("postgresql://strata_owner@127.0.0.1:{port}/postgres?options=endpoint%3D..%2Fx"));
     assert!(hostile.contains("is not valid"), "{hostile}");
     repo.ok(&["endpoint", "stop", "dev"]);
     let stopped = psql_error(&dev);

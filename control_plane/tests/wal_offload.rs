@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{http_post, metric, psql, started_cluster, url_of, Repo};
+use common::{http_post, metric, psql, started_cluster, superuser_conninfo, url_of, Repo};
 use control_plane::config::Config;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -146,7 +146,7 @@ fn wal_is_offloaded_removed_locally_and_still_served() {
     cl.kill9_sk(3);
     for _ in 0..6 {
         psql(&main, "INSERT INTO t(v) SELECT md5(g::text) FROM generate_series(1, 2000) g");
-        psql(&main, "SELECT pg_switch_wal()");
+        psql(&superuser_conninfo(&repo, "main"), "SELECT pg_switch_wal()");
     }
     psql(&main, "INSERT INTO t(v) VALUES ('after the switches')");
     let end: Lsn = psql(&main, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
@@ -236,7 +236,7 @@ fn wal_is_offloaded_removed_locally_and_still_served() {
     repo.ok(&["timeline", "branch", "--branch-name", "dev"]);
     let dev = url_of(&repo, &repo.ok(&["endpoint", "start", "dev", "--branch-name", "dev"]));
     psql(&dev, "INSERT INTO t(v) SELECT 'dev' FROM generate_series(1, 1000)");
-    psql(&dev, "SELECT pg_switch_wal()");
+    psql(&superuser_conninfo(&repo, "dev"), "SELECT pg_switch_wal()");
     psql(&dev, "INSERT INTO t(v) VALUES ('dev after the switch')");
     let state = control_plane::state::State::load(&repo.path).unwrap();
     let dev_tl = state.branches.iter().find(|b| b.name == "dev").unwrap().timeline_id.to_string();

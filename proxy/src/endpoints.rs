@@ -211,6 +211,8 @@ impl Endpoints {
         let stopped = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Endpoint>> {
             let Some(ep) = Endpoint::load(&repo, &name)? else { return Ok(None) };
             ep.stop_postgres()?;
+            // Counted before it shows: whoever sees `suspended` sees the count.
+            METRICS.suspends.inc();
             Endpoint { suspended: true, ..ep.clone() }.save(&repo)?;
             Ok(Some(ep))
         })
@@ -219,7 +221,6 @@ impl Endpoints {
         if let Some(ep) = stopped.filter(|e| e.lazy_active) {
             control_plane::lazy::stop(&self.repo, &ep).await?;
         }
-        METRICS.suspends.inc();
         info!(endpoint = ep.name, idle_s = idle.as_secs(), "suspended idle endpoint");
         Ok(())
     }

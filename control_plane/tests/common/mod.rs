@@ -151,6 +151,14 @@ pub fn endpoint_url(repo: &Repo, name: &str) -> String {
     endpoint(repo, name).url_with_password()
 }
 
+/// A conninfo for endpoint `name` as the superuser, over its Unix socket
+/// (the superuser is refused on TCP): for what clients may not do, such as
+/// `CREATE EXTENSION amcheck` or `pg_switch_wal()`.
+pub fn superuser_conninfo(repo: &Repo, name: &str) -> String {
+    let ep = endpoint(repo, name);
+    format!("host={} port={} user={} dbname=postgres", ep.runtime_dir().display(), ep.port, control_plane::secrets::SUPERUSER_ROLE)
+}
+
 /// The URL of endpoint `name` through the proxy, with its password.
 pub fn proxy_url(repo: &Repo, name: &str) -> String {
     let cluster = control_plane::cluster::Cluster::load(&repo.path).expect("repository config");

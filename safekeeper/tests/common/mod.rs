@@ -28,6 +28,11 @@ pub struct Safekeeper {
 }
 
 impl Safekeeper {
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn new(id: u64, broker: &str, extra_args: &[String]) -> anyhow::Result<Safekeeper> {
         let mut sk = Safekeeper {
             id,
