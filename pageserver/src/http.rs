@@ -98,7 +98,7 @@ impl From<PageReconstructError> for ApiError {
         use PageReconstructError::*;
         let code = match &e {
             MissingKey { .. } | RelationNotFound { .. } | BlockBeyondEnd { .. } => StatusCode::NOT_FOUND,
-            BelowBranchPoint { .. } | BelowGcCutoff { .. } => StatusCode::BAD_REQUEST,
+            BelowBranchPoint { .. } | BelowGcCutoff { .. } | LsnOutOfRange { .. } => StatusCode::BAD_REQUEST,
             WaitLsnTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             LayerDownload { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
