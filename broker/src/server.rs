@@ -7,6 +7,8 @@
 //!   — the [`TimelineView`] once its version exceeds `N` (or after `T` ms,
 //!   whatever it is then). Without `after_version` it answers at once.
 //! * `GET /metrics` — Prometheus text format.
+//! * `GET /v1/openapi.json` — the OpenAPI document of these routes
+//!   (`broker/openapi.json`, with the scopes each takes).
 //!
 //! With `--auth-public-key-dir`, publishing takes a `safekeeperdata` (or
 //! `admin`) token, and reading a timeline's view also a `pageserverapi`
@@ -31,6 +33,9 @@ use tokio::sync::watch;
 use utils::id::{TenantId, TimelineId};
 
 use crate::{PublishedInfo, SafekeeperTimelineInfo, TimelineView};
+
+/// The OpenAPI document of the broker's routes.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
 /// Longest a subscriber may wait in one request.
 const MAX_POLL_TIMEOUT_MS: u64 = 60_000;
@@ -158,6 +163,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/publish", post(publish))
         .route("/v1/tenant/{tenant_id}/timeline/{timeline_id}", get(timeline_view))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(|| async { http_api::openapi_response(OPENAPI_JSON) }))
         .with_state(broker)
 }
 

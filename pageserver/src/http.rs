@@ -98,7 +98,7 @@ impl From<PageReconstructError> for ApiError {
         use PageReconstructError::*;
         let code = match &e {
             MissingKey { .. } | RelationNotFound { .. } | BlockBeyondEnd { .. } => StatusCode::NOT_FOUND,
-            BelowBranchPoint { .. } | BelowGcCutoff { .. } => StatusCode::BAD_REQUEST,
+            BelowBranchPoint { .. } | BelowGcCutoff { .. } | LsnOutOfRange { .. } => StatusCode::BAD_REQUEST,
             WaitLsnTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             LayerDownload { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -533,10 +533,14 @@ impl RelQuery {
 
 /// The LSN a debug read is at: `lsn`, default the last record LSN. A future
 /// LSN is waited for (up to the timeout, then 504) only while WAL can arrive,
-/// i.e. the walreceiver is connected; otherwise it is a 400 at once.
+/// i.e. the walreceiver is connected; otherwise it is a 400 at once. An LSN
+/// before the timeline's first WAL (`0/0`, say) is a 400 too.
 fn read_lsn(tl: &Timeline, lsn: Option<Lsn>) -> ApiResult<Lsn> {
     let last = tl.last_record_lsn();
     let lsn = lsn.unwrap_or(last);
+    if lsn < tl.initdb_lsn {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("LSN {lsn} is before the start {} of timeline {}", tl.initdb_lsn, tl.timeline_id)));
+    }
     if lsn > last && !walreceiver::status(tl).connected {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,

@@ -337,6 +337,16 @@ pub static PAGE_SERVICE_CONNECTIONS: LazyLock<prometheus::IntGauge> = LazyLock::
     .expect("metric names are unique")
 });
 
+/// Page service connections closed because the startup packet and
+/// authentication were not done within the startup timeout.
+pub static PAGE_SERVICE_STARTUP_TIMEOUTS: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "strata_pageserver_page_service_startup_timeouts_total",
+        "Page service connections closed for not finishing startup and authentication in time"
+    )
+    .expect("metric names are unique")
+});
+
 /// Page-stream requests served, by kind.
 pub static PAGESTREAM_REQUESTS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
     prometheus::register_int_counter_vec!(

@@ -91,7 +91,13 @@ async fn main() -> anyhow::Result<()> {
     });
     tokio::spawn(Arc::clone(&endpoints).run_suspender(Duration::from_millis(args.suspend_check_interval_ms)));
     let router = axum::Router::new().route("/metrics", axum::routing::get(|| async { proxy::metrics::gather_text() }));
-    tokio::spawn(async move { axum::serve(http, router).await });
+    // The shared server: header-read timeout and connection limit, as on
+    // every other component's HTTP port.
+    tokio::spawn(async move {
+        if let Err(e) = http_api::serve(http, router, std::future::pending()).await {
+            tracing::error!("metrics server failed: {e}");
+        }
+    });
     tracing::info!(listen = %args.listen, repo = %args.repo_dir.display(), tls = args.tls_cert.is_some(), "proxy started");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(serve(listener, ctx, stop_rx));

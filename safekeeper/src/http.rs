@@ -145,6 +145,18 @@ fn status_of(tl: &Timeline, offload: bool) -> TimelineStatus {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A start LSN in the last segment of the LSN space leaves no room for WAL
+/// (positions past it would overflow): refused with 400.
+fn check_room_for_wal(start_lsn: Lsn, seg_size_bytes: u64) -> ApiResult<()> {
+    match start_lsn.checked_next_segment_start(seg_size_bytes) {
+        Some(_) => Ok(()),
+        None => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("start_lsn {start_lsn} is in the last WAL segment of the LSN space: no room for WAL"),
+        )),
+    }
+}
+
 async fn create(
     State(tls): State<Arc<Timelines>>,
     ApiPath(tenant_id): ApiPath<TenantId>,
@@ -160,6 +172,7 @@ async fn create(
     if !req.start_lsn.is_aligned() {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("start_lsn {} is not 8-byte aligned", req.start_lsn)));
     }
+    check_room_for_wal(req.start_lsn, req.wal_seg_size_bytes)?;
     let tl = tls.create(tenant_id, &req)?;
     Ok((StatusCode::CREATED, Json(status_of(&tl, tls.conf.remote_storage.is_some()))))
 }
@@ -170,6 +183,10 @@ async fn set_compute(
     ApiJson(spec): ApiJson<ComputeSpec>,
 ) -> ApiResult<Json<TimelineStatus>> {
     let tl = tls.get(tenant_id, timeline_id)?;
+    if !spec.start_lsn.is_valid() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "start_lsn 0/0 is not a WAL position".to_string()));
+    }
+    check_room_for_wal(spec.start_lsn, tl.seg_size_bytes())?;
     tl.set_compute(spec).await?;
     Ok(Json(status_of(&tl, tls.conf.remote_storage.is_some())))
 }

@@ -19,6 +19,11 @@
 //!   new decoder at a known record boundary to go on.
 //! * An XLOG_SWITCH record ends the segment: the rest of it is skipped and
 //!   the record's `end_lsn` is the next segment's start, as in PostgreSQL.
+//! * Input never reaches the last segment of the LSN space: bytes that would
+//!   go past [`WalStreamDecoder::lsn_limit`] poison the decoder
+//!   (`EndOfLsnSpace`) instead of being taken, so every position the decoder
+//!   computes (`lsn + n`, the aligned record end, the next segment start
+//!   after an XLOG_SWITCH) fits in a `u64`.
 
 use bytes::{Buf, Bytes, BytesMut};
 use utils::lsn::Lsn;
@@ -88,6 +93,8 @@ pub enum DecodeErrorReason {
     BadPrevLink { found: Lsn, expected: Lsn },
     #[error("incorrect record checksum: stored {stored:#010X}, computed {computed:#010X}")]
     BadCrc { stored: u32, computed: u32 },
+    #[error("{len} more bytes of WAL would run into the last segment of the LSN space (from {limit})")]
+    EndOfLsnSpace { len: u64, limit: Lsn },
 }
 
 enum State {
@@ -146,7 +153,13 @@ impl WalStreamDecoder {
 
     /// LSN of the next byte the decoder expects.
     pub fn available_lsn(&self) -> Lsn {
+        // Never overflows: input stops at `lsn_limit` (see `feed_bytes`).
         self.lsn + self.input.len() as u64
+    }
+
+    /// The start of the last segment of the LSN space: input stops there.
+    pub fn lsn_limit(&self) -> Lsn {
+        Lsn(u64::MAX - self.seg_size_bytes + 1)
     }
 
     /// LSN up to which input has been consumed.
@@ -159,8 +172,19 @@ impl WalStreamDecoder {
         self.system_id
     }
 
-    /// Append the next bytes of the stream.
+    /// Append the next bytes of the stream. Bytes that would reach past
+    /// [`WalStreamDecoder::lsn_limit`] are not taken: they poison the decoder
+    /// with `EndOfLsnSpace`, which `poll_decode` then returns.
     pub fn feed_bytes(&mut self, bytes: &[u8]) {
+        let limit = self.lsn_limit();
+        let available = self.available_lsn();
+        let len = bytes.len() as u64;
+        if available > limit || limit.0 - available.0 < len {
+            if self.poisoned.is_none() {
+                self.poisoned = Some(WalDecodeError { lsn: available, reason: DecodeErrorReason::EndOfLsnSpace { len, limit } });
+            }
+            return;
+        }
         self.input.extend_from_slice(bytes);
     }
 
@@ -376,6 +400,7 @@ impl WalStreamDecoder {
             });
         }
         self.prev_record = Some(start_lsn);
+        // Neither overflows: `self.lsn` is at most `lsn_limit`, a segment start.
         let mut end_lsn = self.lsn.align();
         self.state = State::WaitingForRecord;
         if hdr.is_xlog_switch() {
@@ -401,4 +426,52 @@ fn check_record_header(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controlfile::CheckPoint;
+    use crate::walgen::{encode_checkpoint_record, segment_with_record};
+
+    const SEG: u64 = 1 << 20;
+
+    #[test]
+    fn records_decode_up_to_the_last_segment_of_the_lsn_space() {
+        // A record on the last page of the second-to-last segment; the
+        // input runs exactly up to the decoder's limit.
+        let limit = Lsn(u64::MAX - SEG + 1);
+        let rec = encode_checkpoint_record(&CheckPoint::default(), Lsn(0), true);
+        let at = Lsn((limit.0 - 64 - rec.len() as u64) & !7);
+        let (seg, end) = segment_with_record(at, &rec, 7, SEG).unwrap();
+        let from = (at.0 - at.segment_start(SEG).0) as usize;
+        let mut decoder = WalStreamDecoder::new(at, SEG);
+        decoder.feed_bytes(&seg[from..]);
+        assert_eq!((decoder.lsn_limit(), decoder.available_lsn()), (limit, limit));
+        let first = decoder.poll_decode().unwrap().expect("the record");
+        assert_eq!((first.start_lsn, first.end_lsn), (at, end.align()));
+        assert!(decoder.poll_decode().unwrap_err().is_end_of_wal());
+        // One byte more would run into the last segment: a clean error.
+        let mut decoder = WalStreamDecoder::new(at, SEG);
+        decoder.feed_bytes(&seg[from..]);
+        decoder.feed_bytes(&[0]);
+        let err = decoder.poll_decode().unwrap_err();
+        assert!(matches!(err.reason, DecodeErrorReason::EndOfLsnSpace { len: 1, .. }), "{err}");
+        assert_eq!(err.lsn, limit);
+    }
+
+    #[test]
+    fn a_start_in_the_last_segment_is_refused_not_wrapped() {
+        for start in [Lsn(u64::MAX - 7), Lsn(u64::MAX - SEG + 1), Lsn(u64::MAX - 8191)] {
+            let mut decoder = WalStreamDecoder::new(start, SEG);
+            decoder.feed_bytes(&[0u8; 64]);
+            let err = decoder.poll_decode().unwrap_err();
+            assert!(matches!(err.reason, DecodeErrorReason::EndOfLsnSpace { .. }), "{start}: {err}");
+            assert_eq!(decoder.available_lsn(), start);
+        }
+        // A chunk that straddles the limit.
+        let mut decoder = WalStreamDecoder::new(Lsn(u64::MAX - SEG - 15), SEG);
+        decoder.feed_bytes(&vec![0u8; 32]);
+        assert!(matches!(decoder.poll_decode().unwrap_err().reason, DecodeErrorReason::EndOfLsnSpace { len: 32, .. }));
+    }
 }

@@ -73,9 +73,21 @@ pub struct XLogData {
 }
 
 impl XLogData {
-    /// The LSN just past this chunk.
+    /// The LSN just past this chunk (saturating; a parsed chunk never
+    /// reaches past `u64::MAX`, [`ReplicationMessage::parse`] refuses it).
     pub fn end_lsn(&self) -> Lsn {
-        Lsn(self.wal_start.0.wrapping_add(self.data.len() as u64))
+        Lsn(self.wal_start.0.saturating_add(self.data.len() as u64))
+    }
+
+    /// A chunk whose end is past the end of the LSN space is malformed.
+    fn check_range(&self) -> Result<()> {
+        match self.wal_start.checked_add(self.data.len() as u64) {
+            Some(_) => Ok(()),
+            None => Err(ProtocolError::malformed(
+                WHAT,
+                format!("{} bytes of WAL at {} run past the end of the LSN space", self.data.len(), self.wal_start),
+            )),
+        }
     }
 }
 
@@ -166,6 +178,9 @@ impl ReplicationMessage {
             tag => return Err(unknown_tag(tag)),
         };
         r.finish()?;
+        if let ReplicationMessage::XLogData(x) = &msg {
+            x.check_range()?;
+        }
         Ok(msg)
     }
 
@@ -177,6 +192,7 @@ impl ReplicationMessage {
                 let mut msg = Self::parse(payload.get(..25).unwrap_or_default())?;
                 if let ReplicationMessage::XLogData(x) = &mut msg {
                     x.data = payload.slice(25..);
+                    x.check_range()?;
                 }
                 Ok(msg)
             }
@@ -414,6 +430,25 @@ mod tests {
             ReplicationMessage::parse(&k),
             Err(ProtocolError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn wal_past_the_end_of_the_lsn_space_is_malformed() {
+        let chunk = |start: u64, len: usize| {
+            let mut b = BytesMut::new();
+            let data = Bytes::from(vec![0u8; len]);
+            ReplicationMessage::XLogData(XLogData { wal_start: Lsn(start), wal_end: Lsn(0), send_time_us: 0, data }).encode(&mut b);
+            b.freeze()
+        };
+        for (start, len, ok) in [(u64::MAX - 16, 16, true), (u64::MAX - 16, 17, false), (u64::MAX, 1, false), (u64::MAX, 0, true)] {
+            let msg = chunk(start, len);
+            assert_eq!(ReplicationMessage::parse(&msg).is_ok(), ok, "{start:X}+{len}");
+            match ReplicationMessage::parse_bytes(msg) {
+                Ok(ReplicationMessage::XLogData(x)) => assert!(ok && x.end_lsn() == Lsn(start + len as u64)),
+                Err(ProtocolError::Malformed { .. }) => assert!(!ok),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

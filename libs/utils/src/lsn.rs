@@ -49,9 +49,20 @@ impl Lsn {
     }
 
     /// Round up to the next multiple of 8 (PostgreSQL's `MAXALIGN` on x86-64),
-    /// where every WAL record starts.
+    /// where every WAL record starts. Panics above `FFFFFFFF/FFFFFFF8`; use
+    /// [`Lsn::checked_align`] on LSNs from input.
     pub fn align(self) -> Lsn {
         Lsn((self.0 + 7) & !7)
+    }
+
+    /// [`Lsn::align`], `None` where the next multiple of 8 is past `u64::MAX`.
+    pub fn checked_align(self) -> Option<Lsn> {
+        self.0.checked_add(7).map(|v| Lsn(v & !7))
+    }
+
+    /// First LSN of the next segment, `None` past the end of the LSN space.
+    pub fn checked_next_segment_start(self, seg_size_bytes: u64) -> Option<Lsn> {
+        self.segment_start(seg_size_bytes).checked_add(seg_size_bytes)
     }
 
     pub fn is_aligned(self) -> bool {
@@ -214,6 +225,11 @@ mod tests {
     fn alignment_and_padding() {
         assert_eq!(Lsn(0x1001).align(), Lsn(0x1008));
         assert_eq!(Lsn(0x1008).align(), Lsn(0x1008));
+        assert_eq!(Lsn(0x1001).checked_align(), Some(Lsn(0x1008)));
+        assert_eq!(Lsn(u64::MAX - 7).checked_align(), Some(Lsn(u64::MAX - 7)));
+        assert_eq!(Lsn(u64::MAX - 6).checked_align(), None);
+        assert_eq!(Lsn::MAX.checked_next_segment_start(1 << 24), None);
+        assert_eq!(Lsn(1).checked_next_segment_start(1 << 24), Some(Lsn(1 << 24)));
         assert!(Lsn(0x10).is_aligned());
         assert!(!Lsn(0x11).is_aligned());
         assert_eq!(Lsn(0x1001).calc_padding(8), 7);

@@ -94,6 +94,10 @@ struct Args {
     /// within this many milliseconds, or the connection is closed.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     page_service_partial_message_timeout_ms: u64,
+    /// Page service: the startup packet, the token and the greeting must be
+    /// done within this many milliseconds, or the connection is closed.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    page_service_startup_timeout_ms: u64,
     /// Page stream: requests read ahead and served as one batch, at most.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     page_service_pipeline_depth: u64,
@@ -118,6 +122,7 @@ fn page_service_conf(args: &Args, keys: Option<Arc<auth::KeySet>>) -> anyhow::Re
     Ok(pageserver::read::page_service::PageServiceConf {
         auth: keys,
         partial_message_timeout_ms: args.page_service_partial_message_timeout_ms,
+        startup_timeout_ms: args.page_service_startup_timeout_ms,
         pipeline_depth: usize::try_from(args.page_service_pipeline_depth).context("--page-service-pipeline-depth")?,
         read_parallelism: usize::try_from(args.page_service_read_parallelism)
             .context("--page-service-read-parallelism")?,

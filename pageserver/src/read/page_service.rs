@@ -28,6 +28,14 @@
 //!   Errors are ErrorResponses (SQLSTATE XX000, or 42P01 for an unknown
 //!   relation); the connection stays usable.
 //!
+//! Start-up: the startup packet, the token (with auth) and the greeting
+//! must be done within [`PageServiceConf::startup_timeout_ms`], or the
+//! connection is closed (counted in
+//! `strata_pageserver_page_service_startup_timeouts_total`): a client that
+//! sends half a startup packet, or never answers the password request,
+//! holds no task for ever. After that, a message whose first byte has
+//! arrived must be complete within `partial_message_timeout_ms`.
+//!
 //! Invariants: `strata_pageserver_page_service_connections` counts every
 //! connection until all of its tasks have ended.
 //!
@@ -71,6 +79,9 @@ pub struct PageServiceConf {
     pub read_parallelism: usize,
     /// The public keys tokens are checked against; `None`: trust.
     pub auth: Option<Arc<auth::KeySet>>,
+    /// Startup packet, authentication and greeting must be done within
+    /// this time, or the connection is closed.
+    pub startup_timeout_ms: u64,
 }
 
 impl Default for PageServiceConf {
@@ -81,6 +92,7 @@ impl Default for PageServiceConf {
             pipeline_depth: 64,
             read_parallelism: 8,
             auth: None,
+            startup_timeout_ms: 10_000,
         }
     }
 }
@@ -88,6 +100,10 @@ impl Default for PageServiceConf {
 impl PageServiceConf {
     pub fn partial_message_timeout(&self) -> Duration {
         Duration::from_millis(self.partial_message_timeout_ms)
+    }
+
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_millis(self.startup_timeout_ms)
     }
 }
 
@@ -142,19 +158,18 @@ pub(crate) type Conn = tokio::io::Join<ReadHalf, OwnedWriteHalf>;
 async fn handle(stream: TcpStream, repo: Arc<Repository>, conf: Arc<PageServiceConf>) -> Result<(), pq_proto::ProtocolError> {
     stream.set_nodelay(true)?;
     let (rd, wr) = stream.into_split();
-    let mut pgb = PostgresBackend::new(tokio::io::join(Box::new(rd) as ReadHalf, wr));
-    match pgb.read_startup().await? {
-        Some(FeMessage::StartupMessage(_)) => {}
-        _ => return Ok(()),
-    }
-    let claims = match &conf.auth {
-        None => None,
-        Some(keys) => match auth::pg::login(&mut pgb, keys, "page_service").await? {
-            Some(claims) => Some(claims),
-            None => return Ok(()),
-        },
+    let mut pgb = PostgresBackend::new(tokio::io::join(Box::new(rd) as ReadHalf, wr))
+        .with_partial_message_timeout(conf.partial_message_timeout());
+    let claims = match tokio::time::timeout(conf.startup_timeout(), start_up(&mut pgb, &conf)).await {
+        Ok(Ok(Some(claims))) => claims,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            metrics::PAGE_SERVICE_STARTUP_TIMEOUTS.inc();
+            warn!("startup and authentication not done within {} ms: closing the connection", conf.startup_timeout_ms);
+            return Ok(());
+        }
     };
-    pgb.authenticate_trust(&[("server_version", "15"), ("client_encoding", "UTF8")], 0, 0).await?;
     while let Some(msg) = pgb.read_message().await? {
         match msg {
             FeMessage::Query(q) => {
@@ -189,6 +204,25 @@ async fn handle(stream: TcpStream, repo: Arc<Repository>, conf: Arc<PageServiceC
     }
     info!("page service connection closed");
     Ok(())
+}
+
+/// Startup packet, token and greeting: `None` when the client went away,
+/// sent a cancel request or was refused; else the token's claims (`None`
+/// inside: trust). Bounded by the caller ([`PageServiceConf::startup_timeout`]).
+async fn start_up(pgb: &mut PostgresBackend<Conn>, conf: &PageServiceConf) -> Result<Option<Option<auth::Claims>>, pq_proto::ProtocolError> {
+    match pgb.read_startup().await? {
+        Some(FeMessage::StartupMessage(_)) => {}
+        _ => return Ok(None),
+    }
+    let claims = match &conf.auth {
+        None => None,
+        Some(keys) => match auth::pg::login(pgb, keys, "page_service").await? {
+            Some(claims) => Some(claims),
+            None => return Ok(None),
+        },
+    };
+    pgb.authenticate_trust(&[("server_version", "15"), ("client_encoding", "UTF8")], 0, 0).await?;
+    Ok(Some(claims))
 }
 
 /// Scopes that open the page service (besides `admin`).

@@ -168,6 +168,9 @@ pub enum PageReconstructError {
     BelowBranchPoint { lsn: Lsn, ancestor_lsn: Lsn, timeline_id: TimelineId },
     #[error("LSN {lsn} is below the GC cutoff {cutoff} of timeline {timeline_id}")]
     BelowGcCutoff { lsn: Lsn, cutoff: Lsn, timeline_id: TimelineId },
+    /// `FFFFFFFF/FFFFFFFF`: no WAL can ever reach it (and reads look at `lsn + 1`).
+    #[error("LSN {lsn} is past the end of the LSN space")]
+    LsnOutOfRange { lsn: Lsn },
     #[error("relation {rel} fork {forknum} does not exist at {lsn}")]
     RelationNotFound { rel: RelFileNode, forknum: u8, lsn: Lsn },
     #[error("block {blkno} is beyond the end of relation {rel} fork {forknum} ({nblocks} blocks) at {lsn}")]
@@ -358,6 +361,9 @@ impl Timeline {
 
     /// Refuse LSNs below a branch's start or below the GC cutoff.
     pub fn check_lsn_in_scope(&self, lsn: Lsn) -> Result<()> {
+        if lsn == Lsn::MAX {
+            return Err(PageReconstructError::LsnOutOfRange { lsn });
+        }
         check_branch_lsn(self, lsn)?;
         if self.ancestor.is_some() && lsn < self.ancestor_lsn {
             return Err(PageReconstructError::BelowBranchPoint {

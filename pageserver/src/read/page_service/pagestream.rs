@@ -422,7 +422,7 @@ fn error_kind(e: &PageReconstructError) -> ResponseKind {
     let code = match e {
         E::RelationNotFound { .. } | E::SlruSegmentNotFound { .. } => ErrorCode::NotFound,
         E::BlockBeyondEnd { .. } => ErrorCode::BeyondEnd,
-        E::BelowGcCutoff { .. } | E::BelowBranchPoint { .. } => ErrorCode::LsnOutOfRange,
+        E::BelowGcCutoff { .. } | E::BelowBranchPoint { .. } | E::LsnOutOfRange { .. } => ErrorCode::LsnOutOfRange,
         E::WaitLsnTimeout { .. } => ErrorCode::LsnTimeout,
         E::Cancelled => ErrorCode::ShuttingDown,
         E::MissingKey { .. }

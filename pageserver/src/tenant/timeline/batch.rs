@@ -45,6 +45,7 @@ pub(super) fn duplicate(e: &PageReconstructError) -> PageReconstructError {
         E::BelowGcCutoff { lsn, cutoff, timeline_id } => {
             E::BelowGcCutoff { lsn: *lsn, cutoff: *cutoff, timeline_id: *timeline_id }
         }
+        E::LsnOutOfRange { lsn } => E::LsnOutOfRange { lsn: *lsn },
         E::RelationNotFound { rel, forknum, lsn } => E::RelationNotFound { rel: *rel, forknum: *forknum, lsn: *lsn },
         E::BlockBeyondEnd { rel, forknum, blkno, nblocks, lsn } => {
             E::BlockBeyondEnd { rel: *rel, forknum: *forknum, blkno: *blkno, nblocks: *nblocks, lsn: *lsn }
