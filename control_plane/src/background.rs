@@ -80,9 +80,16 @@ pub fn log_tail(dir: &Path, lines: usize) -> String {
 
 /// Whether `url` answers with a 2xx status.
 pub async fn is_ready(url: &str) -> bool {
-    let request = reqwest::Client::new().get(url).timeout(Duration::from_secs(2)).send();
+    is_ready_with(&reqwest::Client::new(), url).await
+}
+
+async fn is_ready_with(client: &reqwest::Client, url: &str) -> bool {
+    let request = client.get(url).timeout(Duration::from_secs(2)).send();
     matches!(request.await, Ok(resp) if resp.status().is_success())
 }
+
+/// How often a starting component's readiness URL is asked.
+pub const READY_POLL: Duration = Duration::from_millis(5);
 
 impl Component {
     /// Start in the background and wait until ready.
@@ -117,14 +124,15 @@ impl Component {
         // Not waited for: it outlives this command and is reaped by init.
         drop(child);
         let deadline = Instant::now() + START_TIMEOUT;
+        let client = reqwest::Client::new();
         while Instant::now() < deadline {
-            if is_ready(&self.ready_url).await {
+            if is_ready_with(&client, &self.ready_url).await {
                 return Ok(pid);
             }
             if running_pid(&self.dir).is_none() {
                 bail!("{} exited during start:\n{}", self.name, log_tail(&self.dir, 20));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(READY_POLL).await;
         }
         bail!("{} did not become ready within {START_TIMEOUT:?}:\n{}", self.name, log_tail(&self.dir, 20))
     }

@@ -7,7 +7,8 @@
 //! the unprivileged Postgres user can reach the repository, otherwise in a
 //! directory under `/var/lib/strata/by-path/` named after that path
 //! (repositories under `/root` are not reachable). All paths are absolute.
-//! Postgres runs as that user via `pg_ctl`.
+//! Postgres runs as that user, started directly (its readiness read from
+//! `postmaster.pid`) and stopped with `pg_ctl`.
 //!
 //! A *lazy* endpoint ([`ComputeMode::Lazy`]) has the same data directory
 //! path, but it is a FUSE mount served by `lazyfs` ([`crate::lazy`]) and
@@ -125,6 +126,19 @@ pub struct Endpoint {
     /// Port of its lazyfs's metrics endpoint (`GET /metrics` on 127.0.0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lazyfs_port: Option<u16>,
+}
+
+/// How often a starting postmaster's pid file is checked for `ready`.
+pub const READY_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long a postmaster may take to accept connections.
+pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `postmaster.pid` text is that of postmaster `pid` and says it
+/// accepts connections (line 8, the status, is `ready`: PostgreSQL 15's
+/// `PM_STATUS_READY`, as `pg_ctl -w` checks).
+pub fn postmaster_ready(pid_file: &str, pid: u32) -> bool {
+    let lines: Vec<&str> = pid_file.lines().collect();
+    lines.first().and_then(|l| l.trim().parse::<u32>().ok()) == Some(pid) && lines.get(7).is_some_and(|s| s.trim() == "ready")
 }
 
 pub fn endpoints_dir(repo: &Path) -> PathBuf {
@@ -309,15 +323,64 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Start the postmaster in the background and wait until it accepts connections.
-    pub fn start_postgres(&self) -> anyhow::Result<()> {
+    /// Start the postmaster in the background (its own session, output
+    /// appended to [`Endpoint::log_path`], as `pg_ctl start` does) and wait
+    /// until its `postmaster.pid` says `ready` — checked every
+    /// [`READY_POLL`], not `pg_ctl -w`'s 100 ms. A postmaster that exits
+    /// first fails the start with its log's tail. Cancellation: dropped
+    /// midway, the postmaster keeps starting (the next start or stop finds
+    /// it by its pid file).
+    pub async fn start_postgres(&self) -> anyhow::Result<()> {
         let user = PgUser::from_env()?;
         let parent = self.pgdata.parent().context("pgdata has a parent")?;
         user.chown(parent)?;
         fs::set_permissions(&self.pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         // The trusted socket is in here: root and the Postgres user only.
         fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        self.pg_ctl(&["-w", "-t", "60", "start"])
+        let log_path = self.log_path();
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("open {}", log_path.display()))?;
+        user.chown(&log_path)?;
+        let mut cmd = user.command_in(self.at.netns.as_deref(), pg_bin_dir().join("postgres"));
+        cmd.arg("-D").arg(&self.pgdata).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        }
+        let child = cmd.spawn().context("run postgres")?;
+        let pid = child.id();
+        let child = std::sync::Arc::new(std::sync::Mutex::new(child));
+        let result = self.wait_ready(pid, &child).await;
+        // Reaped when it exits, as long as this process lives (else init does).
+        std::thread::spawn(move || {
+            let _ = child.lock().map(|mut c| c.wait());
+        });
+        result
+    }
+
+    async fn wait_ready(&self, pid: u32, child: &std::sync::Mutex<std::process::Child>) -> anyhow::Result<()> {
+        let pid_file = self.pgdata.join("postmaster.pid");
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(text) = fs::read_to_string(&pid_file) {
+                if postmaster_ready(&text, pid) {
+                    return Ok(());
+                }
+            }
+            let exited = child.lock().map_err(|_| anyhow::anyhow!("postmaster handle poisoned"))?.try_wait()?;
+            if let Some(status) = exited {
+                bail!("postgres exited during start ({status}):\n{}", self.log_tail(15));
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("postgres did not become ready within {START_TIMEOUT:?}:\n{}", self.log_tail(15));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
     /// Fast shutdown (the safekeepers receive the shutdown checkpoint).
@@ -491,5 +554,15 @@ mod tests {
         assert!(sql.contains(&format!("ALTER ROLE {CLIENT_ROLE} PASSWORD 'V1'")), "{sql}");
         assert!(sql.contains("ALTER ROLE postgres PASSWORD NULL"), "{sql}");
         assert!(!sql.contains("CREATE ROLE"), "{sql}");
+    }
+
+    #[test]
+    fn readiness_is_read_from_the_pid_file_status_line() {
+        let starting = "4242\n/d\n1700000000\n5432\n/s\nlocalhost\n  1234  5678\nstarting\n";
+        let ready = starting.replace("starting", "ready   ");
+        assert!(!postmaster_ready(starting, 4242));
+        assert!(postmaster_ready(&ready, 4242));
+        assert!(!postmaster_ready(&ready, 4243), "another postmaster's file");
+        assert!(!postmaster_ready("4242\n/d\n", 4242), "a file still being written");
     }
 }

@@ -308,7 +308,7 @@ impl Cluster {
         }
         ep.write_config(&self.conf.safekeepers.iter().map(|s| format!("sk_{}", s.id)).collect::<Vec<_>>(), self.quorum())?;
         ep.save(&self.repo)?;
-        if let Err(e) = ep.start_postgres() {
+        if let Err(e) = ep.start_postgres().await {
             // Settings that keep postgres from starting are not kept.
             let previous = existing.as_ref().map(|e| e.settings.clone()).unwrap_or_default();
             Endpoint { settings: previous, ..ep.clone() }.save(&self.repo)?;

@@ -81,6 +81,10 @@ fn pgbench_on_a_lazy_compute_then_compare_and_dump_against_full() {
     psql(&url, "CREATE TABLE gone AS SELECT 1 AS x; DROP TABLE gone");
     psql(&url, "CHECKPOINT");
     assert_eq!(psql(&url, "SELECT count(*), sum(g) FROM big"), "25000|312512500");
+    // The new table's files (and the WAL) are wholly local: opened with
+    // FUSE passthrough, and the reads above saw what was written.
+    let metrics = lazyfs_metrics(&repo, "lz");
+    assert!(metric(&metrics, "lazyfs_passthrough_opens_total").unwrap() > 0.0, "{metrics}");
     pg_amcheck(&common::superuser_conninfo(&repo, "lz"));
     let sum = psql(&url, "SELECT sum(abalance) FROM pgbench_accounts");
 
@@ -234,7 +238,12 @@ fn prefetcher_makes_every_block_local_and_can_be_turned_off() {
     let fetched = metric(&metrics, "lazyfs_blocks_fetched_total").unwrap();
     assert!(prefetched > 0.0 && fetched + prefetched >= table_blocks, "{table_blocks} blocks of pgbench_accounts: {metrics}");
     assert_eq!(metric(&metrics, "lazyfs_fetch_errors_total"), Some(0.0));
-    assert_eq!(psql(&url, "SELECT count(*) FROM pgbench_accounts"), "200000");
+    // Wholly local now: a new connection's scan opens the table with
+    // passthrough (the kernel reads the overlay file itself) and sees the data.
+    let before = metric(&metrics, "lazyfs_passthrough_opens_total").unwrap();
+    assert_eq!(psql(&url, "SELECT count(*), sum(aid) FROM pgbench_accounts"), "200000|20000100000");
+    let after = metric(&lazyfs_metrics(&repo, "lz"), "lazyfs_passthrough_opens_total").unwrap();
+    assert!(after > before, "passthrough opens {before} -> {after}");
     let report = repo.ok(&["endpoint", "compare", "lz"]);
     assert!(report.contains(" 0 differences"), "{report}");
 

@@ -18,7 +18,18 @@
 //! * `fsync`, `fsyncdir` and `flush` succeed without forwarding: the overlay
 //!   is rebuilt at every start and needs no durability;
 //! * errors of the backing directory are returned as their errno; fetch
-//!   failures as EIO.
+//!   failures as EIO;
+//! * FUSE passthrough (when the kernel offers it and lazyfs may register
+//!   backing files, i.e. runs as root): an open of a file with no pending
+//!   block is answered with the backing file, so the kernel reads and
+//!   writes it directly. The kernel refuses (EIO) to mix passthrough and
+//!   cached opens of one inode and wants one backing id for all its
+//!   passthrough opens, so per inode ([`IoMode`]): passthrough only while it
+//!   has no cached open, cached only while it has no passthrough open, one
+//!   [`BackingId`] while passthrough opens live. A file never gets a
+//!   pending block back, so once passthrough it stays so. A cached open of
+//!   an inode that was passthrough before drops the kernel's page cache
+//!   (no `FOPEN_KEEP_CACHE`): those pages may predate direct writes.
 //!
 //! Cancellation: requests are handled synchronously on fuser's worker
 //! threads; an interrupted request still completes (its reply is dropped by
@@ -35,7 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags, RenameFlags, ReplyAttr,
+    BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
@@ -60,6 +71,48 @@ struct Node {
 struct Handle {
     file: File,
     state: Arc<FileState>,
+    ino: u64,
+    /// Opened with passthrough (counted in [`IoMode::passthrough`]).
+    passthrough: bool,
+}
+
+/// How the kernel does I/O on one inode's open files (see the module doc).
+#[derive(Default)]
+struct IoMode {
+    cached: usize,
+    passthrough: usize,
+    /// Registered while `passthrough > 0`.
+    backing: Option<BackingId>,
+    had_passthrough: bool,
+}
+
+/// An open answered either way.
+enum OpenReply {
+    Open(ReplyOpen),
+    Create(ReplyCreate, FileAttr),
+}
+
+impl OpenReply {
+    fn open_backing(&self, file: &File) -> io::Result<BackingId> {
+        match self {
+            OpenReply::Open(r) => r.open_backing(file),
+            OpenReply::Create(r, _) => r.open_backing(file),
+        }
+    }
+
+    fn cached(self, fh: FileHandle, flags: FopenFlags) {
+        match self {
+            OpenReply::Open(r) => r.opened(fh, flags),
+            OpenReply::Create(r, attr) => r.created(&TTL, &attr, Generation(0), fh, flags),
+        }
+    }
+
+    fn passthrough(self, fh: FileHandle, id: &BackingId) {
+        match self {
+            OpenReply::Open(r) => r.opened_passthrough(fh, FopenFlags::empty(), id),
+            OpenReply::Create(r, attr) => r.created_passthrough(&TTL, &attr, Generation(0), fh, FopenFlags::empty(), id),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -84,6 +137,11 @@ pub struct LazyFs {
     files: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<(u64, FileType, OsString)>>>>,
     next_fh: AtomicU64,
+    io_modes: Mutex<HashMap<u64, IoMode>>,
+    /// Passthrough asked for (`--passthrough`) and granted by the kernel at init.
+    passthrough: bool,
+    /// Registering a backing file failed once (no CAP_SYS_ADMIN): no more tries.
+    passthrough_refused: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,7 +182,25 @@ impl LazyFs {
             table.by_path.insert(path.clone(), ino);
             table.nodes.insert(ino, Node { path, state: FileState::new(Some(blocks), metrics.clone()), unlinked: false });
         }
-        LazyFs { root, owner, overlay, table: Mutex::new(table), files: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
+        LazyFs {
+            root,
+            owner,
+            overlay,
+            table: Mutex::new(table),
+            files: Mutex::default(),
+            dirs: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            io_modes: Mutex::default(),
+            passthrough: false,
+            passthrough_refused: Default::default(),
+        }
+    }
+
+    /// Ask the kernel for FUSE passthrough of wholly local files at init
+    /// (off by default: [`LazyFs::new`] serves every open through lazyfs).
+    pub fn with_passthrough(mut self, on: bool) -> LazyFs {
+        self.passthrough = on;
+        self
     }
 
     /// Files that still have pending blocks, with their backing paths and
@@ -225,10 +301,68 @@ impl LazyFs {
         lock(&self.files).get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    fn add_handle(&self, file: File, state: Arc<FileState>) -> FileHandle {
+    fn add_handle(&self, file: File, state: Arc<FileState>, ino: u64, passthrough: bool) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(fh, Arc::new(Handle { file, state }));
+        lock(&self.files).insert(fh, Arc::new(Handle { file, state, ino, passthrough }));
         FileHandle(fh)
+    }
+
+    /// Answer an open (or create) of node `ino`: passthrough when the file
+    /// is wholly local and the inode has no cached open, else through
+    /// lazyfs (see the module doc for the kernel's rules).
+    fn reply_open(&self, ino: u64, file: File, state: Arc<FileState>, reply: OpenReply) {
+        let metrics = self.overlay.metrics();
+        let mut modes = lock(&self.io_modes);
+        let mode = modes.entry(ino).or_default();
+        let may = self.passthrough && !self.passthrough_refused.load(Ordering::Relaxed);
+        if may && mode.cached == 0 && (mode.passthrough > 0 || state.pending_count() == 0) {
+            if mode.backing.is_none() {
+                match reply.open_backing(&file) {
+                    Ok(id) => mode.backing = Some(id),
+                    Err(e) => {
+                        tracing::warn!("FUSE passthrough unavailable (registering a backing file failed: {e}); serving every open through lazyfs");
+                        self.passthrough_refused.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            if let Some(id) = &mode.backing {
+                mode.passthrough += 1;
+                mode.had_passthrough = true;
+                metrics.passthrough_opens.inc();
+                let fh = self.add_handle(file, state, ino, true);
+                return reply.passthrough(fh, id);
+            }
+        }
+        if mode.passthrough > 0 {
+            // Cannot happen (backing is set while passthrough opens live);
+            // a cached open now would fail with EIO in the kernel anyway.
+            return match reply {
+                OpenReply::Open(r) => r.error(Errno::EIO),
+                OpenReply::Create(r, _) => r.error(Errno::EIO),
+            };
+        }
+        mode.cached += 1;
+        metrics.cached_opens.inc();
+        let flags = if mode.had_passthrough { FopenFlags::empty() } else { FopenFlags::FOPEN_KEEP_CACHE };
+        let fh = self.add_handle(file, state, ino, false);
+        reply.cached(fh, flags)
+    }
+
+    /// Count a released handle out of its inode's [`IoMode`].
+    fn release_mode(&self, h: &Handle) {
+        let mut modes = lock(&self.io_modes);
+        let Some(mode) = modes.get_mut(&h.ino) else { return };
+        if h.passthrough {
+            mode.passthrough = mode.passthrough.saturating_sub(1);
+            if mode.passthrough == 0 {
+                mode.backing = None;
+            }
+        } else {
+            mode.cached = mode.cached.saturating_sub(1);
+        }
+        if mode.cached == 0 && mode.passthrough == 0 && !mode.had_passthrough {
+            modes.remove(&h.ino);
+        }
     }
 
     fn open_backing(path: &Path, flags: i32) -> io::Result<File> {
@@ -294,7 +428,7 @@ impl LazyFs {
         Some(apply())
     }
 
-    fn do_create(&self, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32) -> Result<(FileAttr, FileHandle), Errno> {
+    fn do_create(&self, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32) -> Result<(FileAttr, File, u64, Arc<FileState>), Errno> {
         let rel = self.child(parent, name)?;
         let path = self.backing(&rel);
         let mut opts = OpenOptions::new();
@@ -310,8 +444,7 @@ impl LazyFs {
             self.overlay.truncate(&state, &file, 0).map_err(errno)?;
         }
         let md = file.metadata().map_err(errno)?;
-        let fh = self.add_handle(file, state);
-        Ok((self.attr(ino, &md), fh))
+        Ok((self.attr(ino, &md), file, ino, state))
     }
 
     fn snapshot_dir(&self, ino: INodeNo) -> Result<Vec<(u64, FileType, OsString)>, Errno> {
@@ -341,6 +474,15 @@ impl fuser::Filesystem for LazyFs {
         for flag in [InitFlags::FUSE_WRITEBACK_CACHE, InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_ASYNC_DIO] {
             if let Err(missing) = config.add_capabilities(flag) {
                 tracing::warn!(?missing, "kernel does not offer a FUSE capability");
+            }
+        }
+        if self.passthrough {
+            // Stack depth 2: the backing directory may itself be on a
+            // stacked filesystem (overlayfs in a container).
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(2).is_ok();
+            if !granted {
+                tracing::warn!("the kernel does not offer FUSE passthrough; serving every open through lazyfs");
+                self.passthrough = false;
             }
         }
         let _ = config.set_max_write(MAX_IO_BYTES);
@@ -478,10 +620,10 @@ impl fuser::Filesystem for LazyFs {
             let rel = self.path_of(ino)?;
             let file = Self::open_backing(&self.backing(&rel), flags.0).map_err(errno)?;
             let (_, state) = self.node_for(&rel);
-            Ok::<_, Errno>(self.add_handle(file, state))
+            Ok::<_, Errno>((file, state))
         })();
         match result {
-            Ok(fh) => reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((file, state)) => self.reply_open(ino.0, file, state, OpenReply::Open(reply)),
             Err(e) => reply.error(e),
         }
     }
@@ -545,7 +687,9 @@ impl fuser::Filesystem for LazyFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.files).remove(&fh.0);
+        if let Some(h) = lock(&self.files).remove(&fh.0) {
+            self.release_mode(&h);
+        }
         reply.ok();
     }
 
@@ -614,7 +758,7 @@ impl fuser::Filesystem for LazyFs {
 
     fn create(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         match self.do_create(parent, name, mode, umask, flags) {
-            Ok((attr, fh)) => reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((attr, file, ino, state)) => self.reply_open(ino, file, state, OpenReply::Create(reply, attr)),
             Err(e) => reply.error(e),
         }
     }

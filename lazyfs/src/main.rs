@@ -8,7 +8,8 @@
 //! behind answering ENOTCONN (the compute fails, it never reads stale data)
 //! until the control plane runs `fusermount3 -u -z`. Once mounted, the
 //! prefetcher ([`lazyfs::prefetch`]) warms every relation block in the
-//! background unless `--prefetch=false`.
+//! background unless `--prefetch=false`. Wholly local files are opened
+//! with FUSE passthrough unless `--passthrough=false` ([`lazyfs::fs`]).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -71,6 +72,12 @@ struct Args {
     /// mount (`--prefetch=false`: only on demand).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     prefetch: bool,
+    /// Open wholly local files (created by the compute, or fully fetched)
+    /// with FUSE passthrough, so the kernel does their I/O on the backing
+    /// file (needs kernel ≥ 6.9 and root; otherwise every open goes through
+    /// lazyfs, as with `--passthrough=false`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    passthrough: bool,
 }
 
 fn main() {
@@ -112,7 +119,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(base.for_prefetch(Arc::new(source)))
         }
     });
-    let fs = LazyFs::new(args.backing.clone(), Owner { uid: args.uid, gid: args.gid }, overlay, remote);
+    let fs = LazyFs::new(args.backing.clone(), Owner { uid: args.uid, gid: args.gid }, overlay, remote).with_passthrough(args.passthrough);
     let mut targets = Vec::new();
     if prefetch_overlay.is_some() {
         for (path, backing, state) in fs.remote_files() {

@@ -7,7 +7,9 @@
 //! `lazyfs_fetch_seconds`, `lazyfs_fetch_errors_total`,
 //! `lazyfs_pending_blocks` (blocks still only remote),
 //! `lazyfs_blocks_prefetched_total` (made local by the background
-//! prefetcher; `lazyfs_blocks_fetched_total` counts on-demand fetches only).
+//! prefetcher; `lazyfs_blocks_fetched_total` counts on-demand fetches only),
+//! `lazyfs_passthrough_opens_total` / `lazyfs_cached_opens_total` (opens the
+//! kernel serves from the backing file directly / through lazyfs).
 //!
 //! Cancellation: [`serve`] runs until its task is dropped; each request is
 //! independent.
@@ -24,6 +26,8 @@ pub struct Metrics {
     pub fetch_errors: IntCounter,
     pub pending_blocks: IntGauge,
     pub blocks_prefetched: IntCounter,
+    pub passthrough_opens: IntCounter,
+    pub cached_opens: IntCounter,
 }
 
 impl Metrics {
@@ -38,6 +42,8 @@ impl Metrics {
         let cache_hits = counter("lazyfs_cache_hits_total", "Blocks read by the compute that were already local");
         let blocks_prefetched = counter("lazyfs_blocks_prefetched_total", "Blocks made local by the background prefetcher");
         let blocks_written = counter("lazyfs_blocks_written_total", "Blocks (whole or part) written by the compute");
+        let passthrough_opens = counter("lazyfs_passthrough_opens_total", "Opens of wholly local files answered with FUSE passthrough (the kernel does their I/O on the backing file)");
+        let cached_opens = counter("lazyfs_cached_opens_total", "Opens whose reads and writes go through lazyfs (files with remote blocks, or passthrough unavailable)");
         let fetch_errors = counter("lazyfs_fetch_errors_total", "Fetches that failed (the read got EIO)");
         let buckets = vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0];
         let fetch_seconds = Histogram::with_opts(HistogramOpts::new("lazyfs_fetch_seconds", "Time of one batch fetch from the pageserver").buckets(buckets))
@@ -45,7 +51,7 @@ impl Metrics {
         registry.register(Box::new(fetch_seconds.clone())).expect("unique metric name");
         let pending_blocks = IntGauge::new("lazyfs_pending_blocks", "Relation blocks not yet local (still only on the pageserver)").expect("valid metric name");
         registry.register(Box::new(pending_blocks.clone())).expect("unique metric name");
-        Metrics { registry, blocks_fetched, cache_hits, blocks_written, fetch_seconds, fetch_errors, pending_blocks, blocks_prefetched }
+        Metrics { registry, blocks_fetched, cache_hits, blocks_written, fetch_seconds, fetch_errors, pending_blocks, blocks_prefetched, passthrough_opens, cached_opens }
     }
 
     pub fn render(&self) -> String {

@@ -2,7 +2,7 @@
 //! of the relation files local, so the endpoint becomes wholly local and
 //! later reads never wait for the pageserver.
 //!
-//! Owns one thread (at the lowest CPU priority) and its own page-stream
+//! Owns one thread and its own page-stream
 //! connection (so its batches never queue in front of a foreground fetch
 //! on the shared one). Order: catalogs first (files under `global/` and
 //! relations below PostgreSQL's first user OID), then the others, smallest
@@ -11,9 +11,15 @@
 //! Invariants: it goes through [`Overlay::prefetch`], the same
 //! fetch-then-write-if-still-pending path as reads, so a block the compute
 //! wrote or truncated away meanwhile is never overwritten; foreground
-//! reads win: before each batch it waits while a foreground fetch is in
-//! flight or ended less than [`QUIET_MS`] ago ([`Overlay::foreground_busy`]),
-//! so a burst of reads (the compute's start, a scan) runs alone. A failed batch is retried after a
+//! reads win for user relations: before each of their batches it waits
+//! while a foreground fetch is in flight or ended less than [`QUIET_MS`] ago
+//! ([`Overlay::foreground_busy`]), so a burst of reads (a scan) runs alone.
+//! Catalogs are warmed at once, at normal priority and without yielding:
+//! they are small, and the compute's start and first connections read them
+//! (the relation cache is built from them), so fetching them in batches on
+//! the second connection while PostgreSQL starts saves those connections
+//! one round trip per catalog block. The thread drops to the lowest CPU
+//! priority after the catalogs. A failed batch is retried after a
 //! pause, up to [`MAX_FAILURES`] in a row, then the prefetcher gives up
 //! (reads still fetch on demand). Files are held open, so a rename does not
 //! lose them and an unlinked one is simply finished or dropped.
@@ -68,7 +74,6 @@ pub fn spawn(
     let span = tracing::Span::current();
     std::thread::Builder::new().name("lazyfs-prefetch".into()).spawn(move || {
         let _enter = span.enter();
-        lowest_priority();
         let overlay = match overlay() {
             Ok(o) => o,
             Err(e) => {
@@ -96,9 +101,15 @@ pub fn run(overlay: &Overlay, targets: &[Target], stop: &AtomicBool) -> u64 {
     let total: u64 = targets.iter().map(|t| t.state.pending_count() as u64).sum();
     tracing::info!(files = targets.len(), blocks = total, "prefetch: starting");
     let (mut done, mut failures) = (0u64, 0u32);
+    let mut niced = false;
     for t in targets {
+        if !t.catalog && !niced {
+            tracing::info!(done, "prefetch: catalogs are local");
+            lowest_priority();
+            niced = true;
+        }
         while !stop.load(Ordering::Relaxed) {
-            while overlay.foreground_busy(QUIET_MS) && !stop.load(Ordering::Relaxed) {
+            while !t.catalog && overlay.foreground_busy(QUIET_MS) && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(2));
             }
             if t.state.first_pending().is_none() {
