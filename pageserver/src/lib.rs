@@ -23,6 +23,7 @@
 pub mod fuzz_targets;
 pub mod http;
 pub mod ingest;
+pub mod malloc;
 pub mod metrics;
 pub mod read;
 pub mod remote;

@@ -372,3 +372,29 @@ pub static PAGESTREAM_ERRORS: LazyLock<prometheus::IntCounterVec> = LazyLock::ne
 pub static PAGESTREAM_BATCH_REQUESTS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram("strata_pageserver_pagestream_batch_requests", "Requests served together as one page-stream batch", COUNT_BUCKETS)
 });
+
+/// Memory held by in-memory layers (open and frozen, and flushed ones a
+/// reader still holds), as [`crate::storage::inmemory::InMemoryLayer`]
+/// accounts it: values and the map's per-entry overhead.
+pub static IN_MEMORY_LAYER_BYTES: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "strata_pageserver_in_memory_layer_bytes",
+        "Bytes held by in-memory layers (open, frozen, and flushed ones still read), all timelines"
+    )
+    .expect("metric names are unique")
+});
+
+/// In-memory layers alive (open, frozen, and flushed ones still read).
+pub static IN_MEMORY_LAYERS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "strata_pageserver_in_memory_layers",
+        "In-memory layers alive (open, frozen, and flushed ones still read), all timelines"
+    )
+    .expect("metric names are unique")
+});
+
+/// Times the allocator's free memory was returned to the system
+/// (see [`crate::malloc`]).
+pub static MALLOC_TRIMS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("strata_pageserver_malloc_trims_total", "Times free memory in the allocator's arenas was returned to the system")
+});

@@ -24,6 +24,11 @@
 //!   (`EndOfLsnSpace`) instead of being taken, so every position the decoder
 //!   computes (`lsn + n`, the aligned record end, the next segment start
 //!   after an XLOG_SWITCH) fits in a `u64`.
+//! * A record's bytes are its own allocation, never a slice of the input
+//!   buffer: a record kept for long (the pageserver's in-memory layer keeps
+//!   records until they are flushed) holds only its own bytes, not the
+//!   whole chunk of WAL it arrived in (which the records dropped from it
+//!   would otherwise keep alive, unaccounted).
 
 use bytes::{Buf, Bytes, BytesMut};
 use utils::lsn::Lsn;
@@ -371,7 +376,9 @@ impl WalStreamDecoder {
         let n = remaining.min(page_left).min(self.input.len());
         let chunk = self.input.split_to(n);
         if buf.is_empty() && n == remaining {
-            *buf = chunk; // whole record in one piece: no copy
+            // Whole record in one piece: copied out (see the module
+            // invariants), so that the input's allocation is not shared.
+            *buf = BytesMut::from(&chunk[..]);
         } else {
             buf.reserve(remaining.min(64 * 1024));
             buf.extend_from_slice(&chunk);
@@ -473,5 +480,24 @@ mod tests {
         let mut decoder = WalStreamDecoder::new(Lsn(u64::MAX - SEG - 15), SEG);
         decoder.feed_bytes(&vec![0u8; 32]);
         assert!(matches!(decoder.poll_decode().unwrap_err().reason, DecodeErrorReason::EndOfLsnSpace { len: 32, .. }));
+    }
+
+    const SEG_16_MIB: u64 = 16 << 20;
+
+    /// A record decoded from a larger chunk of input owns its bytes: it does
+    /// not keep the input's allocation (and the records around it) alive.
+    #[test]
+    fn a_decoded_record_does_not_share_the_input_buffer() {
+        let lsn = Lsn(SEG_16_MIB + 8192 + 40);
+        let record = encode_checkpoint_record(&CheckPoint::default(), Lsn(0), true);
+        let (seg, end) = segment_with_record(lsn, &record, 7, SEG_16_MIB).expect("segment");
+        let mut decoder = WalStreamDecoder::new(lsn, SEG_16_MIB);
+        // The record and the 32 KiB of WAL after it, in one chunk.
+        let from = (lsn.0 - SEG_16_MIB) as usize;
+        decoder.feed_bytes(&seg[from..from + 32 * 1024]);
+        let raw = decoder.poll_decode().expect("valid").expect("a whole record");
+        assert_eq!(raw.end_lsn, end.align());
+        assert_eq!(&raw.bytes[..], &record[..]);
+        assert!(raw.bytes.is_unique(), "the record shares its allocation with the input buffer");
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! The storage flags are the defaults of every tenant; a tenant may
 //! override them (`PUT /v1/tenant/{tenant_id}/config`, `strata tenant
-//! config`), see `pageserver::tenant::config`.
+//! config`), see `pageserver::tenant::config`. The allocator is tuned
+//! (`--malloc-arena-max`, `--malloc-trim-period`, see `pageserver::malloc`)
+//! before the runtime's threads start.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,6 +118,14 @@ struct Args {
     /// every connection, so a re-signed token is picked up.
     #[arg(long, value_name = "FILE")]
     auth_token_file: Option<PathBuf>,
+    /// glibc malloc arenas, at most (0: glibc's default of 8 per CPU). Few
+    /// arenas let memory freed by one thread be reused by the others.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    malloc_arena_max: u32,
+    /// Return free memory inside malloc's arenas to the system this often
+    /// (e.g. "10s"; "0s" disables it).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    malloc_trim_period: std::time::Duration,
 }
 
 fn page_service_conf(args: &Args, keys: Option<Arc<auth::KeySet>>) -> anyhow::Result<pageserver::read::page_service::PageServiceConf> {
@@ -134,12 +144,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
     pageserver::tenant::config::parse_size(s).ok_or_else(|| format!("'{s}' is not a size (e.g. 64MiB, 10GiB)"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Before any thread exists (see pageserver::malloc).
+    let malloc_ok = pageserver::malloc::configure(args.malloc_arena_max);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let args = Args::parse();
+    if !malloc_ok {
+        tracing::warn!(malloc_arena_max = args.malloc_arena_max, "malloc refused the allocator settings");
+    }
+    pageserver::malloc::spawn_trimmer(args.malloc_trim_period).context("start the malloc-trim thread")?;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the runtime")?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.workdir).with_context(|| format!("create {}", args.workdir.display()))?;
     let mut conf = PageServerConf::new(&args.workdir);
     conf.walredo.lib_path = args.walredo_lib.clone();

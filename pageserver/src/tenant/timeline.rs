@@ -248,6 +248,10 @@ pub struct Timeline {
     flush_paused_flag: AtomicBool,
 }
 
+/// Keys of an image layer whose pages image creation reads and holds at
+/// once (2 MiB of pages).
+const IMAGE_CHUNK_KEYS: usize = 256;
+
 /// Ingest waits while this many frozen in-memory layers are not flushed
 /// yet ([`Timeline::wait_for_flush_backlog`]), so at most this many exist:
 /// memory stays at about `(MAX_FROZEN_LAYERS + 1) * checkpoint_distance`.
@@ -1086,20 +1090,28 @@ impl Timeline {
         Ok(values)
     }
 
+    /// Write the image layer of partition `p` at `lsn`, reading and writing
+    /// [`IMAGE_CHUNK_KEYS`] keys at a time, so that the pages held at once
+    /// do not grow with the partition. Dropped midway, the writer removes
+    /// its temporary file.
     async fn write_image_layer(&self, p: Partition, lsn: Lsn) -> Result<Arc<LayerFile>> {
-        let values = self.image_values(&p.keys, lsn).await?;
         let desc = LayerDesc { key_range: p.key_range, lsn_range: lsn..lsn + 1, is_image: true, generation: self.generation };
         let dir = self.path.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            let mut w = LayerFileWriter::new(&dir, desc)?;
-            for (k, v) in values {
-                w.put(k, lsn, &Value::Image(v))?;
-            }
-            w.finish()
-        })
-        .await
-        .map_err(other)?
-        .map_err(|e| other(format!("writing image layer: {e}")))?;
+        let image_err = |e: std::io::Error| other(format!("writing image layer: {e}"));
+        let mut writer = tokio::task::spawn_blocking(move || LayerFileWriter::new(&dir, desc)).await.map_err(other)?.map_err(image_err)?;
+        for keys in p.keys.chunks(IMAGE_CHUNK_KEYS) {
+            let values = self.image_values(keys, lsn).await?;
+            writer = tokio::task::spawn_blocking(move || {
+                for (k, v) in values {
+                    writer.put(k, lsn, &Value::Image(v))?;
+                }
+                Ok::<_, std::io::Error>(writer)
+            })
+            .await
+            .map_err(other)?
+            .map_err(image_err)?;
+        }
+        let file = tokio::task::spawn_blocking(move || writer.finish()).await.map_err(other)?.map_err(image_err)?;
         Ok(Arc::new(file))
     }
 
