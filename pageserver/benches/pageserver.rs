@@ -8,14 +8,19 @@
 //! 3. GetPage@LSN needing redo of ~10 records per page (full_page_writes
 //!    off, so the chain is the image plus 10 update records), one page at
 //!    a time and in batches of 64 (`get_rel_pages_at_lsn`, the page
-//!    stream's path: redo requests pipelined to the redo processes).
+//!    stream's path), the redo requests of a batch one by one over the
+//!    processes and pipelined to them (alternated in one run).
+//! 4. GetPage@LSN latency (p50/p99) at the latest LSN while `pgbench -c 2`
+//!    writes to the primary, beside the same reads with no writer.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::ps::*;
+use pageserver::metrics::{WAL_REDO_FAILURES, WAL_REDO_PIPELINED_REQUESTS};
 use pageserver::tenant::repository::Repository;
+use pageserver::walredo::PIPELINE_DEPTH;
 use pg_harness::PgCluster;
 use postgres_ffi::RelFileNode;
 use utils::lsn::Lsn;
@@ -155,25 +160,104 @@ async fn main() -> anyhow::Result<()> {
         lat.len() as f64 / secs,
         percentiles(lat)
     );
-    // 3b. The same pages in batches (what the page stream serves): their
-    // redo requests pipelined to the redo processes.
+    // 3b. The same pages in batches (what the page stream serves), their
+    // redo requests one by one over the processes (pipeline depth 1, the
+    // default) and pipelined to them, alternated in this run.
     let refs: Vec<_> = (0..rblocks).map(|b| (rrel, 0u8, b)).collect();
-    let t0 = Instant::now();
-    let mut pages = 0;
-    for _ in 0..3 {
-        for chunk in refs.chunks(64) {
-            for page in tl.get_rel_pages_at_lsn(chunk, lsn2, 8).await {
-                page?;
-                pages += 1;
+    for depth in [1, PIPELINE_DEPTH, 1, PIPELINE_DEPTH] {
+        repo.walredo.set_pipeline_depth(depth);
+        let (piped0, failed0) = (WAL_REDO_PIPELINED_REQUESTS.get_sample_sum(), WAL_REDO_FAILURES.get());
+        let t0 = Instant::now();
+        let mut pages = 0;
+        for _ in 0..10 {
+            for chunk in refs.chunks(64) {
+                for page in tl.get_rel_pages_at_lsn(chunk, lsn2, 8).await {
+                    page?;
+                    pages += 1;
+                }
             }
         }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "GetPage@LSN with redo, batches of 64, redo pipeline depth {depth:>2}: {pages} pages in {secs:.2} s = {:.0} pages/s \
+             ({:.0} pipelined, {} redo failures)",
+            pages as f64 / secs,
+            WAL_REDO_PIPELINED_REQUESTS.get_sample_sum() - piped0,
+            WAL_REDO_FAILURES.get() - failed0
+        );
     }
+    repo.walredo.set_pipeline_depth(1);
+
+    // 4. GetPage@LSN latency at the latest LSN while pgbench writes, beside
+    // the same reads with no writer (same run, same blocks).
+    let reads: Vec<u32> = (0..200_000u32).map(|i| i.wrapping_mul(2_654_435_761) % nblocks).collect();
+    let idle = latest_reads(&tl, rel, &reads, LATENCY_WINDOW).await?;
+    println!("GetPage@LSN at the latest LSN, no writer:         {:>6} reads, {}", idle.len(), percentiles(idle));
+    let port = pg.port().to_string();
+    let writer = std::process::Command::new(pg_harness::pg_bin("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-c", "2", "-T", "600", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut writer = KillOnDrop(writer);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    if let Some(status) = writer.0.try_wait()? {
+        let mut err = String::new();
+        if let Some(mut e) = writer.0.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err)?;
+        }
+        anyhow::bail!("pgbench ended early ({status}): {err}");
+    }
+    let before = pg.current_wal_insert_lsn()?;
+    let t0 = Instant::now();
+    let loaded = latest_reads(&tl, rel, &reads, LATENCY_WINDOW).await?;
     let secs = t0.elapsed().as_secs_f64();
-    println!("GetPage@LSN with redo, batches of 64: {pages} pages in {secs:.2} s = {:.0} pages/s", pages as f64 / secs);
+    let written = pg.current_wal_insert_lsn()?.0.saturating_sub(before.0);
+    drop(writer);
+    println!(
+        "GetPage@LSN at the latest LSN, pgbench -c 2 writing: {:>6} reads, {} ({:.1} MB/s of WAL written meanwhile)",
+        loaded.len(),
+        percentiles(loaded),
+        written as f64 / (1 << 20) as f64 / secs
+    );
     walreceiver_stop(&tl).await;
     repo.shutdown(false).await;
     pg.stop()?;
     Ok(())
+}
+
+/// Kills the child process when dropped (an early error return).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How long each latency figure of part 4 reads.
+const LATENCY_WINDOW: Duration = Duration::from_secs(3);
+
+/// Read `blocks` of `rel` one at a time for up to `window`, each at the
+/// timeline's latest LSN when it is asked; the latency of each.
+async fn latest_reads(
+    tl: &pageserver::tenant::timeline::Timeline,
+    rel: RelFileNode,
+    blocks: &[u32],
+    window: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut lat = Vec::with_capacity(blocks.len());
+    let started = Instant::now();
+    for &blk in blocks {
+        if started.elapsed() >= window {
+            break;
+        }
+        let s = Instant::now();
+        tl.get_rel_page_at_lsn(rel, 0, blk, tl.last_record_lsn()).await?;
+        lat.push(s.elapsed());
+    }
+    Ok(lat)
 }
 
 async fn walreceiver_stop(tl: &pageserver::tenant::timeline::Timeline) {

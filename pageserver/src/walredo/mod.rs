@@ -40,6 +40,7 @@ pub mod scratch;
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -109,9 +110,10 @@ pub struct WalRedoConfig {
     pub cpu_limit_secs: u64,
     /// Requests [`PostgresRedoManager::request_redo_many`] pipelines to one
     /// process per exchange, at most ([`PIPELINE_DEPTH`] is the largest);
-    /// 1 (the default) sends them one by one, several processes at once.
-    /// Off by default: batched GetPage with redo measured slower pipelined
-    /// (see the pageserver bench), for a reason not found yet.
+    /// 1 sends them one by one, several processes at once. Default
+    /// [`PIPELINE_DEPTH`]: batched GetPage with ~9 records of redo measured
+    /// 10.2k-11.3k pages/s pipelined beside 8.6k-8.7k one by one (the
+    /// pageserver bench, alternated in one run, 2026-12-02).
     pub pipeline_depth: usize,
 }
 
@@ -153,7 +155,7 @@ impl WalRedoConfig {
             sandbox: true,
             memory_limit_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
             cpu_limit_secs: DEFAULT_CPU_LIMIT_SECS,
-            pipeline_depth: 1,
+            pipeline_depth: PIPELINE_DEPTH,
         }
     }
 }
@@ -187,6 +189,9 @@ struct Inner {
     lib_dir: PathBuf,
     template: tokio::sync::OnceCell<PathBuf>,
     permits: Arc<Semaphore>,
+    /// [`WalRedoConfig::pipeline_depth`], changeable at run time
+    /// ([`PostgresRedoManager::set_pipeline_depth`]).
+    pipeline_depth: AtomicUsize,
     pool: Mutex<Pool>,
     live: Arc<LiveTracker>,
     last_redo_at: Mutex<Option<SystemTime>>,
@@ -231,6 +236,7 @@ impl PostgresRedoManager {
         }
         scratch::ensure_owned_dir(&conf.work_dir, &user).map_err(WalRedoError::Launch)?;
         let pool_size = conf.pool_size.max(1);
+        let pipeline_depth = conf.pipeline_depth;
         let free = (0..pool_size).rev().map(|idx| Slot { idx, proc: None }).collect();
         let inner = Arc::new(Inner {
             conf,
@@ -238,6 +244,7 @@ impl PostgresRedoManager {
             lib_dir,
             template: tokio::sync::OnceCell::new(),
             permits: Arc::new(Semaphore::new(pool_size)),
+            pipeline_depth: AtomicUsize::new(pipeline_depth),
             pool: Mutex::new(Pool { shutdown: false, free }),
             live: LiveTracker::new(),
             last_redo_at: Mutex::new(None),
@@ -281,7 +288,7 @@ impl PostgresRedoManager {
         use futures::StreamExt;
         let mut results: Vec<Option<Result<Bytes, WalRedoError>>> = (0..reqs.len()).map(|_| None).collect();
         let pipelined: Vec<usize> = (0..reqs.len()).filter(|&i| pipelinable(&reqs[i])).collect();
-        let depth = self.inner.conf.pipeline_depth.min(PIPELINE_DEPTH);
+        let depth = self.pipeline_depth();
         if depth > 1 && pipelined.len() > 1 {
             // Spread over every process, at most PIPELINE_DEPTH per exchange.
             let per_exchange = pipelined.len().div_ceil(self.pool_size()).clamp(1, depth);
@@ -348,6 +355,19 @@ impl PostgresRedoManager {
         }
         metrics::WAL_REDO_PIPELINED_REQUESTS.observe(encoded.len() as f64);
         Ok(pages)
+    }
+
+    /// Requests pipelined per exchange now (see
+    /// [`WalRedoConfig::pipeline_depth`]).
+    pub fn pipeline_depth(&self) -> usize {
+        self.inner.pipeline_depth.load(Ordering::Relaxed).clamp(1, PIPELINE_DEPTH)
+    }
+
+    /// Change [`WalRedoConfig::pipeline_depth`] for later
+    /// [`PostgresRedoManager::request_redo_many`] calls (benches compare
+    /// both settings in one run).
+    pub fn set_pipeline_depth(&self, depth: usize) {
+        self.inner.pipeline_depth.store(depth, Ordering::Relaxed);
     }
 
     /// Number of redo processes that may run at once.

@@ -9,10 +9,13 @@
 //!   whose first byte has arrived
 //!   ([`PageServiceConf::partial_message_timeout_ms`]), parses each into a
 //!   request (or an invalid-request marker, answered with an Error
-//!   response), and queues it; it reads ahead while earlier requests are
-//!   served, up to [`PageServiceConf::pipeline_depth`] queued;
+//!   response), and queues what one socket read brought as one chunk (every
+//!   complete message already buffered, at most
+//!   [`PageServiceConf::pipeline_depth`]); it reads ahead while earlier
+//!   requests are served, up to two chunks queued;
 //! * the **server** (the connection's task) takes everything queued as one
-//!   batch, resolves "latest" once per batch, serves consecutive GetPage
+//!   batch (whole chunks, until it holds `pipeline_depth` requests or
+//!   nothing more waits), resolves "latest" once per batch, serves consecutive GetPage
 //!   requests at one LSN together ([`Timeline::get_rel_pages_at_lsn`]: one
 //!   LSN check and wait, one size lookup per relation, one vectored read
 //!   of all the blocks, split into up to
@@ -27,8 +30,9 @@
 //! a message other than CopyData/CopyDone/Terminate, a length over the
 //! limit, a message left incomplete past the deadline — answered with an
 //! ErrorResponse (SQLSTATE 08P01) before closing. Memory per stream is
-//! bounded: `pipeline_depth` queued requests of at most
-//! `max_request_bytes`, one batch's results, and the output buffer.
+//! bounded: four chunks of at most `pipeline_depth` requests of at most
+//! `max_request_bytes` (two queued, one being read, one being served),
+//! one batch's results, and the output buffer.
 //!
 //! Cancellation: dropping the stream's future (connection aborted) aborts
 //! the reader task ([`AbortOnDrop`]); on every normal end the reader is
@@ -142,7 +146,9 @@ async fn run(
     conf: Arc<PageServiceConf>,
 ) -> Result<Option<PostgresBackend<Conn>>, ProtocolError> {
     info!("page stream started");
-    let (tx, mut rx) = mpsc::channel(conf.pipeline_depth.max(1));
+    // Chunks of up to pipeline_depth requests each: the reader reads ahead
+    // one chunk while the server serves the previous ones.
+    let (tx, mut rx) = mpsc::channel(2);
     let rd = BufReader::with_capacity(READ_BUFFER_BYTES, rd);
     let reader = AbortOnDrop(Some(tokio::spawn(read_requests(rd, tx, Arc::clone(&conf)).in_current_span())));
     let mut out = BytesMut::with_capacity(FLUSH_BYTES);
@@ -179,27 +185,49 @@ async fn run(
 }
 
 /// Read, parse and queue requests until the stream ends; returns the
-/// read side (with anything buffered) for a CopyDone hand-back.
+/// read side (with anything buffered) for a CopyDone hand-back. Every
+/// complete message already buffered is parsed with the one awaited, and
+/// they go to the server as one chunk (at most `pipeline_depth`): one
+/// hand-off per socket read, not per request, so the server sees the
+/// client's pipelined requests together and batches them.
 async fn read_requests(
     mut rd: BufReader<ReadHalf>,
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::Sender<Vec<Incoming>>,
     conf: Arc<PageServiceConf>,
 ) -> BufReader<ReadHalf> {
     let mut body = Vec::with_capacity(ps::MAX_REQUEST_BYTES);
+    let depth = conf.pipeline_depth.max(1);
     loop {
-        let item = match read_message(&mut rd, &mut body, &conf).await {
-            Ok(()) => match Request::parse(&body) {
-                Ok(req) => Incoming::Request(req),
-                Err(e) => Incoming::Invalid(e),
-            },
-            Err(end) => {
-                let _ = tx.send(Incoming::End(end)).await;
-                return rd;
+        let mut chunk = Vec::with_capacity(depth.min(64));
+        let mut ended = false;
+        loop {
+            let item = match read_message(&mut rd, &mut body, &conf).await {
+                Ok(()) => match Request::parse(&body) {
+                    Ok(req) => Incoming::Request(req),
+                    Err(e) => Incoming::Invalid(e),
+                },
+                Err(end) => {
+                    ended = true;
+                    Incoming::End(end)
+                }
+            };
+            chunk.push(item);
+            if ended || chunk.len() >= depth || !message_buffered(rd.buffer()) {
+                break;
             }
-        };
-        if tx.send(item).await.is_err() {
+        }
+        if tx.send(chunk).await.is_err() || ended {
             return rd;
         }
+    }
+}
+
+/// Whether `buf` starts with a whole message (tag, length, body), so
+/// reading it does not wait for the socket.
+fn message_buffered(buf: &[u8]) -> bool {
+    match buf.get(..5) {
+        Some(&[_, a, b, c, d]) => buf.len() > u32::from_be_bytes([a, b, c, d]) as usize,
+        _ => false,
     }
 }
 
@@ -250,7 +278,7 @@ async fn read_message<R: AsyncRead + Unpin>(
 
 /// Serve batches until the stream ends.
 async fn serve_requests(
-    rx: &mut mpsc::Receiver<Incoming>,
+    rx: &mut mpsc::Receiver<Vec<Incoming>>,
     wr: &mut OwnedWriteHalf,
     out: &mut BytesMut,
     tl: &Timeline,
@@ -260,10 +288,10 @@ async fn serve_requests(
     loop {
         // A reader that is gone without an End can only have been aborted.
         let Some(first) = rx.recv().await else { return Ok(StreamEnd::Closed) };
-        batch.push(first);
+        batch.extend(first);
         while batch.len() < conf.pipeline_depth.max(1) && !matches!(batch.last(), Some(Incoming::End(_))) {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(chunk) => batch.extend(chunk),
                 Err(_) => break,
             }
         }
@@ -447,4 +475,22 @@ fn push(out: &mut BytesMut, resp: Response) {
         metrics::PAGESTREAM_ERRORS.with_label_values(&[code.name()]).inc();
     }
     resp.encode_copy_data(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message_buffered;
+
+    #[test]
+    fn a_message_is_buffered_only_when_complete() {
+        // CopyData of length 8 (4 length bytes + 4 body bytes): 9 bytes.
+        let msg = [b'd', 0, 0, 0, 8, 1, 2, 3, 4];
+        assert!(message_buffered(&msg));
+        assert!(message_buffered(&[&msg[..], &msg[..3]].concat()));
+        for cut in 0..msg.len() {
+            assert!(!message_buffered(&msg[..cut]), "{cut} bytes are not a whole message");
+        }
+        // A huge declared length never counts as buffered.
+        assert!(!message_buffered(&[b'd', 0xff, 0xff, 0xff, 0xff, 0]));
+    }
 }
