@@ -122,6 +122,13 @@ pub struct ComputeConf {
     /// `lazy_prefetch = false`: blocks come only on demand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lazy_prefetch: Option<bool>,
+    /// Whether lazyfs opens wholly local files with FUSE passthrough
+    /// (absent: no). The kernel grants passthrough only to a mount without
+    /// the writeback cache, so `lazy_passthrough = true` trades the
+    /// writeback cache of files with remote blocks for direct I/O on the
+    /// others (lazyfs `--passthrough`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy_passthrough: Option<bool>,
 }
 
 fn is_full(mode: &crate::endpoint::ComputeMode) -> bool {

@@ -156,6 +156,8 @@ pub struct LazyStart<'a> {
     pub http_port: u16,
     /// Warm every relation block in the background (`[compute] lazy_prefetch`).
     pub prefetch: bool,
+    /// FUSE passthrough for wholly local files (`[compute] lazy_passthrough`).
+    pub passthrough: bool,
 }
 
 impl LazyStart<'_> {
@@ -185,6 +187,7 @@ impl LazyStart<'_> {
             format!("--gid={gid}"),
             format!("--http-port={}", self.http_port),
             format!("--prefetch={}", self.prefetch),
+            format!("--passthrough={}", self.passthrough),
         ];
         if crate::config::Config::load(self.repo)?.auth {
             let token_file = crate::auth::tenant_token_file(self.repo, ep.tenant_id)?;

@@ -345,6 +345,7 @@ impl Cluster {
             pageserver_pg_port: self.conf.pageserver.pg_port,
             http_port,
             prefetch: self.conf.compute.lazy_prefetch.unwrap_or(true),
+            passthrough: self.conf.compute.lazy_passthrough.unwrap_or(false),
         };
         start.mount().await?;
         phases.done("mount");

@@ -19,8 +19,10 @@
 //!   is rebuilt at every start and needs no durability;
 //! * errors of the backing directory are returned as their errno; fetch
 //!   failures as EIO;
-//! * FUSE passthrough (when the kernel offers it and lazyfs may register
-//!   backing files, i.e. runs as root): an open of a file with no pending
+//! * FUSE passthrough (asked for with [`LazyFs::with_passthrough`], which
+//!   replaces the writeback cache: the kernel enables passthrough only on a
+//!   connection without it; granted when the kernel offers it and lazyfs
+//!   may register backing files, i.e. runs as root): an open of a file with no pending
 //!   block is answered with the backing file, so the kernel reads and
 //!   writes it directly. The kernel refuses (EIO) to mix passthrough and
 //!   cached opens of one inode and wants one backing id for all its
@@ -471,7 +473,10 @@ impl LazyFs {
 
 impl fuser::Filesystem for LazyFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        for flag in [InitFlags::FUSE_WRITEBACK_CACHE, InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_ASYNC_DIO] {
+        // The kernel enables passthrough only on a connection without the
+        // writeback cache (process_init_reply): one or the other.
+        let cache = if self.passthrough { None } else { Some(InitFlags::FUSE_WRITEBACK_CACHE) };
+        for flag in cache.into_iter().chain([InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_ASYNC_DIO]) {
             if let Err(missing) = config.add_capabilities(flag) {
                 tracing::warn!(?missing, "kernel does not offer a FUSE capability");
             }
@@ -687,7 +692,10 @@ impl fuser::Filesystem for LazyFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(h) = lock(&self.files).remove(&fh.0) {
+        // The files lock is released before io_modes is taken (reply_open
+        // takes them the other way round).
+        let handle = lock(&self.files).remove(&fh.0);
+        if let Some(h) = handle {
             self.release_mode(&h);
         }
         reply.ok();

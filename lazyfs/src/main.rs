@@ -8,8 +8,9 @@
 //! behind answering ENOTCONN (the compute fails, it never reads stale data)
 //! until the control plane runs `fusermount3 -u -z`. Once mounted, the
 //! prefetcher ([`lazyfs::prefetch`]) warms every relation block in the
-//! background unless `--prefetch=false`. Wholly local files are opened
-//! with FUSE passthrough unless `--passthrough=false` ([`lazyfs::fs`]).
+//! background unless `--prefetch=false`. With `--passthrough=true` wholly
+//! local files are opened with FUSE passthrough and the mount has no
+//! writeback cache ([`lazyfs::fs`]).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -74,9 +75,11 @@ struct Args {
     prefetch: bool,
     /// Open wholly local files (created by the compute, or fully fetched)
     /// with FUSE passthrough, so the kernel does their I/O on the backing
-    /// file (needs kernel ≥ 6.9 and root; otherwise every open goes through
-    /// lazyfs, as with `--passthrough=false`).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// file (needs kernel ≥ 6.9 and root). The kernel grants passthrough
+    /// only without the writeback cache, so `--passthrough=true` mounts
+    /// without it; where passthrough is refused every open goes through
+    /// lazyfs.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     passthrough: bool,
 }
 
