@@ -256,9 +256,13 @@ fn allocate_segment(path: &Path, seg_size_bytes: u64) -> Result<File, WalStorage
     })
 }
 
-/// Write zeros over `[from, to)` of `file`, 1 MiB at a time.
+/// Write zeros over `[from, to)` of `file`, 8 KiB at a time, as PostgreSQL
+/// 15 pads its WAL segments. Not in bigger writes: the page cache would
+/// hold the segment in large folios (up to the write's size), and every
+/// later small WAL write and its fdatasync then walk all the buffers of a
+/// folio — a third more CPU per commit, measured with the commit bench.
 fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
-    const CHUNK: u64 = 1 << 20;
+    const CHUNK: u64 = 8 << 10;
     let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
     let (mut off, len) = (from, to);
     while off < len {
