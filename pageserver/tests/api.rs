@@ -14,13 +14,7 @@ use serde_json::{json, Value};
 async fn http_api_end_to_end() -> anyhow::Result<()> {
     let dir = workdir();
     let repo = Repository::open(conf(dir.path(), |_| {})).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = pageserver::http::router(repo.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let pg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let pg_port = pg_listener.local_addr()?.port();
-    tokio::spawn(pageserver::read::page_service::serve(pg_listener, repo.clone()));
+    let (base, pg_port) = serve_api_and_pages(&repo).await?;
     let http = reqwest::Client::new();
 
     let mut pg = pg_harness::PgCluster::init()?;

@@ -31,13 +31,7 @@ fn server_code<T: std::fmt::Debug>(r: Result<T, PageClientError>) -> Option<Erro
 async fn extreme_lsns_get_errors_and_the_server_goes_on() -> anyhow::Result<()> {
     let dir = workdir();
     let repo = Repository::open(conf(dir.path(), |c| c.wait_lsn_timeout = Duration::from_millis(300))).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = pageserver::http::router(repo.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let pg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let pg_port = pg_listener.local_addr()?.port();
-    tokio::spawn(pageserver::read::page_service::serve(pg_listener, repo.clone()));
+    let (base, pg_port) = serve_api_and_pages(&repo).await?;
 
     let (pg, tl) = imported_primary(&repo).await?;
     pg.sql("CREATE TABLE h (x int); INSERT INTO h SELECT generate_series(1, 1000)")?;

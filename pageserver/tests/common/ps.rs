@@ -35,6 +35,19 @@ pub fn conf(workdir: &Path, tweak: impl FnOnce(&mut TimelineConf)) -> PageServer
 }
 
 /// Settings of the primaries the tests stream from.
+/// Serve `repo`'s HTTP API and page service on free loopback ports;
+/// returns the API's base URL and the page service's port.
+pub async fn serve_api_and_pages(repo: &Arc<Repository>) -> anyhow::Result<(String, u16)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = pageserver::http::router(repo.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let pg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let pg_port = pg_listener.local_addr()?.port();
+    tokio::spawn(pageserver::read::page_service::serve(pg_listener, repo.clone()));
+    Ok((base, pg_port))
+}
+
 pub fn primary_settings() -> Vec<(&'static str, &'static str)> {
     let mut s = pg_harness::workload::KEEP_ALL_WAL.to_vec();
     s.extend([("autovacuum", "off"), ("wal_level", "replica"), ("max_wal_senders", "4")]);
