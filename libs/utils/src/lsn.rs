@@ -52,7 +52,7 @@ impl Lsn {
     /// where every WAL record starts. Panics above `FFFFFFFF/FFFFFFF8`; use
     /// [`Lsn::checked_align`] on LSNs from input.
     pub fn align(self) -> Lsn {
-        Lsn((self.0 + 7) & !7)
+        self.checked_align().expect("Lsn overflow")
     }
 
     /// [`Lsn::align`], `None` where the next multiple of 8 is past `u64::MAX`.
