@@ -327,7 +327,9 @@ impl Endpoint {
     /// appended to [`Endpoint::log_path`], as `pg_ctl start` does) and wait
     /// until its `postmaster.pid` says `ready` — checked every
     /// [`READY_POLL`], not `pg_ctl -w`'s 100 ms. A postmaster that exits
-    /// first fails the start with its log's tail. Cancellation: dropped
+    /// first fails the start with its log's tail. A socket lock left by a
+    /// postmaster that is gone or a zombie is removed first
+    /// ([`clear_stale_socket_lock`]). Cancellation: dropped
     /// midway, the postmaster keeps starting (the next start or stop finds
     /// it by its pid file).
     pub async fn start_postgres(&self) -> anyhow::Result<()> {
@@ -340,6 +342,7 @@ impl Endpoint {
         let log_path = self.log_path();
         let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("open {}", log_path.display()))?;
         user.chown(&log_path)?;
+        clear_stale_socket_lock(&self.runtime_dir(), self.port, STALE_LOCK_WAIT).await?;
         let mut cmd = user.command_in(self.at.netns.as_deref(), pg_bin_dir().join("postgres"));
         cmd.arg("-D").arg(&self.pgdata).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
         // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
@@ -411,6 +414,44 @@ impl Endpoint {
         crate::lazy::stop(repo, self).await?;
         stopped
     }
+}
+
+/// How long a start waits for the postmaster named in a socket lock file
+/// to finish dying (a `kill -9` returns before the process is gone).
+const STALE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Remove the socket lock file `.s.PGSQL.PORT.lock` in `dir` (and its
+/// socket) when the postmaster it names is gone or a zombie. PostgreSQL
+/// removes a lock of a dead process itself, but `kill(pid, 0)` succeeds on
+/// a zombie, so a postmaster killed hard whose parent has not reaped it
+/// yet (a container whose init reaps late or never) would block every
+/// later start on that port. A live owner is waited for up to `wait`, then
+/// left to PostgreSQL, which refuses with its own clear message.
+async fn clear_stale_socket_lock(dir: &Path, port: u16, wait: std::time::Duration) -> anyhow::Result<()> {
+    let lock = dir.join(format!(".s.PGSQL.{port}.lock"));
+    let Ok(text) = fs::read_to_string(&lock) else { return Ok(()) };
+    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()).filter(|p| *p > 0) else {
+        return Ok(()); // PostgreSQL reports a malformed lock file itself
+    };
+    let gone = || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() || crate::background::is_zombie(pid)
+    };
+    let deadline = std::time::Instant::now() + wait;
+    while !gone() {
+        if std::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    eprintln!("strata: removing {}: postmaster {pid} is gone", lock.display());
+    for path in [lock.clone(), dir.join(format!(".s.PGSQL.{port}"))] {
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove stale {}", path.display())),
+        }
+    }
+    Ok(())
 }
 
 impl Endpoint {
@@ -532,6 +573,44 @@ pub fn free_port(from: u16, taken: &[u16]) -> anyhow::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lock_naming(dir: &Path, port: u16, pid: u32) -> PathBuf {
+        let lock = dir.join(format!(".s.PGSQL.{port}.lock"));
+        fs::write(&lock, format!("{pid}\n/some/pgdata\n")).unwrap();
+        fs::write(dir.join(format!(".s.PGSQL.{port}")), "").unwrap();
+        lock
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn socket_lock_of_a_dead_or_zombie_postmaster_is_removed_and_a_live_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let lock = lock_naming(dir.path(), 5001, dead_pid);
+        block_on(clear_stale_socket_lock(dir.path(), 5001, std::time::Duration::ZERO)).unwrap();
+        assert!(!lock.exists() && !dir.path().join(".s.PGSQL.5001").exists());
+
+        // Not waited for: a zombie, which kill(pid, 0) still finds.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !crate::background::is_zombie(zombie.id() as i32) {
+            assert!(std::time::Instant::now() < deadline, "child never became a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let lock = lock_naming(dir.path(), 5002, zombie.id());
+        block_on(clear_stale_socket_lock(dir.path(), 5002, std::time::Duration::ZERO)).unwrap();
+        assert!(!lock.exists());
+        zombie.wait().unwrap();
+
+        let lock = lock_naming(dir.path(), 5003, std::process::id());
+        block_on(clear_stale_socket_lock(dir.path(), 5003, std::time::Duration::from_millis(50))).unwrap();
+        assert!(lock.exists() && dir.path().join(".s.PGSQL.5003").exists(), "a live owner's lock was removed");
+    }
 
     #[test]
     fn roles_are_created_once_then_left_alone() {
