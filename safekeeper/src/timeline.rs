@@ -319,6 +319,11 @@ impl Timeline {
         METRICS.fsync_seconds.observe(started.elapsed().as_secs_f64());
         METRICS.wal_bytes_written.inc_by(len);
         self.flush_lsn.send_replace(flush);
+        if self.lock().persistent.quorum <= 1 {
+            // Alone, this safekeeper's flush is the quorum's: committed now,
+            // not at the publish loop's next round (up to 50 ms later).
+            self.advance_commit_lsn(flush);
+        }
         if let Some(snapshot) = self.note_received(record_end) {
             // The control file's flush position is only where the next
             // open starts scanning WAL; everything below `flush` is durable
@@ -669,6 +674,21 @@ pub fn removal_horizon_of(p: &Positions, offload: bool) -> Lsn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_safekeeper_commits_what_it_flushed_at_once_a_member_of_three_does_not() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let start = Lsn(0x0100_0028);
+        for (name, peers, committed) in [("alone", vec![], true), ("of-three", vec![1, 2, 3], false)] {
+            let req = CreateTimelineRequest { timeline_id: TimelineId::generate(), start_lsn: start, peers, quorum: None, wal_seg_size_bytes: 1 << 20 };
+            let tl = Timeline::create(&dir.path().join(name), 1, TenantId::generate(), &req).unwrap();
+            let flush = rt.block_on(tl.append_and_flush(0, start, bytes::Bytes::from(vec![0u8; 100]), start, StorageIo::InLine)).unwrap();
+            assert_eq!(flush, start + 100);
+            let expected = if committed { flush } else { start };
+            assert_eq!(tl.commit_lsn(), expected, "{name}");
+        }
+    }
 
     #[test]
     fn offload_replaces_the_peer_horizon_by_backup_lsn() {

@@ -113,9 +113,11 @@ impl WalStorage {
             let offset = self.write_lsn.segment_offset(self.seg_size_bytes);
             let chunk_len = data.len().min((self.seg_size_bytes - offset) as usize);
             let segno = self.write_lsn.segment_number(self.seg_size_bytes);
-            let path = segment_path(&self.dir, PG_TLI, self.write_lsn, self.seg_size_bytes);
             let (file, dirty) = self.segment_file(segno)?;
-            file.write_all_at(&data[..chunk_len], offset).map_err(io_err(&path))?;
+            if let Err(e) = file.write_all_at(&data[..chunk_len], offset) {
+                // The path is formatted only here: this loop runs for every message.
+                return Err(io_err(&segment_path(&self.dir, PG_TLI, self.write_lsn, self.seg_size_bytes))(e));
+            }
             *dirty = true;
             self.write_lsn += chunk_len as u64;
             data = &data[chunk_len..];
@@ -127,8 +129,9 @@ impl WalStorage {
     pub fn flush(&mut self) -> Result<Lsn, WalStorageError> {
         for (segno, (file, dirty)) in self.open_files.iter_mut() {
             if *dirty {
-                let path = segment_path(&self.dir, PG_TLI, Lsn(segno * self.seg_size_bytes), self.seg_size_bytes);
-                file.sync_data().map_err(io_err(&path))?;
+                if let Err(e) = file.sync_data() {
+                    return Err(io_err(&segment_path(&self.dir, PG_TLI, Lsn(segno * self.seg_size_bytes), self.seg_size_bytes))(e));
+                }
                 *dirty = false;
             }
         }
