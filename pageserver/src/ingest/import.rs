@@ -207,18 +207,22 @@ fn import_rel_dir(sink: &mut Sink<'_>, buf: &mut [u8], spc: u32, db: u32, dir: &
         let mut size = 0u32;
         for (segno, path) in segments {
             let first = segno.checked_mul(RELSEG_SIZE).ok_or_else(|| file_err(&path, "segment number too large"))?;
-            let nblocks = stream_blocks(&path, buf, |i, page| sink(rel_block_key(rel, fork, first + i), page))?;
-            size = size.max(first + nblocks);
+            let end = stream_blocks(&path, first, buf, |blkno, page| sink(rel_block_key(rel, fork, blkno), page))?;
+            size = size.max(end);
         }
         sink(rel_size_key(rel, fork), encode_u32(size))?;
     }
     Ok(())
 }
 
-/// Read `path` in chunks, calling `f` with each block number and page;
-/// the number of blocks.
+/// Read the relation segment file `path`, whose first block is the
+/// relation's block `first`, in chunks, calling `f` with each (relation)
+/// block number and page; returns the block number after its last. A file
+/// larger than a segment (`RELSEG_SIZE` blocks), or one reaching past
+/// PostgreSQL's last block number, is refused: no block number wraps.
 fn stream_blocks(
     path: &Path,
+    first: u32,
     buf: &mut [u8],
     mut f: impl FnMut(u32, Bytes) -> Result<(), ImportError>,
 ) -> Result<u32, ImportError> {
@@ -227,18 +231,30 @@ fn stream_blocks(
     if len % BLCKSZ as u64 != 0 {
         return Err(file_err(path, format!("size {len} is not a multiple of {BLCKSZ}")));
     }
-    let nblocks = u32::try_from(len / BLCKSZ as u64).map_err(|_| file_err(path, format!("size {len} is too large")))?;
-    let mut blkno = 0u32;
-    while blkno < nblocks {
-        let n = ((nblocks - blkno) as usize).min(buf.len() / BLCKSZ);
+    let end = segment_end(first, len / BLCKSZ as u64).map_err(|reason| file_err(path, reason))?;
+    let mut blkno = first;
+    while blkno < end {
+        let n = ((end - blkno) as usize).min(buf.len() / BLCKSZ);
         let chunk = &mut buf[..n * BLCKSZ];
-        file.read_exact(chunk).map_err(|e| file_err(path, format!("read block {blkno}: {e}")))?;
+        file.read_exact(chunk).map_err(|e| file_err(path, format!("read block {}: {e}", blkno - first)))?;
         for (i, page) in chunk.chunks_exact(BLCKSZ).enumerate() {
             f(blkno + i as u32, Bytes::copy_from_slice(page))?;
         }
         blkno += n as u32;
     }
-    Ok(nblocks)
+    Ok(end)
+}
+
+/// The relation block number after a segment of `nblocks` blocks starting
+/// at `first`, if the segment is a valid one.
+fn segment_end(first: u32, nblocks: u64) -> Result<u32, String> {
+    if nblocks > RELSEG_SIZE as u64 {
+        return Err(format!("{nblocks} blocks, more than a relation segment ({RELSEG_SIZE})"));
+    }
+    // The last block is then at most u32::MAX - 1, PostgreSQL's MaxBlockNumber.
+    first
+        .checked_add(nblocks as u32)
+        .ok_or_else(|| format!("blocks {first}.. (+{nblocks}) pass the last block number"))
 }
 
 /// `16384`, `16384_vm`, `16384.1`, `16384_fsm.2` → (rel, fork, segno).
@@ -407,6 +423,16 @@ pub fn run_initdb() -> Result<(tempfile::TempDir, std::path::PathBuf), ImportErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_block_numbers_never_wrap() {
+        assert_eq!(segment_end(0, 0), Ok(0));
+        assert_eq!(segment_end(RELSEG_SIZE, RELSEG_SIZE as u64), Ok(2 * RELSEG_SIZE));
+        assert!(segment_end(0, RELSEG_SIZE as u64 + 1).is_err(), "larger than a segment");
+        let last_first = 32767 * RELSEG_SIZE; // the last segment number that fits
+        assert_eq!(segment_end(last_first, RELSEG_SIZE as u64 - 1), Ok(u32::MAX));
+        assert!(segment_end(last_first, RELSEG_SIZE as u64).is_err(), "wraps past u32::MAX");
+    }
 
     #[test]
     fn relation_file_names() {

@@ -544,7 +544,7 @@ impl LayerFile {
             crc = crc32c::crc32c_append(crc, &buf);
             for raw in buf.chunks_exact(LEAF_ENTRY_SIZE) {
                 let e = decode_leaf_entry(raw);
-                if e.offset < HEADER_SIZE as u64 || e.offset + e.len as u64 > offset {
+                if !within(e.offset, e.len as u64, offset) {
                     return Err(format!("index entry for {} points outside the values", e.key));
                 }
                 if prev.is_some_and(|p| p > (e.key, e.lsn)) {
@@ -573,7 +573,7 @@ impl LayerFile {
     /// `cached`).
     fn block(&self, opened: &Opened, offset: u64, cached: bool) -> Result<Block, LayerFileError> {
         let load = || -> Result<Block, LayerFileError> {
-            if offset < HEADER_SIZE as u64 || offset + INDEX_BLOCK_SIZE as u64 > opened.len - FOOTER_SIZE as u64 {
+            if !within(offset, INDEX_BLOCK_SIZE as u64, opened.len - FOOTER_SIZE as u64) {
                 return Err(self.err(format!("index block at {offset} is outside the file")));
             }
             let mut buf = vec![0u8; INDEX_BLOCK_SIZE];
@@ -686,7 +686,7 @@ impl LayerFile {
                 _ => return Ok(None),
             },
         };
-        if e.offset < HEADER_SIZE as u64 || e.offset + e.len as u64 > opened.len - FOOTER_SIZE as u64 {
+        if !within(e.offset, e.len as u64, opened.len - FOOTER_SIZE as u64) {
             return Err(self.err(format!("index entry for {} points outside the file", e.key)));
         }
         Ok(Some(e))
@@ -1049,8 +1049,23 @@ pub fn write_version1_for_tests(dir: &Path, desc: &LayerDesc, values: &[(Key, Ls
     Ok(LayerFile::new(path, desc.clone(), out.len() as u64))
 }
 
+/// Whether `len` bytes at `offset` (both read from the file) lie between
+/// the header and `end`, without overflow whatever the values.
+fn within(offset: u64, len: u64, end: u64) -> bool {
+    offset >= HEADER_SIZE as u64 && offset.checked_add(len).is_some_and(|e| e <= end)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn offsets_from_the_file_never_overflow() {
+        let h = HEADER_SIZE as u64;
+        assert!(within(h, 10, h + 10));
+        assert!(!within(h, 11, h + 10));
+        assert!(!within(h - 1, 1, h + 10), "inside the header");
+        assert!(!within(u64::MAX - 5, 10, u64::MAX), "offset + len wraps");
+    }
+
     use super::*;
     use crate::storage::value::Value;
 
