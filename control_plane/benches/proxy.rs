@@ -13,7 +13,8 @@
 //!   through the proxy, plain text and TLS (goal: proxy ≥ 0.9× direct);
 //! * wake-up: connection to first query result for a suspended endpoint
 //!   (`STRATA_BENCH_WAKES` times, default 3), beside `strata endpoint
-//!   start` of the same endpoint and a connection to a running one.
+//!   start` of the same endpoint and a connection to a running one; with
+//!   a full and with a lazy compute.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -68,28 +69,37 @@ fn main() {
     println!("{:<40} {:>10.0}   {:.2}x", "through the proxy, TLS", tls, tls / base);
 
     println!("\nwake-up (connection to first result), beside its baselines");
+    // A wake starts the endpoint in the mode it was last started in.
+    for mode in ["--full", "--lazy"] {
+        wake_ups(&repo, &proxied, mode);
+    }
+}
+
+/// Wake-ups of `main` started with `mode`, beside a query to it running
+/// and `strata endpoint start` of it in that mode.
+fn wake_ups(repo: &common::Repo, proxied: &str, mode: &str) {
     repo.ok(&["endpoint", "stop", "main"]);
-    repo.ok(&["endpoint", "start", "main", "--suspend-after", "2s"]);
-    let running = time_query(&proxied);
-    println!("{:<40} {:>10.0} ms", "running endpoint, through the proxy", running.as_secs_f64() * 1e3);
+    repo.ok(&["endpoint", "start", "main", mode, "--suspend-after", "2s"]);
+    let running = time_query(proxied);
+    println!("{mode}: {:<32} {:>10.0} ms", "running endpoint, through the proxy", running.as_secs_f64() * 1e3);
     let mut wakes = Vec::new();
     for _ in 0..env_num("STRATA_BENCH_WAKES", 3) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while status(&repo) != "suspended" {
+        while status(repo) != "suspended" {
             assert!(Instant::now() < deadline, "the endpoint was not suspended");
             std::thread::sleep(Duration::from_millis(200));
         }
-        let took = time_query(&proxied);
-        println!("{:<40} {:>10.0} ms", "suspended endpoint woken by a client", took.as_secs_f64() * 1e3);
+        let took = time_query(proxied);
+        println!("{mode}: {:<32} {:>10.0} ms", "suspended endpoint woken by a client", took.as_secs_f64() * 1e3);
         wakes.push(took);
     }
     repo.ok(&["endpoint", "stop", "main"]);
     let started = Instant::now();
-    repo.ok(&["endpoint", "start", "main"]);
+    repo.ok(&["endpoint", "start", "main", mode]);
     let cli = started.elapsed();
-    println!("{:<40} {:>10.0} ms", "strata endpoint start (baseline)", cli.as_secs_f64() * 1e3);
+    println!("{mode}: {:<32} {:>10.0} ms", "strata endpoint start (baseline)", cli.as_secs_f64() * 1e3);
     wakes.sort();
     if let Some(median) = wakes.get(wakes.len() / 2) {
-        println!("median wake-up {:.0} ms = {:.2}x of strata endpoint start", median.as_secs_f64() * 1e3, median.as_secs_f64() / cli.as_secs_f64());
+        println!("{mode}: median wake-up {:.0} ms = {:.2}x of strata endpoint start", median.as_secs_f64() * 1e3, median.as_secs_f64() / cli.as_secs_f64());
     }
 }
