@@ -15,10 +15,14 @@ use postgres_ffi::{DecodedRecord, RawRecord, WalDecodeError, WalStreamDecoder};
 use proptest::prelude::*;
 use utils::lsn::Lsn;
 
+/// Shared by the tests of this binary. A `static` is never dropped, so its
+/// WAL copy (about 100 MB) lives in the target directory, replaced by the
+/// next run, not in a temporary directory that would outlive every run.
 fn fixture() -> &'static WalFixture {
     static FIXTURE: OnceLock<WalFixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        WalFixture::generate(KEEP_ALL_WAL, &varied_wal_sql(1)).expect("generate WAL fixture")
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("waldump_compare_fixture");
+        WalFixture::generate_in(dir, KEEP_ALL_WAL, &varied_wal_sql(1)).expect("generate WAL fixture")
     })
 }
 

@@ -24,9 +24,26 @@ pub struct RecordSummary {
     pub blocks: Vec<String>,
 }
 
+/// Where a fixture's WAL copy lives: a temporary directory removed with
+/// the fixture, or a fixed directory (for a fixture kept in a `static`,
+/// which is never dropped) that the next run replaces.
+pub enum FixtureDir {
+    Temp(tempfile::TempDir),
+    Fixed(PathBuf),
+}
+
+impl FixtureDir {
+    fn path(&self) -> &Path {
+        match self {
+            FixtureDir::Temp(t) => t.path(),
+            FixtureDir::Fixed(p) => p,
+        }
+    }
+}
+
 /// A copy of a cluster's `pg_wal` plus `pg_waldump`'s reading of it.
 pub struct WalFixture {
-    pub dir: tempfile::TempDir,
+    pub dir: FixtureDir,
     pub seg_size: u64,
     pub start: Lsn,
     pub waldump: Vec<RecordSummary>,
@@ -38,10 +55,24 @@ impl WalFixture {
     /// Run `sql` on a fresh cluster with `settings`, stop it cleanly and keep
     /// a copy of its WAL.
     pub fn generate(settings: &[(&str, &str)], sql: &str) -> anyhow::Result<WalFixture> {
+        Self::generate_into(FixtureDir::Temp(tempfile::tempdir()?), settings, sql)
+    }
+
+    /// [`WalFixture::generate`] into the fixed directory `dir` (emptied
+    /// first), for a fixture that is never dropped: its copy does not
+    /// outlive the next run's.
+    pub fn generate_in(dir: PathBuf, settings: &[(&str, &str)], sql: &str) -> anyhow::Result<WalFixture> {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        Self::generate_into(FixtureDir::Fixed(dir), settings, sql)
+    }
+
+    fn generate_into(dir: FixtureDir, settings: &[(&str, &str)], sql: &str) -> anyhow::Result<WalFixture> {
         let mut pg = PgCluster::start(settings)?;
         pg.sql(sql)?;
         pg.stop()?;
-        let dir = tempfile::tempdir()?;
         let mut segments = Vec::new();
         for entry in std::fs::read_dir(pg.wal_dir())? {
             let entry = entry?;
