@@ -58,11 +58,18 @@ pub fn log_path(dir: &Path) -> PathBuf {
 pub fn running_pid(dir: &Path) -> Option<i32> {
     let text = fs::read_to_string(pid_path(dir)).ok()?;
     let pid: i32 = text.trim().parse().ok()?;
-    if pid > 0 && kill(Pid::from_raw(pid), None).is_ok() && !is_zombie(pid) {
+    if is_alive(pid) {
         return Some(pid);
     }
     let _ = fs::remove_file(pid_path(dir));
     None
+}
+
+/// Whether `pid` names a live process: it exists and is not a zombie.
+/// `kill(pid, 0)` alone succeeds on a zombie, and where orphans are reaped
+/// late or never (a container's init) a killed process stays one.
+pub fn is_alive(pid: i32) -> bool {
+    pid > 0 && kill(Pid::from_raw(pid), None).is_ok() && !is_zombie(pid)
 }
 
 /// Whether `pid` is a zombie (dead, not yet reaped by its parent).
@@ -144,10 +151,10 @@ pub async fn stop(dir: &Path) -> anyhow::Result<bool> {
     let pid = Pid::from_raw(pid);
     let _ = kill(pid, Signal::SIGTERM);
     let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline && kill(pid, None).is_ok() && !is_zombie(pid.as_raw()) {
+    while Instant::now() < deadline && is_alive(pid.as_raw()) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if kill(pid, None).is_ok() && !is_zombie(pid.as_raw()) {
+    if is_alive(pid.as_raw()) {
         let _ = kill(pid, Signal::SIGKILL);
     }
     let _ = fs::remove_file(pid_path(dir));

@@ -235,8 +235,7 @@ impl Endpoint {
             .or_else(|e| if self.lazy_active { fs::read_to_string(self.pid_copy_path()) } else { Err(e) })
             .ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        (alive && !crate::background::is_zombie(pid)).then_some(pid)
+        crate::background::is_alive(pid).then_some(pid)
     }
 
     /// Write the compute's configuration: defaults sized to the machine,
@@ -433,11 +432,8 @@ async fn clear_stale_socket_lock(dir: &Path, port: u16, wait: std::time::Duratio
     let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()).filter(|p| *p > 0) else {
         return Ok(()); // PostgreSQL reports a malformed lock file itself
     };
-    let gone = || {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() || crate::background::is_zombie(pid)
-    };
     let deadline = std::time::Instant::now() + wait;
-    while !gone() {
+    while crate::background::is_alive(pid) {
         if std::time::Instant::now() >= deadline {
             return Ok(());
         }

@@ -54,7 +54,7 @@ pub fn check_pgdata(dir: &Path) -> anyhow::Result<CheckedPgdata> {
 fn running_postmaster(pgdata: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok().map(|_| pid)
+    crate::background::is_alive(pid).then_some(pid)
 }
 
 fn check_tablespaces(pgdata: &Path) -> anyhow::Result<()> {
