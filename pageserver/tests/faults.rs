@@ -51,6 +51,24 @@ fn pid_alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
 
+/// The template cluster (`initdb`) is made in the background when the
+/// manager is created, before any request; no process is launched for it.
+#[tokio::test]
+async fn the_template_cluster_is_made_before_the_first_request() {
+    let user = utils::pg_user::PgUser::from_env().expect("postgres user");
+    let own = pg_harness::pg_owned_tempdir(&user, "strata-walredo-warm-").expect("template dir");
+    let template = own.path().join("template");
+    let (manager, _dir) = common::manager(1, |c| c.template_dir = Some(template.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !template.join("READY").exists() {
+        assert!(std::time::Instant::now() < deadline, "no template made within 120 s of the manager's creation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(template.join("data/PG_VERSION").exists(), "READY without the template's data directory");
+    assert!(manager.status().processes.is_empty(), "the warm-up launched a process");
+    manager.ping().await.expect("ping with the template made in advance");
+}
+
 #[tokio::test]
 async fn ping_status_and_redo() {
     let (manager, _dir) = common::manager(1, |_| {});

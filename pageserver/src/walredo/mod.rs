@@ -7,8 +7,9 @@
 //! Strata applies in Rust ([`WalRecord::is_rust_applied`]) and runs that the
 //! processes apply.
 //!
-//! Behaviour (after Neon's redo manager): processes are launched lazily on
-//! first use and reused; each serves one request at a time; every request
+//! Behaviour (after Neon's redo manager): the template cluster they copy is
+//! made in the background when the manager is created; processes are
+//! launched lazily on first use and reused; each serves one request at a time; every request
 //! has a timeout; a process whose request fails is taken out of rotation and
 //! the request is retried once on a fresh process; processes idle for
 //! `idle_timeout` are stopped; [`PostgresRedoManager::shutdown`] waits until
@@ -218,8 +219,9 @@ enum Op<'a> {
 }
 
 impl PostgresRedoManager {
-    /// A manager; nothing is launched until the first request. Inside a
-    /// tokio runtime, a background task stops idle processes.
+    /// A manager; no process is launched until the first request. Inside a
+    /// tokio runtime, background tasks make the template cluster at once
+    /// and stop idle processes.
     pub fn new(conf: WalRedoConfig) -> Result<PostgresRedoManager, WalRedoError> {
         let user = PgUser::from_env().map_err(|e| WalRedoError::Launch(e.to_string()))?;
         let lib = scratch::locate_walredo_lib(conf.lib_path.as_deref(), &user).map_err(WalRedoError::Launch)?;
@@ -250,6 +252,7 @@ impl PostgresRedoManager {
             last_redo_at: Mutex::new(None),
         });
         spawn_quiesce_task(&inner);
+        spawn_template_warmup(&inner);
         Ok(PostgresRedoManager { inner })
     }
 
@@ -537,6 +540,25 @@ pub fn split_runs(records: &[(Lsn, WalRecord)]) -> Vec<(bool, Range<usize>)> {
         }
     }
     runs
+}
+
+/// Build the template cluster (`initdb`, most of a first launch's cost) in
+/// the background at once, so that the first redo request, often a
+/// compute's first read at start, does not wait for it. Launches nothing:
+/// processes still start on first use. A failure is only logged; the first
+/// request then tries again and reports it.
+fn spawn_template_warmup(inner: &Arc<Inner>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let inner = Arc::clone(inner);
+    handle.spawn(async move {
+        let started = Instant::now();
+        match inner.template_data().await {
+            Ok(_) => info!(elapsed_ms = started.elapsed().as_millis() as u64, "WAL redo template cluster ready"),
+            Err(e) => warn!("WAL redo template cluster not made in advance (the first request will retry): {e}"),
+        }
+    });
 }
 
 fn spawn_quiesce_task(inner: &Arc<Inner>) {
