@@ -174,17 +174,27 @@ pub fn endpoint(repo: &Repo, name: &str) -> control_plane::endpoint::Endpoint {
     control_plane::endpoint::Endpoint::load(&repo.path, name).expect("endpoint.toml readable").expect("endpoint exists")
 }
 
-/// Ports for one cluster: a base with its +3/+4/+10/+11 free, a pageserver pair,
-/// and a start for computes (ranges differ between test processes and tests).
+/// Ports for one cluster: a base with its +3/+4 and the ports of up to
+/// three safekeepers (+10/+11, +20/+21, +30/+31) free, a pageserver pair,
+/// and a start for computes (ranges differ between test processes and
+/// tests). All below the kernel's ephemeral range (32768 and up), where
+/// any outgoing connection of a parallel test could take a port between
+/// this check and the component's bind.
 pub fn free_ports() -> (u16, u16, u16) {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    const LOW: u16 = 10000;
+    const HIGH: u16 = 32600;
     let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let seed = (std::process::id() % 2000) as u16;
-    let first = 20000 + (seed * 7 + slot * 613) % 30000;
-    // The broker at base, the proxy at +3/+4, safekeeper 1 at +10/+11.
-    let base = (first..60000).step_by(97).find(|&b| [0, 3, 4, 10, 11].iter().all(|&d| free(b + d))).unwrap();
-    let ps = (base + 50..60000).find(|&p| free(p) && free(p + 1)).unwrap();
+    let first = LOW + (seed * 7 + slot * 613) % (HIGH - LOW - 100);
+    // The broker at base, the proxy at +3/+4, safekeeper N at +10N/+10N+1.
+    let base = (first..HIGH - 100)
+        .step_by(97)
+        .chain((LOW..first).step_by(97))
+        .find(|&b| [0, 3, 4, 10, 11, 20, 21, 30, 31].iter().all(|&d| free(b + d)))
+        .unwrap();
+    let ps = (base + 50..HIGH).find(|&p| free(p) && free(p + 1)).unwrap();
     let endpoints = 61000 + (seed % 100) * 40 + slot * 10;
     (base, ps, endpoints)
 }
