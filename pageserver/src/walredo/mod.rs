@@ -9,8 +9,8 @@
 //!
 //! Behaviour (after Neon's redo manager): the template cluster they copy is
 //! made in the background when the manager is created; processes are
-//! launched lazily on first use and reused; each serves one request at a time; every request
-//! has a timeout; a process whose request fails is taken out of rotation and
+//! launched lazily on first use and reused; each serves one request at a
+//! time; every request has a timeout; a process whose request fails is taken out of rotation and
 //! the request is retried once on a fresh process; processes idle for
 //! `idle_timeout` are stopped; [`PostgresRedoManager::shutdown`] waits until
 //! no process runs, after which requests needing a process fail with
