@@ -13,6 +13,14 @@
 //!    answering safekeeper (cutting WAL past it); a safekeeper still behind
 //!    takes the term but may stay behind only if a quorum is at the start LSN.
 //!
+//! 5. once the compute runs and accepts the replication role
+//!    ([`Cluster::await_streaming`]): the same spec again wakes every
+//!    safekeeper from its reconnect backoff, and the start waits until a
+//!    quorum of the new term holds all WAL the compute has flushed — what
+//!    the start committed locally (the roles) is durable before anyone is
+//!    told the compute is up, and the first client commit does not wait
+//!    for a safekeeper's next retry.
+//!
 //! Nothing is changed before step 3, so a failed step 1 or 2 leaves the
 //! safekeepers untouched. Cancellation: dropping the future between steps
 //! is safe (each HTTP call is idempotent); the term is only ever raised.
@@ -37,6 +45,8 @@ pub struct Answer {
     pub commit_lsn: Lsn,
     /// WAL offloaded to remote storage (None from a safekeeper without it).
     pub backup_lsn: Option<Lsn>,
+    /// Why its acceptor last failed to follow the compute, if it did.
+    pub acceptor_error: Option<String>,
 }
 
 impl Answer {
@@ -49,6 +59,7 @@ impl Answer {
             last_record_lsn: field(v, "last_record_lsn").or_else(|_| field(v, "flush_lsn"))?,
             commit_lsn: field(v, "commit_lsn")?,
             backup_lsn: if v["backup"].is_object() { field(v, "backup_lsn").ok() } else { None },
+            acceptor_error: v["acceptor"]["last_error"].as_str().map(str::to_string),
         })
     }
     fn position(&self) -> (u64, Lsn) {
@@ -113,7 +124,7 @@ impl Cluster {
                 eprintln!("warning: safekeeper {} could not catch up from safekeeper {}: {err:#}", a.id, donor.id);
             }
         }
-        let spec = json!({ "conninfo": conninfo, "term": e.term, "start_lsn": e.start_lsn });
+        let spec = Self::compute_spec(e, conninfo);
         let mut at_start = Vec::new();
         for a in &e.answers {
             let sk = self.conf.safekeepers.iter().find(|s| s.id == a.id).context("safekeeper not configured")?;
@@ -129,14 +140,51 @@ impl Cluster {
         }
         Ok(())
     }
+
+    fn compute_spec(e: &Election, conninfo: &str) -> Value {
+        json!({ "conninfo": conninfo, "term": e.term, "start_lsn": e.start_lsn })
+    }
+
+    /// Step 5: wake the safekeepers (the compute now accepts them) and wait,
+    /// at most [`STREAMING_TIMEOUT`], until a quorum on term `e.term` holds
+    /// the compute's WAL up to `flush_lsn`. The error names what each
+    /// safekeeper's acceptor last reported.
+    pub async fn await_streaming(&self, api: &Api, t: TenantId, tl: TimelineId, e: &Election, conninfo: &str, flush_lsn: Lsn) -> anyhow::Result<()> {
+        let spec = Self::compute_spec(e, conninfo);
+        for sk in self.conf.safekeepers.iter().filter(|s| e.answers.iter().any(|a| a.id == s.id)) {
+            // A safekeeper that does not answer now is not waited for below.
+            let _ = api.put(&format!("{}/compute", sk_timeline_url(sk, t, tl)), &spec).await;
+        }
+        let quorum = self.conf.safekeepers.len() / 2 + 1;
+        let started = std::time::Instant::now();
+        loop {
+            let (answers, silent) = self.ask_safekeepers(api, t, tl).await;
+            let holding = answers.iter().filter(|a| a.term == e.term && a.flush_lsn >= flush_lsn).count();
+            if holding >= quorum {
+                return Ok(());
+            }
+            if started.elapsed() > STREAMING_TIMEOUT {
+                let mut why: Vec<String> = answers
+                    .iter()
+                    .map(|a| format!("safekeeper {} at {} (term {}): {}", a.id, a.flush_lsn, a.term, a.acceptor_error.as_deref().unwrap_or("no error")))
+                    .collect();
+                why.extend(silent);
+                bail!("fewer than {quorum} safekeepers hold the compute's WAL up to {flush_lsn} after {STREAMING_TIMEOUT:?}; {}", why.join("; "));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
+
+/// How long a starting compute may take to be followed by a quorum.
+pub const STREAMING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn a(id: u64, last_log_term: u64, rec: u64) -> Answer {
-        Answer { id, term: last_log_term, last_log_term, flush_lsn: Lsn(rec + 8), last_record_lsn: Lsn(rec), commit_lsn: Lsn(0), backup_lsn: None }
+        Answer { id, term: last_log_term, last_log_term, flush_lsn: Lsn(rec + 8), last_record_lsn: Lsn(rec), commit_lsn: Lsn(0), backup_lsn: None, acceptor_error: None }
     }
 
     #[test]

@@ -498,6 +498,12 @@ impl Endpoint {
         let preamble = "SET synchronous_commit = local;\nSET log_statement = 'none';\nSET password_encryption = 'scram-sha-256';\n";
         self.psql_local(&format!("{preamble}BEGIN;\n{sql}COMMIT;\n")).await.map(drop)
     }
+
+    /// The end of the WAL the running compute has flushed.
+    pub async fn wal_flush_lsn(&self) -> anyhow::Result<utils::lsn::Lsn> {
+        let out = self.psql_local("SELECT pg_current_wal_flush_lsn()").await?;
+        out.trim().parse().with_context(|| format!("endpoint {}: WAL flush LSN", self.name))
+    }
 }
 
 /// Rows of `pg_authid` as `configure_roles` reads them (psql's unaligned

@@ -4,7 +4,8 @@
 //!
 //! `endpoint start` makes the endpoint's password at its first start and
 //! sets it (and the cluster's replication role) on the compute once it is
-//! up, before returning. It takes its start LSN and new term from a quorum of
+//! up, and returns only when a quorum of safekeepers follows the compute
+//! and holds that change. It takes its start LSN and new term from a quorum of
 //! safekeepers ([`crate::election`]), writes the term, then waits for the
 //! pageserver (which streams from any safekeeper) to reach exactly that LSN
 //! before the basebackup. Branch points and `endpoint compare` still wait
@@ -196,11 +197,14 @@ impl Cluster {
     }
 
     /// Wait until the pageserver has ingested what the safekeepers committed;
-    /// returns its last record LSN and the start of that record.
+    /// returns its last record LSN and the start of that record. Committed
+    /// WAL may end inside a record (a compute crashed mid-write): then the
+    /// pageserver's walreceiver has received every committed byte but its
+    /// last record ends before, and that record end is the answer.
     async fn caught_up_lsn(&self, api: &Api, t: TenantId, tl: TimelineId, commit: Lsn) -> anyhow::Result<(Lsn, Option<Lsn>)> {
         let url = self.ps(&Self::timeline_path(t, tl));
         let started = Instant::now();
-        let (mut last, mut since) = (Lsn(0), Instant::now());
+        let mut unfinished_since: Option<Instant> = None;
         loop {
             let detail = api.get(&url).await?;
             let lsn: Lsn = field(&detail, "last_record_lsn")?;
@@ -208,15 +212,21 @@ impl Cluster {
             if lsn >= commit {
                 return Ok((lsn, prev));
             }
-            if lsn != last {
-                (last, since) = (lsn, Instant::now());
-            } else if since.elapsed() > Duration::from_secs(3) && started.elapsed() > Duration::from_secs(5) {
-                // The committed WAL ends inside a record (a compute crashed
-                // mid-write): the last complete record is the end.
-                return Ok((lsn, prev));
+            let received: Option<Lsn> = detail["walreceiver"]["last_received_lsn"].as_str().and_then(|s| s.parse().ok());
+            let connected = detail["walreceiver"]["connected"].as_bool() == Some(true);
+            if connected && received.is_some_and(|r| r >= commit) {
+                // Everything is there; a moment more, in case the last
+                // message's records are being ingested right now.
+                let since = *unfinished_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    return Ok((lsn, prev));
+                }
+            } else {
+                unfinished_since = None;
             }
             if started.elapsed() > CATCH_UP_TIMEOUT {
-                bail!("pageserver is at {lsn}, safekeepers committed {commit}; not caught up after {CATCH_UP_TIMEOUT:?}");
+                let source = detail["walreceiver"]["source"].to_string();
+                bail!("pageserver is at {lsn} (received {received:?} from {source}, connected: {connected}), safekeepers committed {commit}; not caught up after {CATCH_UP_TIMEOUT:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -336,6 +346,13 @@ impl Cluster {
             return Err(e.context(format!("set the passwords of endpoint {name}")));
         }
         phases.done("roles");
+        let streaming = async { self.await_streaming(&api, t, branch.timeline_id, &election, &conninfo, ep.wal_flush_lsn().await?).await };
+        if let Err(e) = streaming.await {
+            // Writes would wait for ever, and the roles are not durable.
+            let _ = ep.stop(&self.repo).await;
+            return Err(e.context(format!("endpoint {name}: the safekeepers do not follow it")));
+        }
+        phases.done("safekeepers");
         eprintln!("strata: endpoint {name} ({}) started in {}", ep.mode_label(), phases.summary());
         Ok(ep)
     }

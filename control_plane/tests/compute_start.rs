@@ -2,7 +2,8 @@
 //! unpacks the basebackup straight from the pageserver's HTTP body (memory
 //! does not grow with the database, a MiB/s summary is printed, the result
 //! compares equal), and a lazy start where lazy computes cannot run falls
-//! back to a full start and says so. Real cluster, real PostgreSQL.
+//! back to a full start and says so; a start returns only once a quorum of
+//! safekeepers holds what it committed. Real cluster, real PostgreSQL.
 
 mod common;
 
@@ -99,4 +100,28 @@ fn lazy_start_without_lazyfs_falls_back_to_a_full_start_and_says_so() {
     repo.envs.clear();
     let list = repo.ok(&["endpoint", "list"]);
     assert!(list.lines().any(|l| l.starts_with("lz ") && l.contains("full (lazy unavailable)")), "{list}");
+}
+
+/// `endpoint start` returns only once a quorum of safekeepers follows the
+/// new compute and holds everything it flushed, the endpoint's own
+/// password change included (committed locally, before the replication
+/// role let any safekeeper in). Before this was so, a safekeeper could
+/// still sit in its reconnect backoff: the change stayed on the compute,
+/// and an `endpoint compare` right after the start found pg_authid and
+/// pg_xact differing (a CI failure of the lazy prefetch test).
+#[test]
+fn a_started_endpoint_is_followed_by_a_quorum_holding_what_it_committed() {
+    let repo = started_cluster(3);
+    let cl = common::failover::Cl::new(&repo);
+    for name in ["first", "second", "third"] {
+        let url = url_of(&repo, &repo.ok(&["endpoint", "start", name, "--branch-name", "main"]));
+        let compute: utils::lsn::Lsn = psql(&url, "SELECT pg_current_wal_flush_lsn()").parse().unwrap();
+        let holding: Vec<u64> = (1..=3)
+            .filter(|&id| cl.sk_status(id).is_some_and(|s| common::failover::lsn(&s, "flush_lsn") >= compute))
+            .collect();
+        assert!(holding.len() >= 2, "endpoint {name}: compute flushed {compute}, only safekeepers {holding:?} hold it");
+        // Stops the compute at once and rebuilds its data from the pageserver.
+        let report = repo.ok(&["endpoint", "compare", name]);
+        assert!(report.contains(" 0 differences"), "endpoint {name}: {report}");
+    }
 }

@@ -18,7 +18,9 @@
 //! never appear in logs, errors or the acceptor status (see
 //! [`pq_proto::conninfo::redact_password`]).
 //!
-//! Reconnects with exponential backoff when the compute goes away. A new
+//! Reconnects with exponential backoff when the compute goes away, and at
+//! once when the control plane repeats the compute's spec (the compute is
+//! up and its replication role exists). A new
 //! compute (higher term) cancels the current connection at once; the term
 //! is re-checked under the storage lock on every write, so a cancelled
 //! connection can never append after the new term's cut.
@@ -136,6 +138,7 @@ pub async fn run(tl: Arc<Timeline>, conf: Arc<SafekeeperConf>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
+            _ = tl.connect_now() => backoff = MIN_BACKOFF,
             _ = compute_rx.changed() => {}
             _ = recovery_rx.wait_for(Option::is_some) => {}
             _ = tl.cancel.cancelled() => return,

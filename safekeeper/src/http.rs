@@ -2,7 +2,8 @@
 //!
 //! * `POST   /v1/tenant/{tenant_id}/timeline` — create ([`CreateTimelineRequest`])
 //! * `PUT    /v1/tenant/{tenant_id}/timeline/{timeline_id}/compute` — follow a
-//!   compute ([`ComputeSpec`]: conninfo, term, start LSN)
+//!   compute ([`ComputeSpec`]: conninfo, term, start LSN); the current spec
+//!   again makes the acceptor connect now instead of after its backoff
 //! * `GET    /v1/tenant/{tenant_id}/timeline/{timeline_id}` — status (term,
 //!   term history, last log term, flush/commit/last record LSNs, the
 //!   offloaded `backup_lsn` and who offloads, …)

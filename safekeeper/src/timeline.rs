@@ -136,6 +136,10 @@ pub struct Timeline {
     flush_lsn: watch::Sender<Lsn>,
     commit_lsn: watch::Sender<Lsn>,
     compute: watch::Sender<Option<ComputeSpec>>,
+    /// The control plane says the compute is ready for its safekeepers now
+    /// (the same spec again): the acceptor retries at once, not after its
+    /// reconnect backoff.
+    connect_now: tokio::sync::Notify,
     /// Fresh broker infos of the other peers (None until the first view).
     peer_view: watch::Sender<Option<Vec<SafekeeperTimelineInfo>>>,
     /// The lowest flush LSN last published by any peer (stale or not); 0
@@ -203,6 +207,7 @@ impl Timeline {
             flush_lsn: watch::Sender::new(flush),
             commit_lsn: watch::Sender::new(commit),
             compute: watch::Sender::new(state.compute.clone()),
+            connect_now: tokio::sync::Notify::new(),
             peer_view: watch::Sender::new(None),
             peer_horizon_lsn: AtomicU64::new(0),
             recovery: watch::Sender::new(None),
@@ -244,6 +249,12 @@ impl Timeline {
     }
     pub fn subscribe_compute(&self) -> watch::Receiver<Option<ComputeSpec>> {
         self.compute.subscribe()
+    }
+    /// Resolves when the control plane last said "connect now" (a permit is
+    /// kept when nobody waits, so a nudge during a connection attempt is not
+    /// lost).
+    pub async fn connect_now(&self) {
+        self.connect_now.notified().await
     }
     pub fn term(&self) -> u64 {
         self.lock().persistent.term
@@ -385,7 +396,9 @@ impl Timeline {
     }
 
     /// Switch to a new compute. A higher term truncates WAL past its start
-    /// LSN, then persists and announces it; the same spec again is a no-op.
+    /// LSN, then persists and announces it; the same spec again changes
+    /// nothing but wakes the acceptor from its reconnect backoff (the
+    /// control plane sends it once the compute accepts the replication role).
     /// A safekeeper whose WAL ends before the start LSN takes the term
     /// without cutting anything and catches up from peers later.
     pub async fn set_compute(&self, spec: ComputeSpec) -> Result<(), TimelineError> {
@@ -395,6 +408,7 @@ impl Timeline {
             (st.persistent.clone(), self.flush_lsn())
         };
         if current.compute.as_ref() == Some(&spec) {
+            self.connect_now.notify_one();
             return Ok(());
         }
         if spec.term <= current.term {

@@ -138,9 +138,24 @@ impl<'a> Cl<'a> {
         self.wait_commit_everywhere_within(target, Duration::from_secs(60))
     }
     pub fn wait_commit_everywhere_within(&self, target: Lsn, timeout: Duration) {
-        wait_for("every safekeeper to commit", timeout, || {
-            (1..=3).all(|id| self.sk_status(id).is_some_and(|s| lsn(&s, "commit_lsn") >= target && lsn(&s, "flush_lsn") >= target))
-        });
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses: Vec<Option<Value>> = (1..=3).map(|id| self.sk_status(id)).collect();
+            if statuses.iter().all(|s| s.as_ref().is_some_and(|s| lsn(s, "commit_lsn") >= target && lsn(s, "flush_lsn") >= target)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let shown: Vec<String> = statuses
+                    .iter()
+                    .map(|s| match s {
+                        Some(s) => format!("flush {} commit {} term {} acceptor {}", s["flush_lsn"], s["commit_lsn"], s["term"], s["acceptor"]),
+                        None => "no answer".to_string(),
+                    })
+                    .collect();
+                panic!("timed out waiting for every safekeeper to commit {target}: {shown:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

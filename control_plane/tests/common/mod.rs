@@ -109,8 +109,46 @@ pub fn token_for_url(url: &str) -> Option<String> {
     token_for_port(authority.rsplit(':').next()?.parse().ok()?)
 }
 
+impl Repo {
+    /// Print what each component and endpoint logged (warnings and errors,
+    /// then the last lines), so a failure in CI, where the repository is
+    /// gone afterwards, can be understood from the test output alone.
+    pub fn dump_logs(&self) {
+        let mut logs: Vec<(String, PathBuf)> = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for entry in entries.flatten() {
+                let log = entry.path().join("log");
+                if log.is_file() {
+                    logs.push((entry.file_name().to_string_lossy().into_owned(), log));
+                }
+            }
+        }
+        for ep in control_plane::endpoint::Endpoint::list(&self.path).unwrap_or_default() {
+            logs.push((format!("endpoint {}", ep.name), ep.log_path()));
+            logs.push((format!("lazyfs of {}", ep.name), self.path.join("endpoints").join(&ep.name).join("lazyfs/log")));
+        }
+        logs.sort();
+        for (name, path) in logs {
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let lines: Vec<&str> = text.lines().collect();
+            let notable: Vec<&str> = lines.iter().copied().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("FATAL") || l.contains("PANIC")).collect();
+            eprintln!("===== {name} ({}): {} warnings/errors, last of them:", path.display(), notable.len());
+            for l in &notable[notable.len().saturating_sub(30)..] {
+                eprintln!("  {l}");
+            }
+            eprintln!("===== {name}: last lines:");
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("  {l}");
+            }
+        }
+    }
+}
+
 impl Drop for Repo {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
         let _ = self.run(&["stop"]);
         // What PostgreSQL processes needed outside the private repository
         // (endpoint directories, the redo scratch clusters) lives under the
