@@ -334,7 +334,20 @@ impl Endpoint {
     pub async fn start_postgres(&self) -> anyhow::Result<()> {
         let user = PgUser::from_env()?;
         let parent = self.pgdata.parent().context("pgdata has a parent")?;
-        user.chown(parent)?;
+        if self.lazy_active {
+            // lazyfs shows every file as the Postgres user's; a recursive
+            // chown through the mount would name, and so create in the
+            // overlay, every relation file (and cost a FUSE round trip each).
+            user.chown_one(parent)?;
+            for entry in fs::read_dir(parent).with_context(|| format!("list {}", parent.display()))? {
+                let path = entry?.path();
+                if path != self.pgdata {
+                    user.chown(&path)?;
+                }
+            }
+        } else {
+            user.chown(parent)?;
+        }
         fs::set_permissions(&self.pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         // The trusted socket is in here: root and the Postgres user only.
         fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;

@@ -256,5 +256,25 @@ fn prefetcher_makes_every_block_local_and_can_be_turned_off() {
     let metrics = lazyfs_metrics(&repo, "lz2");
     assert_eq!(metric(&metrics, "lazyfs_blocks_prefetched_total"), Some(0.0), "{metrics}");
     assert!(metric(&metrics, "lazyfs_pending_blocks").unwrap() > table_blocks / 2.0, "{metrics}");
+    // Relation files are created in the overlay only when first used: the
+    // mount lists the table's file (never read here) with its exact size,
+    // the backing directory does not hold it until something names it.
+    let rel_path = psql(&url, "SELECT pg_relation_filepath('pgbench_accounts')");
+    let db_dir = std::path::Path::new(&rel_path).parent().unwrap().to_path_buf();
+    let (mount, backing) = (endpoint(&repo, "lz2").pgdata, control_plane::lazy::lazyfs_dir(&repo.path, "lz2").join("backing"));
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    let (shown, held) = (names(&mount.join(&db_dir)), names(&backing.join(&db_dir)));
+    let file_name = std::path::Path::new(&rel_path).file_name().unwrap().to_string_lossy().into_owned();
+    assert!(shown.contains(&file_name) && !held.contains(&file_name), "{rel_path}: shown {shown:?}, held {held:?}");
+    assert!(held.len() < shown.len(), "the overlay holds {} of the {} files shown", held.len(), shown.len());
+    eprintln!("{db_dir:?}: the overlay holds {} of the {} files shown", held.len(), shown.len());
+    let size = std::fs::metadata(mount.join(&rel_path)).unwrap().len();
+    assert_eq!(size as f64, table_blocks * 8192.0, "{rel_path} has its size at the start LSN");
+    assert_eq!(std::fs::metadata(backing.join(&rel_path)).unwrap().len(), size, "made in the overlay once named");
+    assert_eq!(psql(&url, "SELECT count(*) FROM pgbench_accounts"), "200000");
     repo.ok(&["endpoint", "stop", "lz2"]);
 }

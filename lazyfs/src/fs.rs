@@ -15,6 +15,12 @@
 //! * a rename moves the node (and the remote map with it); an unlink or
 //!   rmdir forgets the path at once; directory listings are snapshots taken
 //!   at `opendir`;
+//! * relation files listed by the manifest but not in the backing
+//!   directory ([`Unmade`]) appear in listings and are made before any
+//!   operation that names them (lookup, getattr, open, create, mkdir,
+//!   rename — a renamed directory's whole subtree —, unlink) reaches the
+//!   backing directory; `rmdir` of a directory still listing one is
+//!   ENOTEMPTY;
 //! * `fsync`, `fsyncdir` and `flush` succeed without forwarding: the overlay
 //!   is rebuilt at every start and needs no durability;
 //! * errors of the backing directory are returned as their errno; fetch
@@ -54,6 +60,7 @@ use fuser::{
 
 use crate::blockmap::RemoteBlocks;
 use crate::overlay::{FileState, Overlay};
+use crate::unmade::Unmade;
 
 /// How long the kernel may cache attributes and (negative) entries.
 pub const TTL: Duration = Duration::from_secs(3600);
@@ -124,6 +131,35 @@ struct Table {
     next_ino: u64,
 }
 
+/// Opens, for the prefetcher, the backing file of a node by its current
+/// path (made first if unmade), so files need not exist, nor be held open,
+/// before the prefetcher gets to them.
+#[derive(Clone)]
+pub struct Opener {
+    root: PathBuf,
+    table: Arc<Mutex<Table>>,
+    unmade: Arc<Unmade>,
+}
+
+impl Opener {
+    /// The backing file of the live node with remote state `state`, read
+    /// and write; `None` when the compute unlinked it (nothing to warm).
+    pub fn open(&self, state: &Arc<FileState>) -> io::Result<Option<File>> {
+        let path = {
+            let t = lock(&self.table);
+            t.nodes.values().find(|n| !n.unlinked && Arc::ptr_eq(&n.state, state)).map(|n| n.path.clone())
+        };
+        let Some(rel) = path else { return Ok(None) };
+        self.unmade.make(&rel)?;
+        match OpenOptions::new().read(true).write(true).open(self.root.join(&rel)) {
+            Ok(file) => Ok(Some(file)),
+            // Unlinked or renamed just now.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Owner shown for every file.
 #[derive(Clone, Copy, Debug)]
 pub struct Owner {
@@ -135,7 +171,9 @@ pub struct LazyFs {
     root: PathBuf,
     owner: Owner,
     overlay: Overlay,
-    table: Mutex<Table>,
+    /// Shared with the prefetcher's [`Opener`].
+    table: Arc<Mutex<Table>>,
+    unmade: Arc<Unmade>,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<(u64, FileType, OsString)>>>>,
     next_fh: AtomicU64,
@@ -172,8 +210,9 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 
 impl LazyFs {
     /// A filesystem over `root`, whose files in `remote` (relative paths)
-    /// start with remote blocks.
-    pub fn new(root: PathBuf, owner: Owner, overlay: Overlay, remote: Vec<(PathBuf, RemoteBlocks)>) -> LazyFs {
+    /// start with remote blocks; those of them in `unmade` (path, size) are
+    /// not in `root` yet.
+    pub fn new(root: PathBuf, owner: Owner, overlay: Overlay, remote: Vec<(PathBuf, RemoteBlocks)>, unmade: Vec<(PathBuf, u64)>) -> LazyFs {
         let metrics = overlay.metrics().clone();
         let mut table = Table { next_ino: ROOT + 1, ..Default::default() };
         table.nodes.insert(ROOT, Node { path: PathBuf::new(), state: FileState::new(None, metrics.clone()), unlinked: false });
@@ -185,10 +224,11 @@ impl LazyFs {
             table.nodes.insert(ino, Node { path, state: FileState::new(Some(blocks), metrics.clone()), unlinked: false });
         }
         LazyFs {
+            unmade: Arc::new(Unmade::new(root.clone(), unmade)),
             root,
             owner,
             overlay,
-            table: Mutex::new(table),
+            table: Arc::new(Mutex::new(table)),
             files: Mutex::default(),
             dirs: Mutex::default(),
             next_fh: AtomicU64::new(1),
@@ -205,15 +245,32 @@ impl LazyFs {
         self
     }
 
-    /// Files that still have pending blocks, with their backing paths and
-    /// remote state (for the prefetcher).
-    pub fn remote_files(&self) -> Vec<(PathBuf, PathBuf, Arc<FileState>)> {
+    /// Files that still have pending blocks, with their remote state (for
+    /// the prefetcher, which opens them with [`LazyFs::opener`]).
+    pub fn remote_files(&self) -> Vec<(PathBuf, Arc<FileState>)> {
         let t = lock(&self.table);
-        t.nodes.values().filter(|n| !n.unlinked && n.state.pending_count() > 0).map(|n| (n.path.clone(), self.backing(&n.path), n.state.clone())).collect()
+        t.nodes.values().filter(|n| !n.unlinked && n.state.pending_count() > 0).map(|n| (n.path.clone(), n.state.clone())).collect()
+    }
+
+    /// How the prefetcher opens the backing file of a node.
+    pub fn opener(&self) -> Opener {
+        Opener { root: self.root.clone(), table: self.table.clone(), unmade: self.unmade.clone() }
     }
 
     fn backing(&self, rel: &Path) -> PathBuf {
         self.root.join(rel)
+    }
+
+    /// The backing path of `rel`, made first if it is an unmade relation file.
+    fn made(&self, rel: &Path, op: &'static str) -> Result<PathBuf, Errno> {
+        let created = self.unmade.make(rel).map_err(|e| {
+            tracing::warn!(path = %rel.display(), op, "cannot create the backing file: {e}");
+            errno(e)
+        })?;
+        if created {
+            tracing::debug!(path = %rel.display(), op, "relation file created in the overlay");
+        }
+        Ok(self.backing(rel))
     }
 
     fn path_of(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
@@ -381,7 +438,7 @@ impl LazyFs {
         let path = match &handle {
             Some(_) => None,
             None => match self.path_of(ino) {
-                Ok(rel) => Some(self.backing(&rel)),
+                Ok(rel) => Some(self.made(&rel, "setattr")?),
                 Err(e) => return self.setattr_unlinked(ino, mode, size).ok_or(e)?,
             },
         };
@@ -432,7 +489,7 @@ impl LazyFs {
 
     fn do_create(&self, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32) -> Result<(FileAttr, File, u64, Arc<FileState>), Errno> {
         let rel = self.child(parent, name)?;
-        let path = self.backing(&rel);
+        let path = self.made(&rel, "create")?;
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).mode(mode & !umask & 0o7777);
         if flags & libc::O_EXCL != 0 {
@@ -462,7 +519,9 @@ impl LazyFs {
             let kind = entry.file_type().ok().and_then(FileType::from_std).unwrap_or(FileType::RegularFile);
             names.push((entry.file_name(), kind));
         }
+        names.extend(self.unmade.names_in(&rel).into_iter().map(|n| (n, FileType::RegularFile)));
         names.sort_by(|a, b| a.0.cmp(&b.0));
+        names.dedup_by(|a, b| a.0 == b.0);
         for (name, kind) in names {
             let (child, _) = self.node_for(&rel.join(&name));
             entries.push((child, kind, name));
@@ -502,7 +561,11 @@ impl fuser::Filesystem for LazyFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match std::fs::symlink_metadata(self.backing(&rel)) {
+        let path = match self.made(&rel, "lookup") {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match std::fs::symlink_metadata(path) {
             Ok(md) => {
                 let (ino, _) = self.node_for(&rel);
                 reply.entry(&TTL, &self.attr(ino, &md), Generation(0));
@@ -523,8 +586,8 @@ impl fuser::Filesystem for LazyFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let md = match fh.and_then(|fh| self.handle(fh).ok()).or_else(|| self.path_of(ino).err().and(self.any_handle_of(ino))) {
             Some(h) => h.file.metadata(),
-            None => match self.path_of(ino) {
-                Ok(rel) => std::fs::symlink_metadata(self.backing(&rel)),
+            None => match self.path_of(ino).and_then(|rel| self.made(&rel, "getattr")) {
+                Ok(path) => std::fs::symlink_metadata(path),
                 Err(e) => return reply.error(e),
             },
         };
@@ -564,7 +627,7 @@ impl fuser::Filesystem for LazyFs {
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let result = (|| {
             let rel = self.child(parent, name)?;
-            let path = self.backing(&rel);
+            let path = self.made(&rel, "mkdir")?;
             std::fs::create_dir(&path).map_err(errno)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & !umask & 0o7777)).map_err(errno)?;
             let md = std::fs::symlink_metadata(&path).map_err(errno)?;
@@ -579,7 +642,7 @@ impl fuser::Filesystem for LazyFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = self.child(parent, name).and_then(|rel| {
-            std::fs::remove_file(self.backing(&rel)).map_err(errno)?;
+            std::fs::remove_file(self.made(&rel, "unlink")?).map_err(errno)?;
             self.forget_path(&rel);
             Ok(())
         });
@@ -591,6 +654,9 @@ impl fuser::Filesystem for LazyFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = self.child(parent, name).and_then(|rel| {
+            if self.unmade.any_in(&rel) {
+                return Err(Errno::ENOTEMPTY);
+            }
             std::fs::remove_dir(self.backing(&rel)).map_err(errno)?;
             self.forget_path(&rel);
             Ok(())
@@ -607,6 +673,12 @@ impl fuser::Filesystem for LazyFs {
             if flags.bits() & !libc::RENAME_NOREPLACE != 0 {
                 return Err(Errno::EINVAL);
             }
+            self.made(&from, "rename")?;
+            self.made(&to, "rename")?;
+            if self.unmade.any_in(&to) {
+                return Err(Errno::ENOTEMPTY);
+            }
+            self.unmade.make_under(&from).map_err(errno)?;
             if flags.bits() & libc::RENAME_NOREPLACE != 0 && std::fs::symlink_metadata(self.backing(&to)).is_ok() {
                 return Err(Errno::EEXIST);
             }
@@ -623,7 +695,7 @@ impl fuser::Filesystem for LazyFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let result = (|| {
             let rel = self.path_of(ino)?;
-            let file = Self::open_backing(&self.backing(&rel), flags.0).map_err(errno)?;
+            let file = Self::open_backing(&self.made(&rel, "open")?, flags.0).map_err(errno)?;
             let (_, state) = self.node_for(&rel);
             Ok::<_, Errno>((file, state))
         })();

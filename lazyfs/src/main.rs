@@ -1,7 +1,8 @@
 //! `lazyfs`: mount one lazy compute's data directory (see the crate docs).
 //!
 //! Start: read the manifest of the sizes-only basebackup unpacked in
-//! `--backing`, connect to the page service, mount `--mountpoint`
+//! `--backing` (relation files are created there only when first used),
+//! connect to the page service, mount `--mountpoint`
 //! (allow_other, default_permissions, writeback cache), then serve
 //! `GET /metrics` on `--http-port` (answering means: mounted). SIGTERM or
 //! SIGINT unmounts and exits 0. If the process dies instead, the mount stays
@@ -96,11 +97,11 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let remote = lazyfs::prepare_backing(&args.backing)?;
+    let lazyfs::Prepared { remote, unmade } = lazyfs::prepare_backing(&args.backing)?;
     let blocks: u64 = remote.iter().map(|(_, r)| r.remote_blocks() as u64).sum();
     let catalogs: std::collections::HashSet<PathBuf> =
         remote.iter().filter(|(p, r)| lazyfs::prefetch::Target::is_catalog(p, r.tag.rel)).map(|(p, _)| p.clone()).collect();
-    tracing::info!(files = remote.len(), blocks, "relation files are remote");
+    tracing::info!(files = remote.len(), not_created = unmade.len(), blocks, "relation files are remote");
     let metrics = Metrics::new();
     let fetcher = Arc::new(
         Fetcher::connect(&args.pageserver_host, args.pageserver_port, args.tenant, args.timeline, args.lsn, metrics.clone(), args.auth_token_file.clone())
@@ -122,14 +123,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(base.for_prefetch(Arc::new(source)))
         }
     });
-    let fs = LazyFs::new(args.backing.clone(), Owner { uid: args.uid, gid: args.gid }, overlay, remote).with_passthrough(args.passthrough);
-    let mut targets = Vec::new();
-    if prefetch_overlay.is_some() {
-        for (path, backing, state) in fs.remote_files() {
-            let file = std::fs::OpenOptions::new().read(true).write(true).open(&backing).with_context(|| format!("open {}", backing.display()))?;
-            targets.push(lazyfs::prefetch::Target { catalog: catalogs.contains(&path), path, file, state });
-        }
-    }
+    let fs = LazyFs::new(args.backing.clone(), Owner { uid: args.uid, gid: args.gid }, overlay, remote, unmade).with_passthrough(args.passthrough);
+    let targets: Vec<lazyfs::prefetch::Target> =
+        fs.remote_files().into_iter().map(|(path, state)| lazyfs::prefetch::Target { catalog: catalogs.contains(&path), path, state }).collect();
+    let opener = fs.opener();
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("lazyfs-{}", args.endpoint)),
@@ -147,7 +144,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(mountpoint = %args.mountpoint.display(), prefetch = args.prefetch, "mounted");
     let stop_prefetch = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(overlay) = prefetch_overlay {
-        lazyfs::prefetch::spawn(overlay, targets, stop_prefetch.clone()).context("start the prefetcher")?;
+        let open = Box::new(move |state: &Arc<lazyfs::overlay::FileState>| opener.open(state));
+        lazyfs::prefetch::spawn(overlay, targets, open, stop_prefetch.clone()).context("start the prefetcher")?;
     }
     let mut unmounter = session.unmount_callable();
     let rt = fetcher.runtime();

@@ -21,13 +21,16 @@
 //! one round trip per catalog block. The thread drops to the lowest CPU
 //! priority after the catalogs. A failed batch is retried after a
 //! pause, up to [`MAX_FAILURES`] in a row, then the prefetcher gives up
-//! (reads still fetch on demand). Files are held open, so a rename does not
-//! lose them and an unlinked one is simply finished or dropped.
+//! (reads still fetch on demand). A file is opened when its turn comes,
+//! by its node's current path ([`Opener`], which makes an unmade file
+//! first), and held open while it is warmed, so a rename meanwhile does
+//! not lose it; one the compute unlinked before its turn is skipped.
 //!
 //! Cancellation: the thread ends when every file is local or when the stop
 //! flag is set (checked between batches); dropping the handle does not wait.
 
 use std::fs::File;
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,10 +50,13 @@ const FIRST_NORMAL_OID: u32 = 16384;
 /// One file to warm.
 pub struct Target {
     pub path: PathBuf,
-    pub file: File,
     pub state: Arc<FileState>,
     pub catalog: bool,
 }
+
+/// Opens a target's backing file when its turn comes (`None`: the compute
+/// unlinked it). [`crate::fs::Opener::open`] in lazyfs.
+pub type Open = dyn Fn(&Arc<FileState>) -> io::Result<Option<File>> + Send + Sync;
 
 impl Target {
     /// Whether `rel_node` (of a file at `path`) is a catalog.
@@ -69,6 +75,7 @@ pub fn order(targets: &mut [Target]) {
 pub fn spawn(
     overlay: impl FnOnce() -> anyhow::Result<Overlay> + Send + 'static,
     mut targets: Vec<Target>,
+    open: Box<Open>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let span = tracing::Span::current();
@@ -82,7 +89,7 @@ pub fn spawn(
             }
         };
         order(&mut targets);
-        run(&overlay, &targets, &stop);
+        run(&overlay, &targets, &*open, &stop);
     })
 }
 
@@ -97,7 +104,7 @@ fn lowest_priority() {
 }
 
 /// Warm every target in order; returns the blocks made local.
-pub fn run(overlay: &Overlay, targets: &[Target], stop: &AtomicBool) -> u64 {
+pub fn run(overlay: &Overlay, targets: &[Target], open: &Open, stop: &AtomicBool) -> u64 {
     let total: u64 = targets.iter().map(|t| t.state.pending_count() as u64).sum();
     tracing::info!(files = targets.len(), blocks = total, "prefetch: starting");
     let (mut done, mut failures) = (0u64, 0u32);
@@ -108,6 +115,22 @@ pub fn run(overlay: &Overlay, targets: &[Target], stop: &AtomicBool) -> u64 {
             lowest_priority();
             niced = true;
         }
+        if t.state.first_pending().is_none() || stop.load(Ordering::Relaxed) {
+            continue;
+        }
+        let file = match open(&t.state) {
+            Ok(Some(file)) => file,
+            Ok(None) => continue,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(path = %t.path.display(), failures, "prefetch: cannot open the file: {e}");
+                if failures >= MAX_FAILURES {
+                    tracing::error!(done, "prefetch: giving up; blocks are still fetched on demand");
+                    return done;
+                }
+                continue;
+            }
+        };
         while !stop.load(Ordering::Relaxed) {
             while !t.catalog && overlay.foreground_busy(QUIET_MS) && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(2));
@@ -115,7 +138,7 @@ pub fn run(overlay: &Overlay, targets: &[Target], stop: &AtomicBool) -> u64 {
             if t.state.first_pending().is_none() {
                 break;
             }
-            match overlay.prefetch(&t.state, &t.file, BATCH_BLOCKS) {
+            match overlay.prefetch(&t.state, &file, BATCH_BLOCKS) {
                 Ok(n) => {
                     done += n as u64;
                     failures = 0;
@@ -164,13 +187,19 @@ mod tests {
         }
     }
 
-    fn target(dir: &std::path::Path, path: &str, rel: u32, blocks: u32, metrics: &Metrics) -> Target {
+    /// A target and its backing file.
+    fn target(dir: &std::path::Path, path: &str, rel: u32, blocks: u32, metrics: &Metrics) -> (Target, File) {
         let full = dir.join(path.replace('/', "_"));
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&full).unwrap();
         file.set_len(blocks as u64 * BLOCK_BYTES).unwrap();
         let tag = RelTag { spc: 1663, db: 5, rel, fork: 0 };
         let state = FileState::new(Some(RemoteBlocks::new(tag, 0, blocks)), metrics.clone());
-        Target { catalog: Target::is_catalog(std::path::Path::new(path), rel), path: path.into(), file, state }
+        (Target { catalog: Target::is_catalog(std::path::Path::new(path), rel), path: path.into(), state }, file)
+    }
+
+    /// Opens the files of `made` by state; the others are "unlinked".
+    fn opener(made: Vec<(Arc<FileState>, File)>) -> impl Fn(&Arc<FileState>) -> io::Result<Option<File>> {
+        move |state| made.iter().find(|(s, _)| Arc::ptr_eq(s, state)).map(|(_, f)| f.try_clone()).transpose()
     }
 
     #[test]
@@ -180,19 +209,23 @@ mod tests {
         let fake = Arc::new(Fake::default());
         let foreground = Overlay::new(fake.clone(), metrics.clone(), 0);
         let overlay = foreground.for_prefetch(fake.clone());
-        let mut targets = vec![
+        let (mut targets, files): (Vec<Target>, Vec<File>) = [
             target(dir.path(), "base/5/16400", 16400, 300, &metrics),
             target(dir.path(), "base/5/16390", 16390, 5, &metrics),
             target(dir.path(), "base/5/1259", 1259, 10, &metrics),
-        ];
+        ]
+        .into_iter()
+        .unzip();
         // The compute wrote block 7 of the big table before the prefetcher got there.
         let mine = vec![0xEEu8; BLOCK_BYTES as usize];
-        foreground.write(&targets[0].state, &targets[0].file, 7 * BLOCK_BYTES, &mine).unwrap();
+        foreground.write(&targets[0].state, &files[0], 7 * BLOCK_BYTES, &mine).unwrap();
+        let big = files[0].try_clone().unwrap();
+        let open = opener(targets.iter().map(|t| t.state.clone()).zip(files).collect());
         order(&mut targets);
         assert_eq!(targets.iter().map(|t| t.path.to_str().unwrap()).collect::<Vec<_>>(), ["base/5/1259", "base/5/16390", "base/5/16400"]);
         assert_eq!(metrics.pending_blocks.get(), 314);
 
-        let done = run(&overlay, &targets, &AtomicBool::new(false));
+        let done = run(&overlay, &targets, &open, &AtomicBool::new(false));
         assert_eq!(done, 314);
         assert_eq!(metrics.pending_blocks.get(), 0);
         assert_eq!(metrics.blocks_prefetched.get(), 314);
@@ -201,20 +234,36 @@ mod tests {
         assert_eq!(fetched[0], (1259, 0), "the catalog first");
         assert!(targets.iter().all(|t| t.state.first_pending().is_none()), "every block is local");
         let mut buf = vec![0u8; BLOCK_BYTES as usize];
-        targets[2].file.read_exact_at(&mut buf, 7 * BLOCK_BYTES).unwrap();
+        big.read_exact_at(&mut buf, 7 * BLOCK_BYTES).unwrap();
         assert_eq!(buf, mine, "the compute's write was kept");
-        targets[2].file.read_exact_at(&mut buf, 299 * BLOCK_BYTES).unwrap();
+        big.read_exact_at(&mut buf, 299 * BLOCK_BYTES).unwrap();
         assert_eq!(buf, page_of(16400, 299));
+    }
+
+    /// A scratch directory, metrics, the fake source and an overlay on it.
+    fn setup() -> (tempfile::TempDir, Metrics, Arc<Fake>, Overlay) {
+        let metrics = Metrics::new();
+        let fake = Arc::new(Fake::default());
+        let overlay = Overlay::new(fake.clone(), metrics.clone(), 0);
+        (tempfile::tempdir().unwrap(), metrics, fake, overlay)
+    }
+
+    #[test]
+    fn a_file_unlinked_before_its_turn_is_skipped() {
+        let (dir, metrics, fake, overlay) = setup();
+        let (gone, _) = target(dir.path(), "base/5/16400", 16400, 10, &metrics);
+        let (kept, file) = target(dir.path(), "base/5/16401", 16401, 3, &metrics);
+        let open = opener(vec![(kept.state.clone(), file)]);
+        assert_eq!(run(&overlay, &[gone, kept], &open, &AtomicBool::new(false)), 3);
+        assert!(fake.fetched.lock().unwrap().iter().all(|&(rel, _)| rel == 16401), "nothing fetched for the unlinked file");
     }
 
     #[test]
     fn a_set_stop_flag_stops_before_the_first_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Metrics::new();
-        let fake = Arc::new(Fake::default());
-        let overlay = Overlay::new(fake.clone(), metrics.clone(), 0);
-        let targets = vec![target(dir.path(), "base/5/16400", 16400, 10, &metrics)];
-        assert_eq!(run(&overlay, &targets, &AtomicBool::new(true)), 0);
+        let (dir, metrics, _fake, overlay) = setup();
+        let (t, file) = target(dir.path(), "base/5/16400", 16400, 10, &metrics);
+        let open = opener(vec![(t.state.clone(), file)]);
+        assert_eq!(run(&overlay, &[t], &open, &AtomicBool::new(true)), 0);
         assert_eq!(metrics.pending_blocks.get(), 10);
     }
 }

@@ -111,7 +111,7 @@ pub fn token_for_url(url: &str) -> Option<String> {
 
 impl Repo {
     /// Print what each component and endpoint logged (warnings and errors,
-    /// then the last lines), so a failure in CI, where the repository is
+    /// then the last lines: `STRATA_TEST_LOG_LINES`, default 40), so a failure in CI, where the repository is
     /// gone afterwards, can be understood from the test output alone.
     pub fn dump_logs(&self) {
         let mut logs: Vec<(String, PathBuf)> = Vec::new();
@@ -137,7 +137,8 @@ impl Repo {
                 eprintln!("  {l}");
             }
             eprintln!("===== {name}: last lines:");
-            for l in &lines[lines.len().saturating_sub(40)..] {
+            let tail: usize = std::env::var("STRATA_TEST_LOG_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(40);
+            for l in &lines[lines.len().saturating_sub(tail)..] {
                 eprintln!("  {l}");
             }
         }

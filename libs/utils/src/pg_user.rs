@@ -180,7 +180,9 @@ impl PgUser {
         Ok(chosen)
     }
 
-    fn chown_one(&self, path: &Path) -> Result<(), PgUserError> {
+    /// Make `path` itself (not what is under it) owned by this user. No-op
+    /// when not switching.
+    pub fn chown_one(&self, path: &Path) -> Result<(), PgUserError> {
         let Some((name, uid, gid)) = &self.switch_to else { return Ok(()) };
         std::os::unix::fs::lchown(path, Some(*uid), Some(*gid)).map_err(|source| PgUserError::Chown {
             path: path.to_path_buf(),

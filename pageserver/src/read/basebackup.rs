@@ -16,10 +16,12 @@
 //! starts the compute writes them.
 //!
 //! With [`RelationContents::SizesOnly`] (the `relations=sizes` query of the
-//! HTTP API, for lazy computes) every relation segment file is written empty
-//! and listed, with its exact size in blocks, in a text manifest
-//! [`LAZY_MANIFEST`] at the end of the archive; the compute's filesystem
-//! fetches the blocks on demand. Init forks (and the main forks unlogged
+//! HTTP API, for lazy computes) relation segment files are not in the
+//! archive at all: each is listed, with its exact size in blocks, in a text
+//! manifest [`LAZY_MANIFEST`] at the end of the archive, and the compute's
+//! filesystem shows it and fetches its blocks on demand (creating a file
+//! per relation costs ~0.3 ms each on this machine's disks, a third of a
+//! lazy start). Init forks (and the main forks unlogged
 //! relations get from them) are written in full either way: they are tiny.
 //!
 //! Invariants: unlogged relations get their init fork copied as their main
@@ -68,7 +70,7 @@ pub enum RelationContents {
     /// Every page.
     #[default]
     Full,
-    /// Nothing: empty files plus [`LAZY_MANIFEST`] with their sizes.
+    /// Nothing: only [`LAZY_MANIFEST`] with their sizes.
     SizesOnly,
 }
 
@@ -352,7 +354,6 @@ async fn write_relation<W: AsyncWrite + Unpin, S: BasebackupSource>(
             if let Some(manifest) = tar.manifest.as_mut() {
                 let RelFileNode { spc_node, db_node, rel_node } = rel;
                 manifest.push_str(&format!("{path} {spc_node} {db_node} {rel_node} {from_fork} {first} {count}\n"));
-                tar.file(&path, &[]).await?;
                 tar.stats.relation_files += 1;
                 continue;
             }
