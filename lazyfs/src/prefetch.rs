@@ -103,11 +103,28 @@ fn lowest_priority() {
     }
 }
 
+/// Consecutive failures (opens and batches); a batch that works resets them.
+struct Failures(u32);
+
+impl Failures {
+    /// Count a failure of `what` on `path`; true when the prefetcher must
+    /// give up (reads still fetch on demand).
+    fn give_up(&mut self, path: &std::path::Path, what: &str, e: &dyn std::fmt::Display, done: u64) -> bool {
+        self.0 += 1;
+        tracing::warn!(path = %path.display(), failures = self.0, "prefetch: {what}: {e}");
+        let give_up = self.0 >= MAX_FAILURES;
+        if give_up {
+            tracing::error!(done, "prefetch: giving up; blocks are still fetched on demand");
+        }
+        give_up
+    }
+}
+
 /// Warm every target in order; returns the blocks made local.
 pub fn run(overlay: &Overlay, targets: &[Target], open: &Open, stop: &AtomicBool) -> u64 {
     let total: u64 = targets.iter().map(|t| t.state.pending_count() as u64).sum();
     tracing::info!(files = targets.len(), blocks = total, "prefetch: starting");
-    let (mut done, mut failures) = (0u64, 0u32);
+    let (mut done, mut failures) = (0u64, Failures(0));
     let mut niced = false;
     for t in targets {
         if !t.catalog && !niced {
@@ -121,15 +138,8 @@ pub fn run(overlay: &Overlay, targets: &[Target], open: &Open, stop: &AtomicBool
         let file = match open(&t.state) {
             Ok(Some(file)) => file,
             Ok(None) => continue,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(path = %t.path.display(), failures, "prefetch: cannot open the file: {e}");
-                if failures >= MAX_FAILURES {
-                    tracing::error!(done, "prefetch: giving up; blocks are still fetched on demand");
-                    return done;
-                }
-                continue;
-            }
+            Err(e) if failures.give_up(&t.path, "cannot open the file", &e, done) => return done,
+            Err(_) => continue,
         };
         while !stop.load(Ordering::Relaxed) {
             while !t.catalog && overlay.foreground_busy(QUIET_MS) && !stop.load(Ordering::Relaxed) {
@@ -141,17 +151,10 @@ pub fn run(overlay: &Overlay, targets: &[Target], open: &Open, stop: &AtomicBool
             match overlay.prefetch(&t.state, &file, BATCH_BLOCKS) {
                 Ok(n) => {
                     done += n as u64;
-                    failures = 0;
+                    failures.0 = 0;
                 }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(path = %t.path.display(), failures, "prefetch batch failed: {e}");
-                    if failures >= MAX_FAILURES {
-                        tracing::error!(done, "prefetch: giving up; blocks are still fetched on demand");
-                        return done;
-                    }
-                    std::thread::sleep(Duration::from_millis(200 * failures as u64));
-                }
+                Err(e) if failures.give_up(&t.path, "batch failed", &e, done) => return done,
+                Err(_) => std::thread::sleep(Duration::from_millis(200 * failures.0 as u64)),
             }
         }
     }
