@@ -47,6 +47,7 @@ fn quiet(t: &mut TimelineConf) {
     t.compaction_threshold = 100_000;
     t.compaction_period = Duration::ZERO;
     t.image_creation_threshold = 100_000;
+    t.image_creation_delta_percent = 0;
     t.gc_period = Duration::ZERO;
 }
 

@@ -43,6 +43,7 @@ fn small(t: &mut TimelineConf) {
     t.compaction_threshold = 1000;
     t.compaction_period = Duration::ZERO;
     t.image_creation_threshold = 1000;
+    t.image_creation_delta_percent = 0;
     t.gc_period = Duration::ZERO;
     t.pitr_interval = Duration::ZERO;
     t.gc_horizon_bytes = 0;

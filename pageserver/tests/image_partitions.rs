@@ -2,6 +2,7 @@
 //! one table create image layers for that table's partitions (and touched
 //! metadata partitions: SLRUs, control file, last commit) only, and every
 //! page reads back the same at several LSNs before and after.
+//! A table loaded in one flush gets its images at once, by weight.
 mod common;
 
 use std::collections::BTreeSet;
@@ -79,5 +80,60 @@ async fn images_only_for_the_partitions_that_changed() -> anyhow::Result<()> {
     assert_eq!(image_layers(&tl), all, "an idle database gets no new images");
     stop_and_catch_up(&tl, &mut pg).await?;
     repo.shutdown(false).await;
+    Ok(())
+}
+
+/// A table loaded in one flush (far fewer deltas than
+/// `image_creation_threshold`) gets images for all its blocks at that
+/// flush's image pass, because its delta values weigh more than
+/// `image_creation_delta_percent` of its pages; with the percentage at 0 it
+/// gets none. Its pages read the same either way, and a flush with nothing
+/// new makes no further image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_loaded_in_one_flush_gets_images_by_weight() -> anyhow::Result<()> {
+    for percent in [0, 50] {
+        let dir = workdir();
+        let repo = Repository::open(conf(dir.path(), |t| {
+            t.image_creation_threshold = 3;
+            t.image_creation_delta_percent = percent;
+            t.image_layer_keys = 64;
+        }))
+        .await?;
+        let (mut pg, tl) = imported_primary(&repo).await?;
+        pg.sql("CREATE TABLE loaded (id int, v text); INSERT INTO loaded SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;")?;
+        let node: u32 = pg.sql("SELECT pg_relation_filenode('loaded')")?.parse()?;
+        let class_node: u32 = pg.sql("SELECT pg_relation_filenode('pg_class')")?.parse()?;
+        let db: u32 = pg.sql("SELECT oid FROM pg_database WHERE datname = 'postgres'")?.parse()?;
+        let rel = RelFileNode { spc_node: 1663, db_node: db, rel_node: node };
+        let pg_class = RelFileNode { rel_node: class_node, ..rel };
+        let lsn = catch_up(&tl, &pg).await?;
+        let want = pages_at(&tl, rel, pg_class, lsn).await?;
+        let before = image_layers(&tl);
+        tl.freeze_and_flush().await?;
+        let new: Vec<LayerDesc> = tl
+            .layer_files()
+            .into_iter()
+            .map(|(d, _)| d)
+            .filter(|d| d.is_image && !before.contains(&d.file_name()))
+            .collect();
+        let blocks = tl.get_rel_size_at_lsn(rel, 0, lsn).await?;
+        assert!(blocks > 300, "the load made {blocks} blocks");
+        let imaged = (0..blocks)
+            .filter(|&b| {
+                let key = pageserver::storage::key::rel_block_key(rel, 0, b);
+                new.iter().any(|d| d.key_range.contains(&key) && d.lsn_range.start >= lsn)
+            })
+            .count() as u32;
+        match percent {
+            0 => assert_eq!(imaged, 0, "no image by weight with the percentage at 0: {new:#?}"),
+            _ => assert_eq!(imaged, blocks, "every block of the loaded table is in a new image: {new:#?}"),
+        }
+        assert_eq!(pages_at(&tl, rel, pg_class, lsn).await?, want, "pages at {lsn} changed by the flush (percent {percent})");
+        let all = image_layers(&tl);
+        tl.freeze_and_flush().await?;
+        assert_eq!(image_layers(&tl), all, "a flush with nothing new made images (percent {percent})");
+        stop_and_catch_up(&tl, &mut pg).await?;
+        repo.shutdown(false).await;
+    }
     Ok(())
 }

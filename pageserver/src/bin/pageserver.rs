@@ -70,6 +70,10 @@ struct Args {
     /// Create image layers after this many delta layers.
     #[arg(long, default_value_t = 3)]
     image_creation_threshold: usize,
+    /// ... or once the delta values above a key partition's image weigh
+    /// this percentage of the image (0: never).
+    #[arg(long, default_value_t = 50)]
+    image_creation_delta_percent: usize,
     /// GC keeps at least this many MiB of WAL history readable.
     #[arg(long, default_value_t = 64)]
     gc_horizon_mb: u64,
@@ -184,6 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     conf.timeline.checkpoint_distance = args.checkpoint_distance_mb << 20;
     conf.timeline.image_creation_threshold = args.image_creation_threshold;
+    conf.timeline.image_creation_delta_percent = args.image_creation_delta_percent;
     conf.timeline.gc_horizon_bytes = args.gc_horizon_mb << 20;
     conf.timeline.pitr_interval = args.pitr_interval;
     conf.timeline.gc_period = args.gc_period;

@@ -932,6 +932,26 @@ impl LayerFile {
         Ok(self.current(&opened, &cursor, true)?.is_some_and(|e| e.key < key_range.end))
     }
 
+    /// Bytes of the values of keys in `key_range` at LSNs above
+    /// `above_lsn`, summed from the index alone (no value is read); the
+    /// walk stops once the sum reaches `limit_bytes`. Blocking.
+    pub fn value_bytes_in(&self, key_range: &Range<Key>, above_lsn: Lsn, limit_bytes: u64) -> Result<u64, LayerFileError> {
+        let opened = self.opened()?;
+        let mut cursor = self.seek(&opened, key_range.start, Lsn(0), true)?;
+        let mut sum = 0u64;
+        while sum < limit_bytes {
+            let Some(e) = self.current(&opened, &cursor, true)? else { break };
+            if e.key >= key_range.end {
+                break;
+            }
+            if e.lsn > above_lsn {
+                sum += e.len as u64;
+            }
+            self.advance(&opened, &mut cursor, true)?;
+        }
+        Ok(sum)
+    }
+
     /// Every value in (key, LSN) order, read one at a time (index blocks
     /// too: memory does not grow with the file). Blocking.
     pub fn values(&self) -> Result<impl Iterator<Item = Result<(Key, Lsn, Value), LayerFileError>> + '_, LayerFileError> {

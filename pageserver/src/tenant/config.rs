@@ -15,6 +15,7 @@
 //! | `compaction_target_size` | size | cut L1 files at this size |
 //! | `compaction_period` | duration | background compaction check (0s: only after flushes) |
 //! | `image_creation_threshold` | count ≥ 1 | image layer for a key partition once this many deltas lie above its image |
+//! | `image_creation_delta_percent` | count ≥ 0 | ... or once the deltas' values above its image weigh this % of the image (0: never) |
 //! | `gc_horizon` | size | GC keeps this much WAL history below the last record |
 //! | `pitr_interval` | duration | ... and this much time |
 //! | `gc_period` | duration | background GC (0s: never) |
@@ -65,6 +66,7 @@ pub const KEYS: &[&str] = &[
     "compaction_threshold",
     "gc_horizon",
     "gc_period",
+    "image_creation_delta_percent",
     "image_creation_threshold",
     "pitr_interval",
 ];
@@ -97,6 +99,7 @@ pub struct TenantConfOverrides {
     pub compaction_target_size_bytes: Option<u64>,
     pub compaction_period: Option<Duration>,
     pub image_creation_threshold: Option<usize>,
+    pub image_creation_delta_percent: Option<usize>,
     pub gc_horizon_bytes: Option<u64>,
     pub pitr_interval: Option<Duration>,
     pub gc_period: Option<Duration>,
@@ -205,6 +208,7 @@ impl TenantConfOverrides {
             "compaction_target_size" => set!(compaction_target_size_bytes, nonzero_size(key, v)),
             "compaction_period" => set!(compaction_period, duration(key, v)),
             "image_creation_threshold" => set!(image_creation_threshold, count(key, v, 1, "at least 1")),
+            "image_creation_delta_percent" => set!(image_creation_delta_percent, count(key, v, 0, "at least 0")),
             "gc_horizon" => set!(gc_horizon_bytes, size(key, v)),
             "pitr_interval" => set!(pitr_interval, duration(key, v)),
             "gc_period" => set!(gc_period, duration(key, v)),
@@ -249,6 +253,7 @@ impl TenantConfOverrides {
         put("compaction_target_size", self.compaction_target_size_bytes.map(format_size));
         put("compaction_period", self.compaction_period.map(format_duration));
         put("image_creation_threshold", self.image_creation_threshold.map(|n| n.to_string()));
+        put("image_creation_delta_percent", self.image_creation_delta_percent.map(|n| n.to_string()));
         put("gc_horizon", self.gc_horizon_bytes.map(format_size));
         put("pitr_interval", self.pitr_interval.map(format_duration));
         put("gc_period", self.gc_period.map(format_duration));
@@ -270,6 +275,7 @@ impl TenantConfOverrides {
         c.compaction_target_size_bytes = self.compaction_target_size_bytes.unwrap_or(c.compaction_target_size_bytes);
         c.compaction_period = self.compaction_period.unwrap_or(c.compaction_period);
         c.image_creation_threshold = self.image_creation_threshold.unwrap_or(c.image_creation_threshold);
+        c.image_creation_delta_percent = self.image_creation_delta_percent.unwrap_or(c.image_creation_delta_percent);
         c.gc_horizon_bytes = self.gc_horizon_bytes.unwrap_or(c.gc_horizon_bytes);
         c.pitr_interval = self.pitr_interval.unwrap_or(c.pitr_interval);
         c.gc_period = self.gc_period.unwrap_or(c.gc_period);
@@ -286,6 +292,7 @@ pub fn effective_map(c: &TimelineConf) -> BTreeMap<&'static str, String> {
         ("compaction_target_size", format_size(c.compaction_target_size_bytes)),
         ("compaction_period", format_duration(c.compaction_period)),
         ("image_creation_threshold", c.image_creation_threshold.to_string()),
+        ("image_creation_delta_percent", c.image_creation_delta_percent.to_string()),
         ("gc_horizon", format_size(c.gc_horizon_bytes)),
         ("pitr_interval", format_duration(c.pitr_interval)),
         ("gc_period", format_duration(c.gc_period)),

@@ -97,6 +97,45 @@ use crate::metrics;
 use crate::storage::value::*;
 use crate::walredo::{PostgresRedoManager, SlruKind};
 
+/// A key partition that may need an image ([`Timeline::partitions_needing_images`]).
+struct ImageCandidate {
+    index: usize,
+    range: Range<Key>,
+    /// LSN of the partition's image coverage (none: some keys have no image).
+    coverage: Option<Lsn>,
+    /// What the deltas' values above the coverage must weigh for an image.
+    weight_bytes: u64,
+    /// The delta files overlapping the partition above its coverage.
+    deltas: Vec<Arc<LayerFile>>,
+}
+
+impl ImageCandidate {
+    /// Whether `threshold` of `pins` hold data in the partition, or (with
+    /// `weigh`) their values above the coverage reach `weight_bytes`.
+    /// Blocking (reads layer indexes).
+    fn needs_image(&self, pins: &[crate::storage::file::LayerPin], threshold: usize, weigh: bool) -> Result<bool> {
+        let mut with_data = 0;
+        for p in pins {
+            with_data += p.layer().has_key_in(&self.range)? as usize;
+        }
+        if with_data >= threshold {
+            return Ok(true);
+        }
+        if !weigh {
+            return Ok(false);
+        }
+        let above = self.coverage.unwrap_or(Lsn(0));
+        let mut bytes = 0u64;
+        for p in pins {
+            bytes += p.layer().value_bytes_in(&self.range, above, self.weight_bytes - bytes.min(self.weight_bytes))?;
+            if bytes >= self.weight_bytes {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// An all-zero page.
 pub static ZERO_PAGE: Bytes = Bytes::from_static(&[0u8; BLCKSZ]);
 
@@ -110,6 +149,12 @@ pub struct TimelineConf {
     /// Create an image layer for a key partition once this many delta
     /// files with data in the partition lie above its newest image.
     pub image_creation_threshold: usize,
+    /// ... or once the values of the delta files above its newest image
+    /// (or, without one, all of them) weigh this percentage of the image
+    /// (its pages): a table bulk-loaded in one or two flushes would
+    /// otherwise be read by replaying its load record by record until GC
+    /// asks for an image. 0: never.
+    pub image_creation_delta_percent: usize,
     /// Keys per key partition (and so per image layer file), at most.
     pub image_layer_keys: usize,
     /// How long a read waits for its LSN to be ingested.
@@ -141,6 +186,7 @@ impl Default for TimelineConf {
             checkpoint_distance: 64 << 20,
             checkpoint_timeout: Duration::from_secs(600),
             image_creation_threshold: 3,
+            image_creation_delta_percent: 50,
             image_layer_keys: 2048,
             wait_lsn_timeout: Duration::from_secs(60),
             gc_horizon_bytes: 64 << 20,
@@ -995,36 +1041,42 @@ impl Timeline {
         self.write_image_layers(needed.into_iter().filter_map(|i| parts[i].take()).collect(), lsn).await
     }
 
-    /// The partitions (indexes) with at least `image_creation_threshold`
-    /// delta files holding data in them above their image coverage.
+    /// The partitions (indexes) that need an image at `lsn`: at least
+    /// `image_creation_threshold` delta files holding data in them above
+    /// their image coverage, or fewer whose values there weigh
+    /// `image_creation_delta_percent` of the partition's pages (a table
+    /// loaded in one or two flushes). Remote deltas are downloaded for the
+    /// count only (as a read of the partition would); the weighing reads
+    /// the indexes of resident deltas and never downloads.
     async fn partitions_needing_images(&self, parts: &[Partition], lsn: Lsn) -> Result<Vec<usize>> {
-        let threshold = self.conf().image_creation_threshold.max(1);
-        let candidates: Vec<(usize, Range<Key>, Vec<Arc<LayerFile>>)> = {
+        let conf = self.conf();
+        let threshold = conf.image_creation_threshold.max(1);
+        let percent = conf.image_creation_delta_percent as u64;
+        let candidates: Vec<ImageCandidate> = {
             let map = self.read_layers();
-            let deltas_above = |p: &Partition| {
+            let candidate = |(i, p): (usize, &Partition)| {
                 let coverage = map.image_coverage(p.key_range.clone(), lsn);
                 let layers = map.overlapping(p.key_range.clone(), lsn + 1).into_iter();
-                layers.filter(|l| !l.desc.is_image && coverage.is_none_or(|c| l.desc.lsn_range.end > c + 1)).collect()
+                let deltas: Vec<_> = layers.filter(|l| !l.desc.is_image && coverage.is_none_or(|c| l.desc.lsn_range.end > c + 1)).collect();
+                let weigh = percent > 0 && !deltas.is_empty();
+                let weight_bytes = (p.keys.len() as u64 * BLCKSZ as u64).saturating_mul(percent) / 100;
+                (deltas.len() >= threshold || weigh).then(|| ImageCandidate { index: i, range: p.key_range.clone(), coverage, weight_bytes, deltas })
             };
-            let with_deltas = |(i, p): (usize, &Partition)| {
-                let deltas: Vec<_> = deltas_above(p);
-                (deltas.len() >= threshold).then(|| (i, p.key_range.clone(), deltas))
-            };
-            parts.iter().enumerate().filter_map(with_deltas).collect()
+            parts.iter().enumerate().filter_map(candidate).collect()
         };
         let mut pinned = Vec::with_capacity(candidates.len());
-        for (i, range, deltas) in candidates {
-            pinned.push((i, range, self.ensure_all_resident(&deltas).await?));
+        for c in candidates {
+            let pins = match c.deltas.len() >= threshold {
+                true => self.ensure_all_resident(&c.deltas).await?,
+                false => c.deltas.iter().map(|l| l.pin_untouched()).filter(|p| p.is_resident()).collect(),
+            };
+            pinned.push((c, pins));
         }
         tokio::task::spawn_blocking(move || {
             let mut needed = Vec::new();
-            for (i, range, deltas) in pinned {
-                let mut with_data = 0;
-                for d in &deltas {
-                    with_data += d.layer().has_key_in(&range)? as usize;
-                }
-                if with_data >= threshold {
-                    needed.push(i);
+            for (c, pins) in pinned {
+                if c.needs_image(&pins, threshold, percent > 0)? {
+                    needed.push(c.index);
                 }
             }
             Ok(needed)
