@@ -18,6 +18,20 @@ fn image_layers(tl: &Timeline) -> BTreeSet<String> {
     tl.layer_files().into_iter().filter(|(d, _)| d.is_image).map(|(d, _)| d.file_name()).collect()
 }
 
+/// The image layers of `tl` not in `before`.
+fn new_image_layers(tl: &Timeline, before: &BTreeSet<String>) -> Vec<LayerDesc> {
+    tl.layer_files().into_iter().map(|(d, _)| d).filter(|d| d.is_image && !before.contains(&d.file_name())).collect()
+}
+
+/// The relation of `table` and pg_class in database `postgres` of `pg`.
+fn table_and_pg_class(pg: &pg_harness::PgCluster, table: &str) -> anyhow::Result<(RelFileNode, RelFileNode)> {
+    let node: u32 = pg.sql(&format!("SELECT pg_relation_filenode('{table}')"))?.parse()?;
+    let class_node: u32 = pg.sql("SELECT pg_relation_filenode('pg_class')")?.parse()?;
+    let db: u32 = pg.sql("SELECT oid FROM pg_database WHERE datname = 'postgres'")?.parse()?;
+    let rel = RelFileNode { spc_node: 1663, db_node: db, rel_node: node };
+    Ok((rel, RelFileNode { rel_node: class_node, ..rel }))
+}
+
 /// Every page of `rel` (main fork) and the first pages of pg_class at `lsn`.
 async fn pages_at(tl: &Timeline, rel: RelFileNode, pg_class: RelFileNode, lsn: Lsn) -> anyhow::Result<Vec<bytes::Bytes>> {
     let mut pages = Vec::new();
@@ -36,11 +50,7 @@ async fn images_only_for_the_partitions_that_changed() -> anyhow::Result<()> {
     let repo = Repository::open(conf(dir.path(), |t| t.image_creation_threshold = 3)).await?;
     let (mut pg, tl) = imported_primary(&repo).await?;
     pg.sql("CREATE TABLE only_me (id int, v int); INSERT INTO only_me SELECT g, 0 FROM generate_series(1, 3000) g;")?;
-    let node: u32 = pg.sql("SELECT pg_relation_filenode('only_me')")?.parse()?;
-    let class_node: u32 = pg.sql("SELECT pg_relation_filenode('pg_class')")?.parse()?;
-    let db: u32 = pg.sql("SELECT oid FROM pg_database WHERE datname = 'postgres'")?.parse()?;
-    let rel = RelFileNode { spc_node: 1663, db_node: db, rel_node: node };
-    let pg_class = RelFileNode { rel_node: class_node, ..rel };
+    let (rel, pg_class) = table_and_pg_class(&pg, "only_me")?;
     catch_up(&tl, &pg).await?;
     tl.freeze_and_flush().await?;
     let before = image_layers(&tl);
@@ -54,12 +64,7 @@ async fn images_only_for_the_partitions_that_changed() -> anyhow::Result<()> {
         lsns.push(lsn);
         tl.freeze_and_flush().await?;
     }
-    let new: Vec<LayerDesc> = tl
-        .layer_files()
-        .into_iter()
-        .map(|(d, _)| d)
-        .filter(|d| d.is_image && !before.contains(&d.file_name()))
-        .collect();
+    let new = new_image_layers(&tl, &before);
     eprintln!("{} new image layers: {new:#?}", new.len());
     assert!(!new.is_empty(), "four flushes touching the table made images");
     // The table's partition holds its blocks (small relations share one).
@@ -101,21 +106,12 @@ async fn a_table_loaded_in_one_flush_gets_images_by_weight() -> anyhow::Result<(
         .await?;
         let (mut pg, tl) = imported_primary(&repo).await?;
         pg.sql("CREATE TABLE loaded (id int, v text); INSERT INTO loaded SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;")?;
-        let node: u32 = pg.sql("SELECT pg_relation_filenode('loaded')")?.parse()?;
-        let class_node: u32 = pg.sql("SELECT pg_relation_filenode('pg_class')")?.parse()?;
-        let db: u32 = pg.sql("SELECT oid FROM pg_database WHERE datname = 'postgres'")?.parse()?;
-        let rel = RelFileNode { spc_node: 1663, db_node: db, rel_node: node };
-        let pg_class = RelFileNode { rel_node: class_node, ..rel };
+        let (rel, pg_class) = table_and_pg_class(&pg, "loaded")?;
         let lsn = catch_up(&tl, &pg).await?;
         let want = pages_at(&tl, rel, pg_class, lsn).await?;
         let before = image_layers(&tl);
         tl.freeze_and_flush().await?;
-        let new: Vec<LayerDesc> = tl
-            .layer_files()
-            .into_iter()
-            .map(|(d, _)| d)
-            .filter(|d| d.is_image && !before.contains(&d.file_name()))
-            .collect();
+        let new = new_image_layers(&tl, &before);
         let blocks = tl.get_rel_size_at_lsn(rel, 0, lsn).await?;
         assert!(blocks > 300, "the load made {blocks} blocks");
         let imaged = (0..blocks)
