@@ -35,9 +35,10 @@
 //!
 //! Images that free a delta ([`partitions_freeing_deltas`]): image
 //! creation is driven by the number of deltas with data above a
-//! partition's image (`image_creation_threshold`), so a partition written
-//! by fewer deltas than that (a catalog touched once by autovacuum, a table
-//! written only at load time) would never get a newer image, and every
+//! partition's image (`image_creation_threshold`) and by their weight
+//! (`image_creation_delta_percent`), so a partition written lightly by
+//! fewer deltas than that (a catalog touched once by autovacuum, a few rows
+//! of a table left alone since) would never get a newer image, and every
 //! delta holding a few of its keys — an L0 spans the whole key space —
 //! would be kept for ever: on a steady workload the L0s pile up. So a delta
 //! below the cutoff that no branch point needs, and that only images of a

@@ -1025,7 +1025,9 @@ impl Timeline {
 
     /// Image layers at `lsn` for the partitions that need one: more than
     /// `image_creation_threshold - 1` delta files with data in the
-    /// partition above the partition's newest image, or an image that lets
+    /// partition above the partition's newest image, or fewer whose values
+    /// there weigh `image_creation_delta_percent` of its pages (see
+    /// `partitions_needing_images`), or an image that lets
     /// GC remove a delta below the cutoff
     /// ([`crate::storage::gc::partitions_freeing_deltas`]). A partition
     /// nothing was written to gets no new image.

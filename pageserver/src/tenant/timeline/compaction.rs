@@ -74,7 +74,8 @@ impl Timeline {
     /// A compaction pass now: merge the L0 files (at least
     /// `compaction_threshold` of them, or any when `force`), then create
     /// image layers at `disk_consistent_lsn` where `image_creation_threshold`
-    /// deltas lie above a partition's image.
+    /// deltas lie above a partition's image, or deltas weighing
+    /// `image_creation_delta_percent` of its pages.
     #[instrument(skip_all, fields(tenant_id = %self.tenant_id, timeline_id = %self.timeline_id, force))]
     pub async fn compact(&self, force: bool) -> Result<CompactResult> {
         let started = std::time::Instant::now();
