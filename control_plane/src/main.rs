@@ -155,8 +155,9 @@ enum TenantCmd {
     /// pageserver's defaults), or change them with -c / --reset. Keys:
     /// checkpoint_distance, checkpoint_timeout, compaction_threshold,
     /// compaction_target_size, compaction_period, image_creation_threshold,
-    /// image_creation_delta_percent, gc_horizon, pitr_interval, gc_period. Sizes: bytes or 512KiB, 64MiB,
-    /// 1GiB; durations: 0s, 10m, 1h. Running timelines pick changes up.
+    /// image_creation_delta_percent, gc_horizon, pitr_interval, gc_period.
+    /// Sizes: bytes or 512KiB, 64MiB, 1GiB; durations: 0s, 10m, 1h.
+    /// Running timelines pick changes up.
     Config {
         #[arg(long, visible_alias = "tenant")]
         tenant_id: Option<TenantId>,

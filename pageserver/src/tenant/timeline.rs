@@ -127,7 +127,7 @@ impl ImageCandidate {
         let above = self.coverage.unwrap_or(Lsn(0));
         let mut bytes = 0u64;
         for p in pins {
-            bytes += p.layer().value_bytes_in(&self.range, above, self.weight_bytes - bytes.min(self.weight_bytes))?;
+            bytes += p.layer().value_bytes_in(&self.range, above, self.weight_bytes.saturating_sub(bytes))?;
             if bytes >= self.weight_bytes {
                 return Ok(true);
             }
