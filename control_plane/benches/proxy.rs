@@ -8,9 +8,14 @@
 //! cargo build --workspace --bins && cargo bench --profile dev -p control_plane --bench proxy
 //! ```
 //!
-//! * `pgbench -S` (`STRATA_BENCH_CLIENTS`, default 4, for
-//!   `STRATA_BENCH_SECONDS`, default 10) on one endpoint, directly and
-//!   through the proxy, plain text and TLS (goal: proxy ≥ 0.9× direct);
+//! * `pgbench -S` on one endpoint with 1 client and with
+//!   `STRATA_BENCH_CLIENTS` (default 4), each for `STRATA_BENCH_SECONDS`
+//!   (default 5) and `STRATA_BENCH_ROUNDS` times (default 3, interleaved;
+//!   medians printed): directly, through the proxy in plain text and with
+//!   TLS, and through PgBouncer in session mode — the field's standard
+//!   relay doing the same job, when `/usr/sbin/pgbouncer` is installed
+//!   (`apt-get install pgbouncer`; the bench does not need it). Goal:
+//!   proxy ≥ 0.9× direct;
 //! * wake-up: connection to first query result for a suspended endpoint
 //!   (`STRATA_BENCH_WAKES` times, default 3), beside `strata endpoint
 //!   start` of the same endpoint and a connection to a running one; with
@@ -28,17 +33,93 @@ fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn pgbench_tps(url: &str) -> f64 {
-    let clients = env_num("STRATA_BENCH_CLIENTS", 4).to_string();
-    let seconds = env_num("STRATA_BENCH_SECONDS", 10).to_string();
+fn pgbench_tps(url: &str, clients: u64) -> f64 {
+    let seconds = env_num("STRATA_BENCH_SECONDS", 5).to_string();
+    let threads = clients.min(2).to_string();
     let out = Command::new("/usr/lib/postgresql/15/bin/pgbench")
-        .args(["-S", "-n", "-c", &clients, "-j", "2", "-T", &seconds, url])
+        .args(["-S", "-n", "-c", &clients.to_string(), "-j", &threads, "-T", &seconds, url])
         .output()
         .expect("run pgbench");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "pgbench: {text}{}", String::from_utf8_lossy(&out.stderr));
     let line = text.lines().find(|l| l.starts_with("tps = ")).expect("tps line");
     line["tps = ".len()..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// PgBouncer in session mode in front of endpoint `name`'s compute,
+/// running as the Postgres user (it refuses root); killed on drop.
+struct PgBouncer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PgBouncer {
+    const BINARY: &'static str = "/usr/sbin/pgbouncer";
+
+    fn start(repo: &common::Repo, name: &str) -> Option<PgBouncer> {
+        if !std::path::Path::new(Self::BINARY).exists() {
+            return None;
+        }
+        let user = utils::pg_user::PgUser::from_env().unwrap();
+        let dir = user.reachable_dir(&repo.path.join("pgbouncer")).unwrap();
+        let ep = common::endpoint(repo, name);
+        let password = ep.credential.as_ref().expect("an endpoint password").password.expose().to_string();
+        let role = control_plane::secrets::CLIENT_ROLE;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let ini = format!(
+            "[databases]\npostgres = host=127.0.0.1 port={} dbname=postgres\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = plain\nauth_file = {users}\npool_mode = session\nlogfile = {log}\n",
+            ep.port,
+            users = dir.join("users.txt").display(),
+            log = dir.join("log").display(),
+        );
+        std::fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
+        std::fs::write(dir.join("users.txt"), format!("\"{role}\" \"{password}\"\n")).unwrap();
+        user.chown(&dir).unwrap();
+        let child = user.command(Self::BINARY)
+            .arg("--quiet")
+            .arg(dir.join("pgbouncer.ini"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn().expect("start pgbouncer");
+        let url = format!("postgresql://{role}:{password}@127.0.0.1:{port}/postgres?sslmode=disable");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "pgbouncer did not listen on {port}; see {}", dir.join("log").display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(PgBouncer { child, url })
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `pgbench -S` TPS of each `(label, url)` with `clients`, rounds
+/// interleaved so that drift of the machine hits every row alike; the
+/// first row is the baseline the others are divided by.
+fn compare_tps(rows: &[(&str, String)], clients: u64) {
+    let rounds = env_num("STRATA_BENCH_ROUNDS", 3).max(1);
+    let mut tps = vec![Vec::new(); rows.len()];
+    for _ in 0..rounds {
+        for (i, (_, url)) in rows.iter().enumerate() {
+            tps[i].push(pgbench_tps(url, clients));
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<f64> = tps.iter_mut().map(median).collect();
+    println!("pgbench -S, {clients} client(s), median of {rounds} rounds");
+    for ((label, _), tps) in rows.iter().zip(&medians) {
+        println!("  {label:<44} {tps:>10.0}   {:.2}x", tps / medians[0]);
+    }
 }
 
 fn time_query(url: &str) -> Duration {
@@ -60,13 +141,22 @@ fn main() {
     let out = Command::new("/usr/lib/postgresql/15/bin/pgbench").args(["-i", "-s", "10", "-q", &direct]).output().unwrap();
     assert!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
 
-    println!("pgbench -S, {} clients, {} s each", env_num("STRATA_BENCH_CLIENTS", 4), env_num("STRATA_BENCH_SECONDS", 10));
-    let base = pgbench_tps(&direct);
-    println!("{:<40} {:>10.0}", "direct to the compute (baseline)", base);
-    let tps = pgbench_tps(&proxied);
-    println!("{:<40} {:>10.0}   {:.2}x", "through the proxy", tps, tps / base);
-    let tls = pgbench_tps(&format!("{proxied}&sslmode=require"));
-    println!("{:<40} {:>10.0}   {:.2}x", "through the proxy, TLS", tls, tls / base);
+    // The compute has no TLS; pgbench's default sslmode=prefer would
+    // take TLS through the proxy, so plain text is asked for explicitly.
+    let mut rows = vec![
+        ("direct to the compute (baseline)", format!("{direct}?sslmode=disable")),
+        ("through the proxy", format!("{proxied}&sslmode=disable")),
+        ("through the proxy, TLS", format!("{proxied}&sslmode=require")),
+    ];
+    let bouncer = PgBouncer::start(&repo, "main");
+    match &bouncer {
+        Some(b) => rows.push(("through PgBouncer, session mode (reference)", b.url.clone())),
+        None => println!("({} not installed: the PgBouncer reference row is left out)", PgBouncer::BINARY),
+    }
+    for clients in [1, env_num("STRATA_BENCH_CLIENTS", 4)] {
+        compare_tps(&rows, clients);
+    }
+    drop(bouncer);
 
     println!("\nwake-up (connection to first result), beside its baselines");
     // A wake starts the endpoint in the mode it was last started in.
