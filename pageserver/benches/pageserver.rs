@@ -161,8 +161,8 @@ async fn main() -> anyhow::Result<()> {
         percentiles(lat)
     );
     // 3b. The same pages in batches (what the page stream serves), their
-    // redo requests one by one over the processes (pipeline depth 1, the
-    // default) and pipelined to them, alternated in this run.
+    // redo requests one by one over the processes (pipeline depth 1) and
+    // pipelined to them (the default), alternated in this run.
     let refs: Vec<_> = (0..rblocks).map(|b| (rrel, 0u8, b)).collect();
     for depth in [1, PIPELINE_DEPTH, 1, PIPELINE_DEPTH] {
         repo.walredo.set_pipeline_depth(depth);
@@ -186,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
             WAL_REDO_FAILURES.get() - failed0
         );
     }
-    repo.walredo.set_pipeline_depth(1);
+    repo.walredo.set_pipeline_depth(PIPELINE_DEPTH);
 
     // 4. GetPage@LSN latency at the latest LSN while pgbench writes, beside
     // the same reads with no writer (same run, same blocks).

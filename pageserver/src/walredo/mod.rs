@@ -110,11 +110,11 @@ pub struct WalRedoConfig {
     /// retired once they have used half of it.
     pub cpu_limit_secs: u64,
     /// Requests [`PostgresRedoManager::request_redo_many`] pipelines to one
-    /// process per exchange, at most ([`PIPELINE_DEPTH`] is the largest);
-    /// 1 (the default) sends them one by one, several processes at once.
-    /// Pipelined, batched GetPage with ~9 records measured 10.2k-11.3k
-    /// pages/s beside 8.6k-8.7k one by one (one run, 2026-12-02); it stays
-    /// off until the every-block comparison suites have run with it.
+    /// process per exchange, at most ([`PIPELINE_DEPTH`], the default, is
+    /// the largest); 1 sends them one by one, several processes at once.
+    /// Batched GetPage with ~9 records of redo measured 39k-47k pages/s
+    /// pipelined beside 25k-26k one by one (release, 2 cores, one run,
+    /// 2026-12-05), and the every-block comparison suites pass with it.
     pub pipeline_depth: usize,
 }
 
@@ -156,7 +156,7 @@ impl WalRedoConfig {
             sandbox: true,
             memory_limit_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
             cpu_limit_secs: DEFAULT_CPU_LIMIT_SECS,
-            pipeline_depth: 1,
+            pipeline_depth: PIPELINE_DEPTH,
         }
     }
 }
